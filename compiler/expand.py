@@ -1,0 +1,488 @@
+"""Stage 3 — expand: a validated spec -> `ExpandedSpec`, a flat list of fully resolved
+nodes with hierarchical names (the "lockfile" view printed by `yamlnet expand`).
+
+What happens here:
+- `vars:` are evaluated in order (command-line overrides replace them first);
+- every `${...}` in arguments, `repeat:` and `if:` is evaluated (see `expr.py`);
+- blocks are instantiated with their parameters; each instance's nodes are named
+  under it (`layer1.0.conv1`), which becomes the module hierarchy and state_dict keys;
+- `repeat: n` makes instances `name.0 ... name.{n-1}`, chained, each seeing `i`;
+- a node whose `if:` is false is left out and passes its input through;
+- a node's `in:` defaults to the previous node; names are resolved within their
+  scope (the block instance), so blocks never see each other's insides.
+
+Names that are not defined yet are allowed (they resolve when their scope ends), so a
+spec can describe a cycle; the graph stage finds it and names it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ExprError, GraphError, Location, SchemaError, SpecError, did_you_mean
+from .expr import Scope, resolve
+from .load import Document, SpecSource, load_document
+from .registry import REGISTRY
+from .schema import NODE_KEYS, PARAM_TYPES, iter_nodes
+from .validate import check_args, collect_blocks, format_path, param_required
+
+__all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS"]
+
+LIMITS = {"max_nodes": 100_000, "max_block_depth": 32}
+RESERVED = {"i", "shape", "input", "true", "false", "none"}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor: the output of `node`, optionally indexed into a tuple output."""
+
+    node: str
+    index: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        return self.node + "".join(f"[{i}]" for i in self.index)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple  # ints and symbolic dim names
+    dtype: str = "float32"
+    loc: Location | None = None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One resolved node: an op with its final arguments and input tensors."""
+
+    name: str  # hierarchical: layer1.0.conv1
+    op: str
+    inputs: tuple[Ref, ...]
+    args: dict = field(default_factory=dict)
+    call: dict = field(default_factory=dict)
+    loc: Location | None = None
+    path: str = ""  # where it is written: blocks.basic.nodes.conv1
+
+
+@dataclass(frozen=True)
+class ExpandedSpec:
+    name: str
+    inputs: tuple[InputSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    outputs: tuple[tuple[str, Ref], ...]
+    vars: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    file: str = "<spec>"
+
+    @property
+    def symbols(self) -> dict[str, tuple[str, int]]:
+        """Symbolic dim name -> (input name, dim) where it is first declared."""
+        out: dict[str, tuple[str, int]] = {}
+        for inp in self.inputs:
+            for d, dim in enumerate(inp.shape):
+                if isinstance(dim, str):
+                    out.setdefault(dim, (inp.name, d))
+        return out
+
+
+_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)((?:\[-?[0-9]+\])*)$")
+
+
+def parse_ref(text: str) -> tuple[str, tuple[int, ...]]:
+    """'lstm[0][1]' -> ('lstm', (0, 1))"""
+    m = _REF.match(text)
+    if not m:
+        raise ValueError(text)
+    return m.group(1), tuple(int(x) for x in re.findall(r"-?[0-9]+", m.group(2)))
+
+
+ShapeOracle = Callable[[Ref, list, tuple], list]
+
+
+def expand(
+    source: SpecSource,
+    overrides: dict[str, Any] | None = None,
+    *,
+    registry=REGISTRY,
+    shape_of: ShapeOracle | None = None,
+) -> ExpandedSpec:
+    """Resolve a validated spec into a flat node list.
+
+    `overrides` replace `vars:` by name (`{"depth": 50}`); `shape_of(ref, nodes, inputs)`
+    answers `shape(name)` in expressions (the compile pipeline passes the shapes stage).
+    """
+    return _Expander(source, registry, shape_of).run(overrides or {})
+
+
+class _Pending:
+    """A name used before its definition in the same scope (resolved at scope end)."""
+
+    def __init__(self, scope: _Env, name: str, loc, path):
+        self.scope, self.name, self.loc, self.path = scope, name, loc, path
+
+
+@dataclass
+class _Env:
+    """One naming scope: the top level or one block instance."""
+
+    refs: dict[str, Any]  # local name -> Ref | tuple[Ref, ...] | _Skipped
+    scope: Scope
+    prefix: str
+    prev: Any = None
+    pending: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    """A node left out by `if:` that cannot pass through (it has several inputs)."""
+
+    name: str
+    inputs: tuple
+    loc: Any = None
+    path: str = ""
+
+
+class _Expander:
+    def __init__(self, source: SpecSource, registry, shape_of):
+        self.doc = source.main
+        self.data = source.main.data
+        self.blocks = collect_blocks(source)
+        self.registry = registry
+        self.shape_of = shape_of
+        self.nodes: list[NodeSpec] = []
+        self.names: dict[str, Location | None] = {}
+        self.problems: list = []
+        self.block_stack: list[str] = []
+        self.inputs: tuple[InputSpec, ...] = ()
+        self.variables: dict[str, Any] = {}
+
+    # ---- top level -------------------------------------------------------------
+    def run(self, overrides: dict) -> ExpandedSpec:
+        variables = self.variables = self._vars(overrides)
+        scope = Scope(dict(variables))
+        self.inputs = self._inputs(scope)
+        env = _Env({inp.name: Ref(inp.name) for inp in self.inputs}, scope, "")
+        for inp in self.inputs:
+            self.names[inp.name] = inp.loc
+        env.prev = Ref(self.inputs[0].name) if self.inputs else None
+        self._expand_nodes(self.data["nodes"], self.doc, ("nodes",), env)
+        outputs = self._outputs(env)
+        self._finish_scope(env)
+        outputs = tuple((n, self._final(r, env)) for n, r in outputs)
+        if self.problems:
+            raise SchemaError(diagnostics=self.problems)
+        return ExpandedSpec(
+            name=str(self.data.get("name") or _stem(self.doc.file)),
+            inputs=self.inputs,
+            nodes=tuple(self.nodes),
+            outputs=outputs,
+            vars=variables,
+            meta=dict(self.data.get("meta") or {}),
+            file=self.doc.file,
+        )
+
+    def _vars(self, overrides: dict) -> dict:
+        declared = self.data.get("vars") or {}
+        for key in overrides:
+            if key not in declared:
+                hint = did_you_mean(key, declared) or _names_hint("variables", declared)
+                raise SpecError(f"unknown variable '{key}' in override", None, "vars", hint)
+        values: dict[str, Any] = {}
+        for key, value in declared.items():
+            if key in RESERVED:
+                raise SchemaError(f"'{key}' is a reserved name", self.doc.loc(("vars", key)), f"vars.{key}")
+            raw = overrides.get(key, value)
+            values[key] = resolve(raw, Scope(dict(values)), self.doc.loc(("vars", key)), f"vars.{key}")
+        return values
+
+    def _inputs(self, scope: Scope) -> tuple[InputSpec, ...]:
+        out = []
+        for name, decl in (self.data.get("inputs") or {}).items():
+            path = ("inputs", name)
+            shape = decl if isinstance(decl, list) else decl["shape"]
+            dtype = "float32" if isinstance(decl, list) else decl.get("dtype", "float32")
+            loc = self.doc.loc(path)
+            dims = []
+            for d, dim in enumerate(resolve(shape, scope, loc, format_path(path))):
+                if isinstance(dim, bool) or not (isinstance(dim, str) and dim.isidentifier()
+                                                 or isinstance(dim, int) and dim >= 1):  # fmt: skip
+                    raise SchemaError(f"dim {d} must be a positive integer or a symbol name, got {dim!r}",
+                                      loc, format_path(path))  # fmt: skip
+                dims.append(dim)
+            out.append(InputSpec(name, tuple(dims), dtype, loc))
+        return tuple(out)
+
+    def _outputs(self, env: _Env) -> list[tuple[str, Any]]:
+        spec = self.data.get("outputs")
+        loc = self.doc.loc(("outputs",))
+        if spec is None:
+            if env.prev is None:
+                raise GraphError("the spec has no nodes to output", loc, "outputs")
+            return [("output", env.prev)]
+        if isinstance(spec, str):
+            spec = [spec]
+        pairs = spec.items() if isinstance(spec, dict) else ((parse_ref(s)[0], s) for s in spec)
+        out, seen = [], set()
+        for name, text in pairs:
+            if name in seen:
+                raise GraphError(f"output '{name}' is listed twice", loc, "outputs")
+            seen.add(name)
+            out.append((name, self._lookup(text, env, loc, "outputs")))
+        return out
+
+    # ---- nodes -----------------------------------------------------------------
+    def _expand_nodes(self, nodes, doc: Document, base: tuple, env: _Env) -> None:
+        for name, node, path in iter_nodes(nodes, base):
+            self._node(name, node, path, doc, env)
+
+    def _node(self, name: str, node: dict, path: tuple, doc: Document, env: _Env) -> None:
+        loc, where = doc.loc(path), format_path(path)
+        if name in env.refs and not isinstance(env.refs[name], _Pending):
+            raise GraphError(f"duplicate name '{name}'", loc, where,
+                             "node names must be unique within their block")  # fmt: skip
+        scope = env.scope.child()
+        scope.shape_of = self._shape_fn(env, loc, where)
+        inputs = self._inputs_of(node, env, loc, where)
+        if "if" in node:
+            keep = resolve(node["if"], scope, doc.loc(path + ("if",)), where + ".if")
+            if not isinstance(keep, bool):
+                raise ExprError(f"if: must be true or false, got {keep!r}", doc.loc(path + ("if",)), where)
+            if not keep:
+                skipped = inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
+                env.refs[name] = env.prev = skipped
+                return
+        repeat = 1
+        if "repeat" in node:
+            repeat = resolve(node["repeat"], scope, doc.loc(path + ("repeat",)), where + ".repeat")
+            if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+                raise ExprError(f"repeat: must be a non-negative integer, got {repeat!r}",
+                                doc.loc(path + ("repeat",)), where)  # fmt: skip
+            if len(self.nodes) + repeat > LIMITS["max_nodes"]:
+                raise SpecError(f"spec expands to more than {LIMITS['max_nodes']} nodes",
+                                doc.loc(path + ("repeat",)), where)  # fmt: skip
+        full = env.prefix + name
+        out: Any = inputs
+        for k in range(repeat):
+            inst_name = f"{full}.{k}" if "repeat" in node else full
+            inst_scope = scope.child(i=k) if "repeat" in node else scope
+            ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
+            out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
+        if repeat == 0:
+            out = inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
+        env.refs[name] = env.prev = out
+
+    def _instance(self, node, full, inputs, scope, path, doc, env):
+        """One op node or block instance; returns its output (Ref or tuple of Refs)."""
+        loc, where = doc.loc(path), format_path(path)
+        if "block" in node:
+            return self._block(node, full, inputs, scope, path, doc)
+        if "nodes" in node:
+            return self._inline(node, full, inputs, scope, path, doc)
+        op_name = resolve(node["op"], scope, doc.loc(path + ("op",)), where + ".op")
+        if not isinstance(op_name, str) or op_name not in self.registry:
+            raise SchemaError(f"unknown op {op_name!r}", doc.loc(path + ("op",)), where + ".op",
+                              did_you_mean(str(op_name), self.registry.names()))  # fmt: skip
+        op = self.registry.get(op_name)
+        if op.min_inputs == 0 and "in" not in node:
+            inputs = ()
+        args = {}
+        for key, value in node.items():
+            if key not in NODE_KEYS:
+                args[key] = resolve(value, scope, doc.loc(path + (key,)), f"{where}.{key}")
+        for key, message, hint in check_args(op, args, literal_only=False):
+            p = path + ((key,) if key else ())
+            self.problems.append(SchemaError(message, doc.loc(p), format_path(p), hint).diagnostics[0])
+        call = resolve(node.get("call") or {}, scope, doc.loc(path + ("call",)), where + ".call")
+        refs = tuple(inputs)
+        problem = op.check_arity(len(refs))
+        if problem:
+            raise GraphError(problem, doc.loc(path + ("in",)) if "in" in node else loc, where,
+                             "list them with in: [a, b]" if len(refs) < op.min_inputs else "")  # fmt: skip
+        self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, where))
+        return Ref(full)
+
+    def _block(self, node, full, inputs, scope, path, doc):
+        name = node["block"]
+        body, bdoc, bpath = self.blocks[name]
+        loc, where = doc.loc(path), format_path(path)
+        if name in self.block_stack or len(self.block_stack) >= LIMITS["max_block_depth"]:
+            chain = " -> ".join(self.block_stack + [name])
+            raise GraphError(f"block '{name}' contains itself ({chain})", loc, where)
+        params = self._block_params(node, body, name, scope, path, doc)
+        names = body.get("inputs") or ["input"]
+        if len(inputs) != len(names):
+            raise GraphError(f"block '{name}' takes {len(names)} input(s) ({', '.join(names)}), "
+                             f"got {len(inputs)}", doc.loc(path + ("in",)), where)  # fmt: skip
+        inner = _Env(dict(zip(names, inputs)), Scope({**self.variables, **params}), full + ".")
+        inner.prev = inputs[0] if inputs else None
+        self.block_stack.append(name)
+        self._expand_nodes(body["nodes"], bdoc, bpath + ("nodes",), inner)
+        self.block_stack.pop()
+        spec = body.get("outputs")
+        oloc = bdoc.loc(bpath + ("outputs",))
+        if spec is None:
+            out = inner.prev
+        elif isinstance(spec, str):
+            out = self._lookup(spec, inner, oloc, format_path(bpath + ("outputs",)))
+        else:
+            out = tuple(self._lookup(s, inner, oloc, format_path(bpath + ("outputs",))) for s in spec)
+        self._finish_scope(inner)
+        if isinstance(out, tuple):
+            return tuple(self._final(o, inner) for o in out)
+        return self._final(out, inner)
+
+    def _inline(self, node, full, inputs, scope, path, doc):
+        """Inline `nodes:` — a submodule container that sees the enclosing variables."""
+        if len(inputs) > 1:
+            raise GraphError("inline nodes: take one input (named input); define a block for several",
+                             doc.loc(path + ("in",)), format_path(path))  # fmt: skip
+        inner = _Env({"input": inputs[0]} if inputs else {}, scope.child(), full + ".")
+        inner.prev = inputs[0] if inputs else None
+        self._expand_nodes(node["nodes"], doc, path + ("nodes",), inner)
+        out = inner.prev
+        self._finish_scope(inner)
+        return self._final(out, inner)
+
+    def _block_params(self, node, body, name, scope, path, doc) -> dict:
+        decls = body.get("params") or {}
+        values = {}
+        for key, decl in decls.items():
+            if key in RESERVED:
+                raise SchemaError(f"'{key}' is a reserved name", doc.loc(path), format_path(path))
+            if key in node:
+                kpath = path + (key,)
+                value = resolve(node[key], scope, doc.loc(kpath), format_path(kpath))
+            elif param_required(decl):
+                raise SchemaError(f"block '{name}' needs parameter '{key}'", doc.loc(path), format_path(path))
+            else:
+                default = decl["default"] if _is_decl(decl) else decl
+                value = resolve(default, Scope({**self.variables, **values}), doc.loc(path), format_path(path))
+            _check_param_type(key, decl, value, doc.loc(path + (key,)), format_path(path + (key,)))
+            values[key] = value
+        return values
+
+    # ---- references --------------------------------------------------------------
+    def _inputs_of(self, node: dict, env: _Env, loc, where) -> tuple:
+        if "in" not in node:
+            return () if env.prev is None else (env.prev,)
+        items = node["in"] if isinstance(node["in"], list) else [node["in"]]
+        return tuple(self._lookup(t, env, loc, where + ".in") for t in items)
+
+    def _lookup(self, text: str, env: _Env, loc, where):
+        try:
+            name, index = parse_ref(text)
+        except ValueError:
+            raise GraphError(f"'{text}' is not a node reference", loc, where, "write name or name[0]") from None
+        if name not in env.refs:
+            pending = _Pending(env, name, loc, where)
+            env.pending.append(pending)
+            env.refs.setdefault(name, pending)
+            target = pending
+        else:
+            target = env.refs[name]
+        return _index(target, index, text, loc, where) if index else target
+
+    def _finish_scope(self, env: _Env) -> None:
+        """Resolve names used before their definition; unknown ones are errors."""
+        for p in env.pending:
+            if isinstance(env.refs.get(p.name), _Pending):
+                known = [k for k, v in env.refs.items() if not isinstance(v, _Pending)]
+                raise GraphError(f"unknown input '{p.name}'", p.loc, p.path,
+                                 did_you_mean(p.name, known) or _names_hint("names", known))  # fmt: skip
+        if not env.pending:
+            return
+        for k, node in enumerate(self.nodes):
+            if any(isinstance(r, (_Pending, _Indexed, _Skipped)) for r in node.inputs):
+                fixed = tuple(self._final(r, env) for r in node.inputs)
+                self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path)
+
+    def _final(self, value, env: _Env, depth: int = 0):
+        if depth > 1000:
+            raise GraphError("skipped nodes pass their inputs to each other in a loop", None)
+        if isinstance(value, _Indexed):
+            base = self._final(value.base, env, depth + 1)
+            return _index(base, value.index, value.text, value.loc, value.path)
+        if isinstance(value, _Pending):
+            target = value.scope.refs[value.name]
+            return value if target is value else self._final(target, env, depth + 1)
+        if isinstance(value, _Skipped):
+            raise GraphError(f"'{value.name}' is left out (if: false or repeat: 0) and has "
+                             f"{len(value.inputs)} inputs, so it cannot pass one through",
+                             value.loc, value.path)  # fmt: skip
+        return value
+
+    def _shape_fn(self, env: _Env, loc, where):
+        def shape(name: str) -> list:
+            if self.shape_of is None:
+                raise ExprError("shape() needs the compile pipeline (not available here)")
+            target = env.refs.get(name)
+            if target is None or isinstance(target, (_Pending, _Skipped)):
+                raise ExprError(f"shape({name}): '{name}' is not defined before this node",
+                                hint=did_you_mean(name, env.refs))  # fmt: skip
+            if isinstance(target, tuple):
+                raise ExprError(f"shape({name}): '{name}' has several outputs; index one first")
+            return self.shape_of(target, self.nodes, self.inputs)
+
+        return shape
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    base: Any
+    index: tuple
+    text: str
+    loc: Any
+    path: str
+
+
+def _index(target, index: tuple, text: str, loc, where):
+    if isinstance(target, (_Pending, _Skipped)):
+        return _Indexed(target, index, text, loc, where)
+    if isinstance(target, tuple):  # a block with several outputs
+        i, rest = index[0], index[1:]
+        if not -len(target) <= i < len(target):
+            raise GraphError(f"'{text}': index {i} out of range ({len(target)} outputs)", loc, where)
+        return _index(target[i], rest, text, loc, where) if rest else target[i]
+    return Ref(target.node, target.index + index)
+
+
+def _is_decl(decl) -> bool:
+    return isinstance(decl, dict) and set(decl) <= {"type", "default", "doc"} and "type" in decl
+
+
+def _check_param_type(key, decl, value, loc, where) -> None:
+    tname = decl if isinstance(decl, str) and decl in PARAM_TYPES else (decl.get("type") if _is_decl(decl) else None)
+    if tname is None or tname == "any":
+        return
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+    }[tname]
+    if not ok:
+        raise SchemaError(f"parameter '{key}' expects {tname}, got {value!r}", loc, where)
+
+
+def _names_hint(what: str, names) -> str:
+    names = list(names)
+    if not names:
+        return f"there are no {what} here"
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"known {what}: {shown}"
+
+
+def _stem(file: str) -> str:
+    import os
+
+    return os.path.splitext(os.path.basename(file))[0] or "model"
+
+
+def parse_override(text: str) -> Any:
+    """A command-line value, read with the same safe rules as a spec file."""
+    return load_document(text.encode("utf-8"), "<command line>").data

@@ -1,0 +1,207 @@
+"""nn.Module ops, read from the classes themselves.
+
+Arguments come from `__init__`'s signature (names, defaults, type annotations turned
+into JSON Schema), argument docs from the class docstring's "Args:" section, and the
+number of tensor inputs from `forward`'s signature. Shape-derived constructor arguments
+are named once, below, by their PyTorch names — not per op.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import re
+import types
+import typing
+from typing import Any
+
+from ..registry import ArgDef, OpDef
+
+__all__ = ["module_opdef", "register_torch_nn", "register_torchvision_ops", "annotation_schema"]
+
+# Constructor arguments derived from the first (or second) input's shape, by name.
+SHAPE_DERIVED = {
+    "in_channels": lambda ins: ins[0][1],
+    "in_features": lambda ins: ins[0][-1],
+    "num_features": lambda ins: ins[0][1],
+    "num_channels": lambda ins: ins[0][1],
+    "embed_dim": lambda ins: ins[0][-1],
+    "input_size": lambda ins: ins[0][-1],
+    "d_model": lambda ins: ins[0][-1],
+    "in1_features": lambda ins: ins[0][-1],
+    "in2_features": lambda ins: ins[1][-1],
+    "normalized_shape": lambda ins: [ins[0][-1]],
+}
+
+_SKIP_ARGS = {"device", "dtype", "self"}
+_NOT_OPS = {
+    "Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict",
+    "Container", "RNNBase", "RNNCellBase",
+}  # fmt: skip
+TORCHVISION_OPS = (
+    "StochasticDepth", "SqueezeExcitation", "Conv2dNormActivation", "Conv3dNormActivation",
+    "MLP", "Permute", "FrozenBatchNorm2d", "DropBlock2d", "DropBlock3d",
+)  # fmt: skip
+
+
+def register_torch_nn(registry) -> None:
+    import torch.nn as nn
+
+    for name in dir(nn):
+        cls = getattr(nn, name)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, nn.Module)
+            and name not in _NOT_OPS
+            and not name.startswith(("_", "Lazy"))
+        ):
+            registry.add(_lazy(name, cls, "torch.nn"), name)
+
+
+def register_torchvision_ops(registry) -> None:
+    def loader(name):
+        def load() -> OpDef:
+            import torchvision.ops as tvops
+
+            return module_opdef(name, getattr(tvops, name), source="torchvision.ops")
+
+        return load
+
+    for name in TORCHVISION_OPS:
+        registry.add(loader(name), name)
+
+
+def _lazy(name: str, cls: type, source: str):
+    return lambda: module_opdef(name, cls, source=source)
+
+
+def module_opdef(name: str, cls: type, source: str = "plugin") -> OpDef:
+    """Read an OpDef off an nn.Module class."""
+    params = _init_params(cls)
+    docs = _arg_docs(cls)
+    args = {}
+    for p in params:
+        required = p.default is inspect.Parameter.empty
+        args[p.name] = ArgDef(
+            p.name,
+            schema=annotation_schema(p.annotation, None if required else p.default),
+            required=required and p.name not in SHAPE_DERIVED,
+            default=None if required else _jsonable(p.default),
+            doc=docs.get(p.name, ""),
+            inferred=p.name in SHAPE_DERIVED,
+        )
+    lo, hi, names = _forward_inputs(cls)
+    infer = {k: SHAPE_DERIVED[k] for k in args if k in SHAPE_DERIVED}
+    doc = (inspect.getdoc(cls) or "").strip().split("\n\n")[0].replace("\n", " ")
+    return OpDef(
+        name, "module", cls, args, lo, hi, names, infer,
+        open_args=any(p.kind is p.VAR_KEYWORD for p in _raw_params(cls)) and not params,
+        doc=doc[:300], source=source,
+    )  # fmt: skip
+
+
+def _raw_params(cls: type) -> list[inspect.Parameter]:
+    try:
+        sig = inspect.signature(cls.__init__, eval_str=True)
+    except Exception:  # noqa: BLE001 - unevaluable annotations: fall back to raw ones
+        sig = inspect.signature(cls.__init__)
+    return list(sig.parameters.values())[1:]
+
+
+def _init_params(cls: type) -> list[inspect.Parameter]:
+    import torch.nn as nn
+
+    raw = _raw_params(cls)
+    if issubclass(cls, (nn.RNNBase, nn.RNNCellBase)) and all(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in raw
+    ):
+        # LSTM/GRU/RNN take *args/**kwargs and forward them to RNNBase(mode, ...).
+        base = nn.RNNBase if issubclass(cls, nn.RNNBase) else nn.RNNCellBase
+        raw = [p for p in _raw_params(base) if p.name not in ("mode", "num_chunks")]
+        if cls.__name__ in ("RNN", "RNNCell"):
+            raw.append(inspect.Parameter("nonlinearity", inspect.Parameter.KEYWORD_ONLY,
+                                         default="tanh", annotation=str))  # fmt: skip
+    return [
+        p
+        for p in raw
+        if p.name not in _SKIP_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def _forward_inputs(cls: type) -> tuple[int, int | None, tuple[str, ...]]:
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return 1, None, ()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    lo = sum(1 for p in positional if p.default is inspect.Parameter.empty)
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return lo, None, tuple(p.name for p in positional)
+    # Inputs fill forward's leading tensor parameters in order; flags (need_weights=...)
+    # are not inputs: set them with `call:` on the node.
+    tensors = []
+    for p in positional:
+        if _is_flag(p):
+            break
+        tensors.append(p.name)
+    return lo, max(lo, len(tensors)), tuple(tensors)
+
+
+def _is_flag(p: inspect.Parameter) -> bool:
+    return p.annotation in (bool, int, float, str) or isinstance(p.default, (bool, int, float, str))
+
+
+def annotation_schema(ann: Any, default: Any = None) -> dict:
+    """A JSON Schema for a Python type annotation; {} when it cannot be said in YAML."""
+    schema = _schema(ann) if ann is not inspect.Parameter.empty else None
+    if schema is None and default is not None:
+        schema = _schema(type(default))
+    return schema or {}
+
+
+_BASIC = {int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"},
+          str: {"type": "string"}, type(None): {"type": "null"}}  # fmt: skip
+
+
+def _schema(ann: Any) -> dict | None:
+    if ann in _BASIC:
+        return dict(_BASIC[ann])
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        parts = [s for s in (_schema(a) for a in typing.get_args(ann)) if s is not None]
+        unique = [p for i, p in enumerate(parts) if p not in parts[:i]]
+        if not unique:
+            return None
+        return unique[0] if len(unique) == 1 else {"anyOf": unique}
+    if origin is typing.Literal:
+        return {"enum": list(typing.get_args(ann))}
+    if origin in (tuple, list, collections.abc.Sequence) or ann in (tuple, list):
+        items = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        item_schema = _schema(items[0]) if items else None
+        out: dict = {"type": "array"}
+        if item_schema:
+            out["items"] = item_schema
+        return out
+    if getattr(ann, "__name__", "") == "Size":  # torch.Size: a list of ints
+        return {"type": "array", "items": {"type": "integer"}}
+    return None  # tensors, modules, callables: not expressible in a spec
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return None
+
+
+_ARG_LINE = re.compile(r"^\s{2,}(\w+)\s*\(([^)]*)\)\s*:\s*(.*)$")
+
+
+def _arg_docs(cls: type) -> dict[str, str]:
+    docs: dict[str, str] = {}
+    for line in (cls.__doc__ or "").splitlines():
+        m = _ARG_LINE.match(line)
+        if m and m.group(1) not in docs:
+            docs[m.group(1)] = re.sub(r"[:`]+", "", m.group(3)).strip()[:200]
+    return docs

@@ -1,0 +1,158 @@
+"""The JSON Schema (Draft 2020-12) of a yamlnet spec, generated from the op registry.
+
+`document_schema()` is the structural schema the validate stage checks first.
+`published_schema()` adds, for every registered op, the schema of its arguments
+(types and docs) so that editors using yaml-language-server complete them; it is
+what `yamlnet schema` prints and `specs/schema.json` holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "document_schema", "published_schema", "iter_nodes", "NODE_KEYS", "PARAM_TYPES", "NAME_PATTERN",
+]  # fmt: skip
+
+SCHEMA_ID = "https://yamlnet.dev/schema/v1.json"
+NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)$"
+IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\[-?[0-9]+\])*$"
+NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name")
+PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
+               "list": "array", "dict": "object", "any": None}  # fmt: skip
+DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+          "uint8", "bool"]  # fmt: skip
+
+EXPR = {"type": "string", "pattern": r"\$\{", "description": "an expression ${...}"}
+
+
+def _or_expr(schema: dict) -> dict:
+    return {"anyOf": [schema, {"$ref": "#/$defs/expr"}]}
+
+
+def document_schema() -> dict[str, Any]:
+    """The structural schema: every section, node and block; op arguments left open."""
+    ref = {"type": "string", "pattern": REF_PATTERN}
+    refs = {"anyOf": [ref, {"type": "array", "items": ref, "minItems": 1}]}
+    dim = {"anyOf": [{"type": "integer", "minimum": 1},
+                     {"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}]}  # fmt: skip
+    shape = {"type": "array", "items": dim, "minItems": 0, "maxItems": 16}
+    node = {
+        "type": "object",
+        "description": "one op (op:) or one instance of a block (block:)",
+        "properties": {
+            "op": {"anyOf": [{"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}],
+                   "description": "an op from the registry (yamlnet schema lists them)"},
+            "block": {"type": "string", "pattern": IDENT_PATTERN,
+                      "description": "a block defined under blocks: (here or in an included file)"},
+            "in": {**refs, "description": "input node(s); default: the previous node"},
+            "repeat": _or_expr({"type": "integer", "minimum": 0}),
+            "if": _or_expr({"type": "boolean"}),
+            "nodes": {"$ref": "#/$defs/nodes",
+                      "description": "inline nodes: a submodule container (like nn.Sequential)"},
+            "call": {"type": "object", "description": "keyword arguments passed at call time"},
+            "name": {"type": "string", "pattern": NAME_PATTERN},
+        },
+        "if": {"type": "object"},
+        "then": {"oneOf": [{"required": ["op"]}, {"required": ["block"]}, {"required": ["nodes"]}]},
+    }
+    nodes = {
+        "anyOf": [
+            {"type": "object", "minProperties": 1,
+             "propertyNames": {"pattern": NAME_PATTERN}, "additionalProperties": {"$ref": "#/$defs/node"}},
+            {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/node"}},
+        ]
+    }  # fmt: skip
+    param = {"description": "a type name (int, float, bool, str, list, dict, any) for a "
+             "required parameter, a default value, or {type:, default:, doc:}"}
+    block = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["nodes"],
+        "properties": {
+            "doc": {"type": "string"},
+            "params": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
+                       "additionalProperties": param},
+            "inputs": {"type": "array", "items": {"type": "string", "pattern": IDENT_PATTERN},
+                       "minItems": 1},
+            "nodes": {"$ref": "#/$defs/nodes"},
+            "outputs": refs,
+        },
+    }  # fmt: skip
+    input_def = {"anyOf": [shape, {
+        "type": "object", "required": ["shape"], "additionalProperties": False,
+        "properties": {"shape": shape, "dtype": {"enum": DTYPES}, "doc": {"type": "string"}}}]}  # fmt: skip
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "yamlnet model spec",
+        "type": "object",
+        "required": ["yamlnet"],
+        "additionalProperties": False,
+        "properties": {
+            "yamlnet": {"const": 1, "description": "spec format version"},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "include": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                        "description": "spec files whose blocks: this spec may use"},
+            "vars": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN}},
+            "inputs": {"type": "object", "minProperties": 1,
+                       "propertyNames": {"pattern": IDENT_PATTERN},
+                       "additionalProperties": {"$ref": "#/$defs/input"}},
+            "outputs": {"anyOf": [refs, {"type": "object", "minProperties": 1,
+                                         "propertyNames": {"pattern": IDENT_PATTERN},
+                                         "additionalProperties": ref}]},
+            "blocks": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
+                       "additionalProperties": {"$ref": "#/$defs/block"}},
+            "nodes": {"$ref": "#/$defs/nodes"},
+            "meta": {"type": "object", "description": "free-form facts (class_names, ...)"},
+        },
+        "$defs": {"expr": EXPR, "node": node, "nodes": nodes, "block": block, "input": input_def},
+    }  # fmt: skip
+
+
+def published_schema(registry=None) -> dict[str, Any]:
+    """The document schema plus per-op argument schemas, for editors and `yamlnet schema`."""
+    from .registry import REGISTRY
+
+    reg = registry or REGISTRY
+    schema = document_schema()
+    defs = schema["$defs"]
+    ops = list(reg.all())
+    defs["node"]["properties"]["op"]["anyOf"][0] = {"enum": [op.name for op in ops]}
+    branches = []
+    for op in ops:
+        props = {k: {**(_or_expr(a.schema) if a.schema else {}), **_describe(a)}
+                 for k, a in op.args.items()}  # fmt: skip
+        key = "op_" + op.name
+        defs[key] = {"description": op.doc, "properties": props}
+        branches.append({"if": {"required": ["op"], "properties": {"op": {"const": op.name}}},
+                         "then": {"$ref": f"#/$defs/{key}"}})  # fmt: skip
+    defs["node"]["allOf"] = branches
+    return schema
+
+
+def _describe(arg) -> dict:
+    text = arg.doc or ""
+    if arg.inferred:
+        text = (text + " " if text else "") + "(inferred from the input shape when omitted)"
+    out = {"description": text} if text else {}
+    if arg.default is not None:
+        out["default"] = arg.default
+    return out
+
+
+def iter_nodes(nodes: Any, path: tuple):
+    """Yield (name, node, path) for a `nodes:` section in mapping or list form.
+
+    In list form a node's name is its `name:` or, by default, its index ("0", "1", ...),
+    which gives the numbered submodules of an nn.Sequential.
+    """
+    if isinstance(nodes, dict):
+        for name, node in nodes.items():
+            yield str(name), node, path + (name,)
+    elif isinstance(nodes, list):
+        for i, node in enumerate(nodes):
+            name = node.get("name") if isinstance(node, dict) else None
+            yield (str(name) if name is not None else str(i)), node, path + (i,)

@@ -1,0 +1,342 @@
+"""Stage 6 — shapes: every tensor's shape and dtype, before any weight exists.
+
+Each op is built and run on *meta* tensors (shapes without storage), so there is one
+shape rule for all of them: PyTorch's own. Shape-derived constructor arguments
+(`in_channels`, `in_features`, ...) are filled in from the incoming shapes first.
+
+Symbolic dims (`N`, `T`, `H` in `inputs:`) are tracked by running the graph once
+with sample sizes and once more per symbol with that symbol's sample changed: a dim
+that moves with symbol S is written as a linear expression of S (`N`, `H/2`, `2*T`).
+This is exact for the batch and for the affine size rules of convs and pools, and is
+reported as `?` when a dim depends on several symbols in a way it cannot name —
+shape inference here is honest, not complete.
+
+Output: a copy of the graph whose op nodes also carry
+
+    type    TensorType, or a tuple of them (and None) for tuple outputs
+    args    the final constructor/call arguments (inferred ones included)
+    params  number of parameters the node owns
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import networkx as nx
+
+from .errors import ExprError, ShapeError, did_you_mean
+from .expand import InputSpec, NodeSpec, Ref
+from .graph import topological_order
+from .registry import REGISTRY
+
+__all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "SAMPLE_SIZES"]
+
+SAMPLE_SIZES = (64, 128)  # base and alternate sample value of every symbolic dim
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple  # ints and symbolic expressions ("N", "H/2")
+    dtype: str = "float32"
+
+    def __str__(self) -> str:
+        dims = "[" + ", ".join(map(str, self.shape)) + "]"
+        return dims if self.dtype == "float32" else f"{dims} {self.dtype}"
+
+
+def format_type(t: Any) -> str:
+    if isinstance(t, tuple):
+        return "(" + ", ".join(format_type(x) for x in t) + ")"
+    return "None" if t is None else str(t)
+
+
+def infer_shapes(g: nx.DiGraph, registry=REGISTRY, oracle: ShapeOracle | None = None) -> nx.DiGraph:
+    """Annotate every node with its output type, final args and parameter count.
+
+    Passing the `ShapeOracle` used while expanding reuses what it already inferred.
+    """
+    spec = g.graph["spec"]
+    engine = oracle.engine if oracle is not None and oracle.engine is not None else None
+    if engine is None:
+        engine = _Engine(spec.inputs, {}, registry)
+    engine.nodes.update({n.name: n for n in spec.nodes})
+    typed = g.copy()
+    for name in topological_order(g):
+        if g.nodes[name]["kind"] == "input":
+            typed.nodes[name]["type"] = engine.types[name]
+            continue
+        info = engine.infer(name)
+        typed.nodes[name].update(type=info.type, args=info.args, params=info.params)
+    return typed
+
+
+class ShapeOracle:
+    """Answers `shape(name)` for the expand stage, on the nodes expanded so far."""
+
+    def __init__(self, registry=REGISTRY):
+        self.registry = registry
+        self.engine: _Engine | None = None
+
+    def __call__(self, ref: Ref, nodes: list[NodeSpec], inputs: tuple[InputSpec, ...]) -> list:
+        if self.engine is None:
+            self.engine = _Engine(inputs, {}, self.registry)
+        for node in nodes:
+            self.engine.nodes.setdefault(node.name, node)
+        t = self.engine.type_of(ref)
+        if not isinstance(t, TensorType):
+            raise ExprError(f"shape({ref}): its output is a tuple; index it, e.g. {ref}[0]")
+        return list(t.shape)
+
+
+@dataclass(frozen=True)
+class _Info:
+    type: Any
+    args: dict
+    params: int
+
+
+class _Engine:
+    """Runs nodes on meta tensors, once per sample pass, memoizing results."""
+
+    def __init__(self, inputs, nodes: dict[str, NodeSpec], registry):
+        import torch
+
+        self.torch = torch
+        self.registry = registry
+        self.nodes = nodes
+        self.symbols = [s for inp in inputs for s in inp.shape if isinstance(s, str)]
+        self.symbols = list(dict.fromkeys(self.symbols))
+        base, alt = SAMPLE_SIZES
+        # pass 0: every symbol at base; pass k: symbol k-1 at alt
+        self.passes = [{s: base for s in self.symbols}]
+        for s in self.symbols:
+            self.passes.append({**self.passes[0], s: alt})
+        self.values: dict[str, list] = {}
+        self.types: dict[str, Any] = {}
+        self.infos: dict[str, _Info] = {}
+        for inp in inputs:
+            dtype = getattr(torch, inp.dtype)
+            self.values[inp.name] = [
+                torch.empty([p[d] if isinstance(d, str) else d for d in inp.shape], dtype=dtype,
+                            device="meta")
+                for p in self.passes
+            ]  # fmt: skip
+            self.types[inp.name] = TensorType(tuple(inp.shape), inp.dtype)
+
+    # -- queries -------------------------------------------------------------------
+    def type_of(self, ref: Ref) -> Any:
+        if ref.node not in self.types:
+            self.infer(ref.node)
+        return _pick(self.types[ref.node], ref.index)
+
+    def _value(self, ref: Ref, k: int) -> Any:
+        value = self.values[ref.node][k]
+        for i in ref.index:
+            value = value[i]
+        return value
+
+    # -- one node --------------------------------------------------------------------
+    def infer(self, name: str) -> _Info:
+        if name in self.infos:
+            return self.infos[name]
+        node = self.nodes[name]
+        op = self.registry.get(node.op)
+        for ref in node.inputs:
+            if not isinstance(ref, Ref):
+                raise ExprError(f"shape(): input of '{name}' is defined after it")
+            self.type_of(ref)  # infers producers first (memoized)
+        in_types = [self.type_of(r) for r in node.inputs]
+        for r, t in zip(node.inputs, in_types):
+            if not isinstance(t, TensorType):
+                raise ShapeError(f"input '{r}' is a tuple {format_type(t)}; pick one element, "
+                                 f"e.g. {r}[0]", node.loc, node.path)  # fmt: skip
+        args = self._final_args(node, op, in_types)
+        built = self._build(node, op, args)
+        outs = []
+        for k, sample in enumerate(self.passes):
+            inputs = [self._value(r, k) for r in node.inputs]
+            call_args = self._sizes(node, op, args, sample)
+            outs.append(self._run(node, op, built, inputs, call_args, in_types))
+        self.values[name] = outs
+        self.types[name] = self._combine(outs, node)
+        params = _count_params(built)
+        info = _Info(self.types[name], args, params)
+        self.infos[name] = info
+        return info
+
+    def _final_args(self, node: NodeSpec, op, in_types: list) -> dict:
+        args = dict(node.args)
+        shapes = [t.shape for t in in_types]
+        for key, rule in op.infer.items():
+            try:
+                value = rule(shapes)
+            except IndexError:
+                raise ShapeError(f"{op.name} cannot read {key} from input {_show(in_types)}",
+                                 node.loc, node.path) from None  # fmt: skip
+            if _symbolic(value):
+                if key in args:
+                    continue
+                raise ShapeError(
+                    f"{op.name}.{key} would come from a symbolic dim of input {_show(in_types)}",
+                    node.loc, node.path, f"give {key} explicitly or make that dim concrete")  # fmt: skip
+            if key in args and args[key] != value and not _same(args[key], value):
+                raise ShapeError(
+                    f"{op.name} got input {_show(in_types)} but {key}={args[key]!r}; the input "
+                    f"says {key}={value!r}", node.loc, node.path,
+                    f"remove {key} to infer it, or fix the node before")  # fmt: skip
+            args[key] = value
+        return args
+
+    def _sizes(self, node: NodeSpec, op, args: dict, sample: dict) -> dict:
+        if not op.size_args:
+            return args
+        out = dict(args)
+        for key in op.size_args:
+            if key in args:
+                out[key] = [self._dim(node, d, sample) for d in args[key]]
+        return out
+
+    def _dim(self, node, d, sample):
+        if not isinstance(d, str):
+            return d
+        if d not in sample:
+            raise ShapeError(f"unknown dimension name '{d}'", node.loc, node.path,
+                             did_you_mean(d, sample) or
+                             ("symbolic dims: " + ", ".join(sample) if sample else "no input declares a symbolic dim"))  # fmt: skip
+        return sample[d]
+
+    def _build(self, node: NodeSpec, op, args: dict) -> Any:
+        if op.kind not in ("module", "parameter", "buffer"):
+            return None
+        try:
+            built = op.instantiate(_construct_args(op, args), device="meta")
+            if op.kind == "module":
+                built.eval()  # same shapes, and batch norm on meta is much cheaper in eval
+            return built
+        except Exception as err:  # noqa: BLE001 - constructor errors are user errors here
+            raise ShapeError(f"cannot build {op.name}({_kw(args)}): {_first_line(err)}",
+                             node.loc, node.path) from None  # fmt: skip
+
+    def _run(self, node, op, built, inputs, args, in_types) -> Any:
+        try:
+            out = op.apply(built, inputs, _call_args(op, args), node.call)
+        except Exception as err:  # noqa: BLE001 - any failure is a shape/argument error
+            got = f"input {_show(in_types)}" if in_types else "no input"
+            raise ShapeError(f"{op.name} cannot take {got}: {_first_line(err)}",
+                             node.loc, node.path, _hint(op, in_types)) from None  # fmt: skip
+        return out
+
+    def _combine(self, outs: list, node) -> Any:
+        first = outs[0]
+        torch = self.torch
+        if isinstance(first, torch.Tensor):
+            dims = []
+            for d, size in enumerate(first.shape):
+                moved = {s: o.shape[d] for s, o in zip(self.symbols, outs[1:]) if o.shape[d] != size}
+                dims.append(size if not moved else _symbolic_dim(size, moved, self.passes[0]))
+            return TensorType(tuple(dims), str(first.dtype).removeprefix("torch."))
+        if isinstance(first, (tuple, list)):
+            return tuple(self._combine([o[i] for o in outs], node) for i in range(len(first)))
+        if first is None:
+            return None
+        raise ShapeError(f"{node.op} returned {type(first).__name__}, not a tensor", node.loc, node.path)
+
+
+def _construct_args(op, args: dict) -> dict:
+    if op.kind == "module":
+        return args
+    return {k: v for k, v in args.items() if k not in ("persistent",)}
+
+
+def _call_args(op, args: dict) -> dict:
+    return args if op.kind not in ("module", "parameter", "buffer") else {}
+
+
+def _symbolic_dim(base: int, moved: dict[str, int], sample: dict[str, int]) -> str:
+    """Name a dim that moved with one or more symbols: 'N', 'H/2', '2*T+1', 'N*T'."""
+    lo = sample
+    if len(moved) == 1:
+        (sym, alt), = moved.items()
+        a = Fraction(alt - base, SAMPLE_SIZES[1] - lo[sym])
+        b = base - a * lo[sym]
+        return _linear(sym, a, b)
+    prod = 1
+    for sym in moved:
+        prod *= lo[sym]
+    if base % prod == 0:
+        k = base // prod
+        return ("" if k == 1 else f"{k}*") + "*".join(moved)
+    return "?"
+
+
+def _linear(sym: str, a: Fraction, b: Fraction) -> str:
+    if a == 0:
+        return str(b)
+    if a.denominator == 1:
+        term = sym if a == 1 else f"{a.numerator}*{sym}"
+    elif a.numerator == 1:
+        term = f"{sym}/{a.denominator}"
+    else:
+        term = f"{a.numerator}*{sym}/{a.denominator}"
+    if b == 0:
+        return term
+    sign = "+" if b > 0 else "-"
+    return f"{term}{sign}{abs(b)}" if b.denominator == 1 else "?"
+
+
+def _pick(t: Any, index: tuple) -> Any:
+    for i in index:
+        if not isinstance(t, tuple):
+            raise ShapeError(f"cannot index [{i}] into a single tensor {t}")
+        if not -len(t) <= i < len(t):
+            raise ShapeError(f"index [{i}] out of range for {len(t)} outputs {format_type(t)}")
+        t = t[i]
+    return t
+
+
+def _count_params(built: Any) -> int:
+    if built is None:
+        return 0
+    if hasattr(built, "parameters"):
+        return sum(p.numel() for p in built.parameters())
+    return built.numel() if getattr(built, "requires_grad", False) else 0
+
+
+def _symbolic(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, int) and isinstance(b, (list, tuple)) and len(b) == 1:
+        return a == b[0]
+    return False
+
+
+def _show(types: list) -> str:
+    return " and ".join(format_type(t) for t in types)
+
+
+def _kw(args: dict) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def _hint(op, in_types: list) -> str:
+    if op.name in ("add", "sub", "mul", "div") and len(in_types) == 2:
+        return "both inputs must have the same shape or broadcast; a 1x1 conv on the shortcut fixes channels"
+    if op.name == "Linear" and in_types and len(in_types[0].shape) > 2:
+        return "add a flatten node before it?"
+    if op.name in ("cat", "stack"):
+        return "all inputs must match except along dim"
+    return ""

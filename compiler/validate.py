@@ -1,0 +1,294 @@
+"""Stage 2 — validate: a loaded `SpecSource` is checked against the JSON Schema, then
+every node against its op's (or block's) argument schema. All problems are collected
+and raised together as one `SchemaError`, sorted by position, one line each.
+
+Values that are still expressions (`${...}`) are type-checked after expansion (see
+`check_args`, which the expand stage calls with resolved values).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from .errors import Diagnostic, Location, SchemaError, did_you_mean
+from .load import Document, SpecSource
+from .registry import REGISTRY, OpDef
+from .schema import NODE_KEYS, PARAM_TYPES, document_schema, iter_nodes
+
+__all__ = ["validate", "check_args", "collect_blocks", "format_path"]
+
+
+def validate(source: SpecSource, registry=REGISTRY) -> None:
+    """Raise `SchemaError` listing every problem in the spec and its includes."""
+    problems: list[Diagnostic] = []
+    for doc in (*source.includes, source.main):
+        problems += _schema_problems(doc)
+    if not problems:
+        blocks, dup = _blocks_with_problems(source)
+        problems += dup
+        for doc in (*source.includes, source.main):
+            problems += _node_problems(doc, blocks, registry)
+    if problems:
+        problems.sort(key=lambda d: (d.loc.file, d.loc.line, d.loc.col) if d.loc else ("", 0, 0))
+        raise SchemaError(diagnostics=_dedupe(problems))
+
+
+def _dedupe(items: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in items:
+        if str(d) not in seen:
+            seen.add(str(d))
+            out.append(d)
+    return out
+
+
+def format_path(path: tuple) -> str:
+    """('nodes', 'fc', 'args', 0) -> 'nodes.fc.args[0]'"""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(document_schema())
+
+
+def _schema_problems(doc: Document) -> list[Diagnostic]:
+    if not isinstance(doc.data, dict):
+        return [Diagnostic("a spec must be a mapping (yamlnet: 1, inputs:, nodes:, ...)",
+                           doc.loc(()))]  # fmt: skip
+    out = []
+    for err in _validator().iter_errors(doc.data):
+        err = _deepest(err)
+        path = tuple(err.absolute_path)
+        message, hint = _explain(err)
+        if err.validator in ("additionalProperties", "required") and _key(err):
+            path = path + (_key(err),)
+        out.append(Diagnostic(message, doc.loc(path), format_path(path), hint))
+    return out
+
+
+def _deepest(err):
+    """For anyOf/oneOf, follow the alternative that got furthest into the instance,
+    ignoring alternatives that only failed because the value has another type."""
+    while err.validator in ("anyOf", "oneOf") and err.context:
+        if err.validator == "oneOf" and isinstance(err.instance, dict) and _node_kinds(err.instance) != 1:
+            return err  # neither or several of op:/block:/nodes: — say that
+        here = len(err.absolute_path)
+        ctx = [e for e in err.context
+               if not (e.validator == "type" and len(e.absolute_path) == here)]  # fmt: skip
+        if not ctx:
+            return err
+        err = max(ctx, key=lambda e: (len(e.absolute_path), e.validator != "type"))
+    return err
+
+
+def _node_kinds(node: dict) -> int:
+    return sum(k in node for k in ("op", "block", "nodes"))
+
+
+def _key(err) -> str | None:
+    if err.validator == "additionalProperties":
+        extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        return extra[0] if extra else None
+    return None
+
+
+def _explain(err) -> tuple[str, str]:
+    v, inst = err.validator, err.instance
+    if v == "additionalProperties":
+        key = _key(err)
+        allowed = list(err.schema.get("properties", {}))
+        return f"unknown key '{key}'", did_you_mean(str(key), allowed) or "allowed: " + ", ".join(allowed)
+    if v == "required":
+        missing = [k for k in err.validator_value if k not in inst]
+        return f"missing required key '{missing[0]}'", ""
+    if v == "type":
+        return f"expected {_want(err.validator_value)}, got {_json_type(inst)} {_show(inst)}", ""
+    if v == "const":
+        return f"expected {err.validator_value!r}, got {_show(inst)}", ""
+    if v == "enum":
+        options = ", ".join(map(str, err.validator_value))
+        return f"{_show(inst)} is not one of: {options}", did_you_mean(str(inst), err.validator_value)
+    if v == "pattern":
+        return f"{_show(inst)} is not a valid name here", "use letters, digits and _, not starting with a digit"
+    if v == "oneOf" and isinstance(inst, dict):
+        return "a node needs exactly one of 'op:', 'block:' or 'nodes:'", ""
+    if v in ("anyOf", "oneOf") and err.context and all(e.validator == "type" for e in err.context):
+        wants = " or ".join(_want(e.validator_value) for e in err.context)
+        return f"expected {wants}, got {_json_type(inst)} {_show(inst)}", ""
+    if v in ("minProperties", "minItems"):
+        return "must not be empty", ""
+    if v == "propertyNames":
+        return f"{err.message}", ""
+    return err.message, ""
+
+
+def _want(t) -> str:
+    names = {"integer": "an integer", "number": "a number", "string": "a string",
+             "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}  # fmt: skip
+    if isinstance(t, list):
+        return " or ".join(names.get(x, x) for x in t)
+    return names.get(t, t)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def collect_blocks(source: SpecSource) -> dict[str, tuple[dict, Document, tuple]]:
+    """Every block definition visible to the main spec: name -> (definition, doc, path)."""
+    blocks, problems = _blocks_with_problems(source)
+    if problems:
+        raise SchemaError(diagnostics=problems)
+    return blocks
+
+
+def _blocks_with_problems(source: SpecSource):
+    blocks: dict[str, tuple[dict, Document, tuple]] = {}
+    problems = []
+    for doc in (*source.includes, source.main):
+        for name, body in ((doc.data or {}).get("blocks") or {}).items():
+            if name in blocks:
+                other = blocks[name][1].loc(("blocks", name))
+                problems.append(Diagnostic(
+                    f"block '{name}' is defined twice (also at {other})",
+                    doc.loc(("blocks", name)), f"blocks.{name}"))  # fmt: skip
+            blocks[name] = (body, doc, ("blocks", name))
+    return blocks, problems
+
+
+def _node_problems(doc: Document, blocks: dict, registry) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    sections = [(doc.data.get("nodes"), ("nodes",))]
+    for name, body in (doc.data.get("blocks") or {}).items():
+        sections.append((body.get("nodes"), ("blocks", name, "nodes")))
+    while sections:
+        nodes, base = sections.pop(0)
+        for _name, node, path in iter_nodes(nodes, base):
+            out += _check_node(node, path, doc, blocks, registry)
+            if "nodes" in node:
+                sections.append((node["nodes"], path + ("nodes",)))
+    return out
+
+
+def _check_node(node: dict, path: tuple, doc: Document, blocks: dict, registry) -> list:
+    def problem(msg, key=None, hint=""):
+        p = path + ((key,) if key else ())
+        return Diagnostic(msg, doc.loc(p), format_path(p), hint)
+
+    args = {k: v for k, v in node.items() if k not in NODE_KEYS}
+    if "nodes" in node:
+        return [problem(f"inline nodes: take no arguments ('{k}')", k, "define a block with params: instead")
+                for k in args]  # fmt: skip
+    if "block" in node:
+        name = node["block"]
+        if name not in blocks:
+            return [problem(f"unknown block '{name}'", "block", did_you_mean(name, blocks)
+                            or ("defined blocks: " + ", ".join(sorted(blocks)) if blocks else "no blocks are defined"))]  # fmt: skip
+        return _check_block_args(blocks[name][0], name, args, problem)
+    op_name = node["op"]
+    if _has_expr(op_name):
+        return []
+    if op_name not in registry:
+        return [problem(f"unknown op '{op_name}'", "op", did_you_mean(op_name, registry.names())
+                        or "yamlnet schema lists every op")]  # fmt: skip
+    op = registry.get(op_name)
+    out = [problem(m, k, h) for k, m, h in check_args(op, args, literal_only=True)]
+    return out
+
+
+def _check_block_args(block: dict, name: str, args: dict, problem) -> list:
+    params = block.get("params") or {}
+    out = []
+    for key in args:
+        if key not in params:
+            out.append(problem(f"block '{name}' has no parameter '{key}'", key,
+                               did_you_mean(key, params) or _list("parameters", params)))  # fmt: skip
+    for key, decl in params.items():
+        if param_required(decl) and key not in args:
+            out.append(problem(f"block '{name}' needs parameter '{key}'"))
+    return out
+
+
+def param_required(decl: Any) -> bool:
+    if isinstance(decl, str) and decl in PARAM_TYPES:
+        return True
+    return isinstance(decl, dict) and set(decl) <= {"type", "default", "doc"} and "type" in decl and "default" not in decl
+
+
+def _list(what: str, names) -> str:
+    names = list(names)
+    return f"{what}: {', '.join(names)}" if names else f"it takes no {what}"
+
+
+def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, str, str]]:
+    """Problems with `args` for `op`, as (key, message, hint) triples.
+
+    With `literal_only`, values holding `${...}` are skipped (they are checked again
+    after expansion) and missing shape-derived arguments are fine.
+    """
+    out = []
+    for key, value in args.items():
+        if key not in op.args:
+            if not op.open_args:
+                out.append((key, f"unknown argument '{key}' for {op.name}",
+                            did_you_mean(key, op.args) or _list("arguments", op.args)))  # fmt: skip
+            continue
+        if literal_only and _has_expr(value):
+            continue
+        schema = op.args[key].schema
+        if schema:
+            err = best_match(_arg_validator(op.name, key, schema).iter_errors(value))
+            if err is not None:
+                want = _describe_schema(schema)
+                out.append((key, f"{op.name}.{key} expects {want}, got {_json_type(value)} {_show(value)}", ""))
+    for key, arg in op.args.items():
+        if arg.required and key not in args:
+            out.append(("", f"{op.name} needs argument '{key}'", arg.doc[:80] if arg.doc else ""))
+    return out
+
+
+_ARG_VALIDATORS: dict[tuple[str, str], Draft202012Validator] = {}
+
+
+def _arg_validator(op: str, key: str, schema: dict) -> Draft202012Validator:
+    v = _ARG_VALIDATORS.get((op, key))
+    if v is None:
+        v = _ARG_VALIDATORS[(op, key)] = Draft202012Validator(schema)
+    return v
+
+
+def _describe_schema(schema: dict) -> str:
+    if "anyOf" in schema:
+        return " or ".join(_describe_schema(s) for s in schema["anyOf"])
+    if "enum" in schema:
+        return "one of " + ", ".join("null" if e is None else str(e) for e in schema["enum"])
+    t = schema.get("type")
+    if t == "array" and "items" in schema:
+        return f"a list of {_describe_schema(schema['items']).removeprefix('a ').removeprefix('an ')}s"
+    return _want(t) if t else "a value"
+
+
+def _has_expr(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, list):
+        return any(_has_expr(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_expr(v) for v in value.values())
+    return False

@@ -1,0 +1,5 @@
+"""`python -m yamlnet` is the `yamlnet` command."""
+
+from .cli import main
+
+raise SystemExit(main())

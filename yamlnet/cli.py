@@ -1,0 +1,229 @@
+"""The `yamlnet` command line.
+
+Exit codes: 0 success, 2 a user error (one located line per problem, no traceback
+unless --verbose), 1 an internal failure. torch is imported only by commands that
+need it, so `yamlnet --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE, EXIT_USER = 0, 1, 2
+
+DESCRIPTION = """\
+yamlnet: describe a PyTorch network in YAML; validate it, infer every shape,
+and generate a real nn.Module.
+
+examples:
+  yamlnet validate specs/*.yaml
+  yamlnet summary specs/resnet18.yaml
+  yamlnet expand specs/resnet18.yaml --set classes=100
+  yamlnet compile specs/resnet18.yaml --emit-python resnet18.py --out resnet18.pt
+  yamlnet schema > specs/schema.json
+"""
+
+
+class UserError(Exception):
+    """A mistake on the command line (not in a spec)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER
+    from .compiler.errors import SpecError
+
+    try:
+        if args.plugin:
+            from .compiler.registry import load_plugins
+
+            load_plugins(args.plugin)
+        return args.run(args) or EXIT_OK
+    except (SpecError, UserError) as err:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as err:  # noqa: BLE001 - last resort: one line, traceback on request
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"internal error: {type(err).__name__}: {err} (run with --verbose for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first; it may register ops (repeatable)")  # fmt: skip
+    spec_opts = argparse.ArgumentParser(add_help=False)
+    spec_opts.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                           help="override a variable from the spec's vars: (repeatable)")  # fmt: skip
+
+    p = argparse.ArgumentParser(prog="yamlnet", description=DESCRIPTION, parents=[common],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--version", action="version", version=f"yamlnet {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, func, help_text, *extra):
+        c = sub.add_parser(name, help=help_text, description=help_text, parents=[common, *extra])
+        c.set_defaults(run=func)
+        return c
+
+    c = command("validate", cmd_validate, "check specs: schema, names, graph and shapes (exit 0 or 2)",
+                spec_opts)  # fmt: skip
+    c.add_argument("specs", nargs="+", metavar="SPEC")
+    c.add_argument("--format", choices=["text", "json"], default="text",
+                   help="json: machine-readable diagnostics")  # fmt: skip
+
+    c = command("expand", cmd_expand, "print the fully resolved spec (every node, argument and shape)",
+                spec_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+
+    c = command("summary", cmd_summary, "per-node table: name, op, output shape, parameters",
+                spec_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    c = command("compile", cmd_compile, "build the nn.Module; optionally write standalone Python "
+                "and an initialised state_dict", spec_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--emit-python", metavar="FILE", help="write a standalone PyTorch module file")
+    c.add_argument("--out", metavar="FILE", help="save the initialised state_dict (torch.save)")
+    c.add_argument("--seed", type=int, default=0, help="seed for the initial weights (default 0)")
+
+    c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
+    c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
+    return p
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    from .compiler.expand import parse_override
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects VAR=VALUE, got '{item}'")
+        out[key.strip()] = parse_override(text)
+    return out
+
+
+def _compile(args, path: str, build: bool = False):
+    from .compiler.compile import compile_spec
+
+    return compile_spec(path, _overrides(args.set), build=build)
+
+
+def cmd_validate(args) -> int:
+    from .compiler.errors import SpecError
+
+    failed = 0
+    report = []
+    for path in args.specs:
+        try:
+            result = _compile(args, path)
+        except SpecError as err:
+            failed += 1
+            if args.format == "json":
+                report += [d.as_dict() for d in err.diagnostics]
+            else:
+                print(str(err), file=sys.stderr)
+            continue
+        if args.format == "text":
+            n = sum(1 for _ in result.spec.nodes)
+            params = sum(result.graph.nodes[x].get("params", 0) for x in result.graph)
+            print(f"ok {path}: {n} nodes, {params:,} parameters")
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    return EXIT_USER if failed else EXIT_OK
+
+
+def cmd_expand(args) -> int:
+    from .compiler.lockfile import lockfile_text
+
+    print(lockfile_text(_compile(args, args.spec)), end="")
+    return EXIT_OK
+
+
+def cmd_summary(args) -> int:
+    from .compiler.summary import format_summary, summary_rows
+
+    result = _compile(args, args.spec)
+    print(format_summary(result, summary_rows(result), args.format), end="")
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    import torch
+
+    from .compiler.codegen import emit_python
+
+    torch.manual_seed(args.seed)
+    result = _compile(args, args.spec, build=True)
+    module = result.module
+    total = sum(p.numel() for p in module.parameters())
+    print(f"compiled {args.spec}: {result.spec.name}, {len(result.spec.nodes)} nodes, "
+          f"{total:,} parameters, hash {result.hash[:12]}")  # fmt: skip
+    if args.emit_python:
+        _write(args.emit_python, emit_python(result.graph, module))
+        print(f"wrote {args.emit_python}")
+    if args.out:
+        _atomic_save(module.state_dict(), args.out)
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from .compiler.schema import published_schema
+
+    text = json.dumps(published_schema(), indent=1, sort_keys=False) + "\n"
+    if args.out:
+        _write(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _atomic_save(obj, path: str) -> None:
+    import torch
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
