@@ -187,9 +187,24 @@ def _construct(op, args: dict, owner: str, leaf: str) -> str:
         return f"{owner}.add_module({leaf!r}, {target}({kw}))"
     shape = tuple(args["shape"])
     dtype = args.get("dtype", "float32")
-    tensor = f"torch.zeros({shape!r}, dtype=torch.{dtype})"
+    tensor = _fill_code(f"torch.empty({shape!r}, dtype=torch.{dtype})", args)
     if op.kind == "parameter":
         grad = args.get("requires_grad", True)
         return f"{owner}.register_parameter({leaf!r}, nn.Parameter({tensor}, requires_grad={grad}))"
     persistent = args.get("persistent", True)
     return f"{owner}.register_buffer({leaf!r}, {tensor}, persistent={persistent})"
+
+
+def _fill_code(tensor: str, args: dict) -> str:
+    """`tensor` initialised like make_tensor's `fill`, with torch.nn.init."""
+    fill = args.get("fill", "zeros")
+    mean, std = args.get("mean", 0.0), args.get("std", 1.0)
+    call = {
+        "zeros": "zeros_({t})",
+        "ones": "ones_({t})",
+        "constant": f"constant_({{t}}, {args.get('value', 0.0)!r})",
+        "normal": f"normal_({{t}}, {mean!r}, {std!r})",
+        "uniform": f"uniform_({{t}}, {args.get('low', 0.0)!r}, {args.get('high', 1.0)!r})",
+        "trunc_normal": f"trunc_normal_({{t}}, {mean!r}, {std!r}, {-2 * std!r}, {2 * std!r})",
+    }[fill]
+    return "nn.init." + call.format(t=tensor)

@@ -149,21 +149,16 @@ def make_tensor(args: dict, device: str, learnable: bool):
     dtype = getattr(torch, args.get("dtype", "float32"))
     t = torch.empty(args["shape"], dtype=dtype, device=device)
     if device != "meta":
-        fill = args.get("fill", "zeros")
-        with torch.no_grad():
-            if fill == "zeros":
-                t.zero_()
-            elif fill == "ones":
-                t.fill_(1)
-            elif fill == "constant":
-                t.fill_(args.get("value", 0.0))
-            elif fill == "normal":
-                t.normal_(args.get("mean", 0.0), args.get("std", 1.0))
-            elif fill == "uniform":
-                t.uniform_(args.get("low", 0.0), args.get("high", 1.0))
-            elif fill == "trunc_normal":
-                std = args.get("std", 1.0)
-                torch.nn.init.trunc_normal_(t, args.get("mean", 0.0), std, -2 * std, 2 * std)
+        fill, mean, std = args.get("fill", "zeros"), args.get("mean", 0.0), args.get("std", 1.0)
+        init = torch.nn.init
+        {
+            "zeros": lambda: init.zeros_(t),
+            "ones": lambda: init.ones_(t),
+            "constant": lambda: init.constant_(t, args.get("value", 0.0)),
+            "normal": lambda: init.normal_(t, mean, std),
+            "uniform": lambda: init.uniform_(t, args.get("low", 0.0), args.get("high", 1.0)),
+            "trunc_normal": lambda: init.trunc_normal_(t, mean, std, -2 * std, 2 * std),
+        }[fill]()
     if learnable:
         return torch.nn.Parameter(t, requires_grad=args.get("requires_grad", True))
     return t
