@@ -63,6 +63,7 @@ class OpDef:
     size_args: tuple[str, ...] = ()  # list args whose items may name symbolic dims
     open_args: bool = False  # accepts any keyword (plugins without a signature)
     prepare: Callable[[dict], dict] | None = None  # turn YAML values into call values
+    hint: str = ""  # how to fix the usual shape error of this op
     doc: str = ""
     source: str = "yamlnet"
 

@@ -28,7 +28,13 @@ EXPR = {"type": "string", "pattern": r"\$\{", "description": "an expression ${..
 
 
 def _or_expr(schema: dict) -> dict:
-    return {"anyOf": [schema, {"$ref": "#/$defs/expr"}]}
+    """`schema`, where the value or any item inside it may also be an expression."""
+    inner = dict(schema)
+    if isinstance(inner.get("items"), dict):
+        inner["items"] = _or_expr(inner["items"])
+    if "anyOf" in inner:
+        inner["anyOf"] = [_or_expr(s) if "items" in s else s for s in inner["anyOf"]]
+    return {"anyOf": [inner, {"$ref": "#/$defs/expr"}]}
 
 
 def document_schema() -> dict[str, Any]:

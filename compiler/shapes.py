@@ -225,7 +225,7 @@ class _Engine:
         except Exception as err:  # noqa: BLE001 - any failure is a shape/argument error
             got = f"input {_show(in_types)}" if in_types else "no input"
             raise ShapeError(f"{op.name} cannot take {got}: {_first_line(err)}",
-                             node.loc, node.path, _hint(op, in_types)) from None  # fmt: skip
+                             node.loc, node.path, op.hint) from None  # fmt: skip
         return out
 
     def _combine(self, outs: list, node) -> Any:
@@ -328,15 +328,9 @@ def _kw(args: dict) -> str:
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
-
-
-def _hint(op, in_types: list) -> str:
-    if op.name in ("add", "sub", "mul", "div") and len(in_types) == 2:
-        return "both inputs must have the same shape or broadcast; a 1x1 conv on the shortcut fixes channels"
-    if op.name == "Linear" and in_types and len(in_types[0].shape) > 2:
-        return "add a flatten node before it?"
-    if op.name in ("cat", "stack"):
-        return "all inputs must match except along dim"
-    return ""
+    """torch's message, first sentence only (the rest repeats sample sizes)."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    for stop in ("! ", "; "):
+        text = text.split(stop)[0]
+    return text[:300]

@@ -33,6 +33,15 @@ SHAPE_DERIVED = {
     "normalized_shape": lambda ins: [ins[0][-1]],
 }
 
+# How to fix the usual shape error of a module, shown after torch's own message.
+SHAPE_HINTS = {
+    "Linear": "Linear works on the last dim; add a flatten node before it?",
+    "Conv1d": "Conv1d expects [N, C, L]",
+    "Conv2d": "Conv2d expects [N, C, H, W]; a flatten or reshape before it?",
+    "Conv3d": "Conv3d expects [N, C, D, H, W]",
+    "Embedding": "Embedding expects integer ids: declare the input with dtype: int64",
+}
+
 _SKIP_ARGS = {"device", "dtype", "self"}
 _NOT_OPS = {
     "Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict",
@@ -96,7 +105,7 @@ def module_opdef(name: str, cls: type, source: str = "plugin") -> OpDef:
     return OpDef(
         name, "module", cls, args, lo, hi, names, infer,
         open_args=any(p.kind is p.VAR_KEYWORD for p in _raw_params(cls)) and not params,
-        doc=doc[:300], source=source,
+        doc=doc[:300], source=source, hint=SHAPE_HINTS.get(name, ""),
     )  # fmt: skip
 
 

@@ -37,24 +37,27 @@ def register_tensor_functions(registry) -> None:
     import torch.nn.functional as F
 
     def fn(name, target, inputs=(1, 1), args=(), positional=(), kind="function", doc="",
-           list_input=False, size_args=(), input_names=(), prepare=None):  # fmt: skip
+           list_input=False, size_args=(), input_names=(), prepare=None, hint=""):  # fmt: skip
         lo, hi = inputs
         registry.add(OpDef(
             name, kind, target, {a.name: a for a in args}, lo, hi, tuple(input_names),
             positional=tuple(positional), list_input=list_input, size_args=tuple(size_args),
-            doc=doc, source="torch", prepare=prepare,
+            doc=doc, source="torch", prepare=prepare, hint=hint,
         ))  # fmt: skip
 
     other = _a("other", NUM, doc="a number, when the node has one input")
+    same = ("both inputs must have the same shape or broadcast; "
+            "e.g. a 1x1 conv on the shortcut matches channels")  # fmt: skip
     for name, target in (("add", torch.add), ("sub", torch.sub), ("mul", torch.mul)):
         extra = [_a("alpha", NUM)] if name != "mul" else []
-        fn(name, target, (1, 2), [other, *extra], ["other"],
+        fn(name, target, (1, 2), [other, *extra], ["other"], hint=same,
            doc=f"torch.{name}: element-wise, with broadcasting")  # fmt: skip
     fn("div", torch.div, (1, 2), [other, _a("rounding_mode", {"enum": ["trunc", "floor", None]})],
-       ["other"], doc="torch.div: element-wise division")  # fmt: skip
+       ["other"], hint=same, doc="torch.div: element-wise division")  # fmt: skip
     fn("matmul", torch.matmul, (2, 2), doc="torch.matmul: matrix product of two inputs")
     for name, target in (("cat", torch.cat), ("stack", torch.stack)):
         fn(name, target, (1, None), [_a("dim", INT)], list_input=True,
+           hint="all inputs must have the same shape except along dim",
            doc=f"torch.{name}: join inputs along dim")  # fmt: skip
     fn("flatten", torch.flatten, args=[_a("start_dim", INT), _a("end_dim", INT)],
        doc="torch.flatten: merge dims start_dim..end_dim")  # fmt: skip
