@@ -71,10 +71,17 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
-    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first; it may register ops (repeatable)")  # fmt: skip
+    def common_options(default):
+        # given before or after the command; SUPPRESS keeps a subcommand from resetting them
+        parser = argparse.ArgumentParser(add_help=False)
+        parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                            help="show tracebacks")  # fmt: skip
+        parser.add_argument("--plugin", action="append", default=default([]), metavar="MODULE",
+                            help="import MODULE first; it may register ops (repeatable)")  # fmt: skip
+        return parser
+
+    common = common_options(lambda value: value)
+    sub_common = common_options(lambda value: argparse.SUPPRESS)
     spec_opts = argparse.ArgumentParser(add_help=False)
     spec_opts.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                            help="override a variable from the spec's vars: (repeatable)")  # fmt: skip
@@ -85,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name, func, help_text, *extra):
-        c = sub.add_parser(name, help=help_text, description=help_text, parents=[common, *extra])
+        c = sub.add_parser(name, help=help_text, description=help_text, parents=[sub_common, *extra])
         c.set_defaults(run=func)
         return c
 

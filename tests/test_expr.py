@@ -1,0 +1,95 @@
+"""The expression language: what it computes, and what it refuses."""
+
+import pytest
+
+from yamlnet.compiler.errors import ExprError
+from yamlnet.compiler.expr import Scope, evaluate, resolve
+
+
+def ev(text, **names):
+    return evaluate(text, Scope(names))
+
+
+@pytest.mark.parametrize(
+    "text, names, expected",
+    [
+        ("1 + 2 * 3", {}, 7),
+        ("width * 2", {"width": 32}, 64),
+        ("hidden // (2 ** i)", {"hidden": 128, "i": 2}, 32),
+        ("7 / 2", {}, 3.5),
+        ("-x % 3", {"x": 4}, 2),
+        ("2 if i == 0 else 1", {"i": 0}, 2),
+        ("2 if i == 0 else 1", {"i": 3}, 1),
+        ("stride != 1 or c != p", {"stride": 1, "c": 64, "p": 64}, False),
+        ("1 < x <= 3", {"x": 3}, True),
+        ("not flag and true", {"flag": False}, True),
+        ("min(8, max(a, 2))", {"a": 5}, 5),
+        ("int(round(2.6))", {}, 3),
+        ("round(3.14159, 2)", {}, 3.14),
+        ("ceil(7 / 2) + floor(7 / 2)", {}, 7),
+        ("abs(-3)", {}, 3),
+        ("len(depths)", {"depths": [2, 2, 6, 2]}, 4),
+        ("depths[-1]", {"depths": [2, 2, 6, 2]}, 2),
+        ("depths[1:3]", {"depths": [2, 2, 6, 2]}, [2, 6]),
+        ("table['b'][1]", {"table": {"b": [3, 4]}}, 4),
+        ("[a, a * 2]", {"a": 3}, [3, 6]),
+        ("'x' + name", {"name": "y"}, "xy"),
+        ("3 in sizes", {"sizes": [1, 3]}, True),
+        ("none", {}, None),
+    ],
+)
+def test_evaluates(text, names, expected):
+    assert ev(text, **names) == expected
+
+
+def test_whole_string_keeps_type_and_mixed_string_interpolates():
+    scope = Scope({"w": 16, "i": 2})
+    assert resolve("${w * 2}", scope, None, "x") == 32
+    assert resolve("block_${i}_${w > 8}", scope, None, "x") == "block_2_true"
+    assert resolve(["${w}", {"k": "${i}"}], scope, None, "x") == [16, {"k": 2}]
+    assert resolve("no expressions", scope, None, "x") == "no expressions"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("__import__('os').system('true')", "is not a function you can call"),
+        ("__import__('os')", "unknown function '__import__'"),
+        ("x.__class__", "is not allowed in an expression"),
+        ("(lambda: 1)()", "is not a function you can call"),
+        ("[c for c in 'ab']", "is not allowed in an expression"),
+        ("open('/etc/passwd')", "unknown function 'open'"),
+        ("widht * 2", "unknown name 'widht' (did you mean width?)"),
+        ("1 / 0", "division by zero"),
+        ("10 ** 100", "exponent too large"),
+        ("2 ** 62 * 16", "integer result is too large"),
+        ("1 +", "invalid expression"),
+        ("'a' * 3", "cannot apply"),
+        ("round(1, 10 ** 9)", "round() digits"),
+        ("round(1.0, 99)", "round() digits"),
+        ("int('nan')", "int() cannot convert"),
+        ("float('inf')", "not a finite number"),
+        ("xs[10]", "out of range"),
+        ("min(x=1)", "takes no keyword arguments"),
+        ("shape(x)", "shape() is not available"),
+    ],
+)
+def test_refuses(text, message):
+    with pytest.raises(ExprError) as info:
+        evaluate(text, Scope({"width": 8, "xs": [1]}))
+    assert message in str(info.value)
+
+
+def test_length_and_nesting_limits():
+    with pytest.raises(ExprError, match="longer than"):
+        ev("1+" * 300 + "1")
+    with pytest.raises(ExprError, match="nested too deeply|longer than"):
+        ev("(" * 200 + "1" + ")" * 200)
+
+
+def test_error_is_located():
+    from yamlnet.compiler.errors import Location
+
+    with pytest.raises(ExprError) as info:
+        resolve("${nope}", Scope({}), Location("f.yaml", 3, 9), "nodes.fc.out_features")
+    assert str(info.value) == "f.yaml:3:9: nodes.fc.out_features: unknown name 'nope'"

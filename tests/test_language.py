@@ -1,0 +1,202 @@
+"""Spec-language constructs end to end: each compiles to the module it describes."""
+
+import textwrap
+
+import pytest
+import torch
+
+import yamlnet
+from yamlnet.compiler.compile import compile_spec
+from yamlnet.compiler.errors import GraphError, SchemaError, ShapeError, SpecError
+
+
+def spec(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
+
+
+def shapes(result) -> dict:
+    return {n: str(result.graph.nodes[n]["type"]) for n in result.graph
+            if result.graph.nodes[n]["kind"] == "op"}  # fmt: skip
+
+
+def test_repeat_index_first_stride_only_and_hierarchical_names():
+    r = yamlnet.build(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 8, 16, 16]}
+        nodes:
+          stage: {block: b, repeat: 3, stride: "${2 if i == 0 else 1}"}
+        blocks:
+          b:
+            params: {stride: int}
+            nodes:
+              conv: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: "${stride}", padding: 1}
+        """))
+    assert shapes(r) == {"stage.0.conv": "[N, 8, 8, 8]", "stage.1.conv": "[N, 8, 8, 8]",
+                         "stage.2.conv": "[N, 8, 8, 8]"}  # fmt: skip
+    assert list(r.module.state_dict()) == [f"stage.{k}.conv.{p}" for k in range(3) for p in ("weight", "bias")]
+
+
+def test_if_false_passes_input_through():
+    text = spec("""
+        yamlnet: 1
+        vars: {norm: false}
+        inputs: {x: [N, 4]}
+        nodes:
+          fc: {op: Linear, out_features: 4}
+          bn: {op: BatchNorm1d, if: "${norm}"}
+          act: {op: ReLU}
+        """)
+    assert [n.name for n in yamlnet.load_spec(text).nodes] == ["fc", "act"]
+    assert [n.name for n in yamlnet.load_spec(text, norm=True).nodes] == ["fc", "bn", "act"]
+
+
+def test_shape_of_input_in_expressions_and_symbolic_dims():
+    r = yamlnet.build(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 6, H, W]}
+        nodes:
+          squeeze: {op: Conv2d, out_channels: "${shape(x)[1] // 2}", kernel_size: 1}
+          pool: {op: MaxPool2d, kernel_size: 2}
+          up: {op: ConvTranspose2d, out_channels: 3, kernel_size: 2, stride: 2}
+        """))
+    assert shapes(r) == {"squeeze": "[N, 3, H, W]", "pool": "[N, 3, H/2, W/2]", "up": "[N, 3, H, W]"}
+    assert r.module(torch.randn(2, 6, 10, 12)).shape == (2, 3, 10, 12)
+
+
+def test_tuple_outputs_indexing_and_multiple_outputs():
+    m = yamlnet.compile(spec("""
+        yamlnet: 1
+        inputs: {seq: [N, T, 5]}
+        nodes:
+          rnn: {op: GRU, hidden_size: 7, batch_first: true}
+          last: {op: getitem, in: "rnn[1]", index: -1}
+          parts: {op: chunk, in: "rnn[0]", chunks: 2, dim: 1}
+        outputs: {hidden: last, first_half: "parts[0]"}
+        """))
+    hidden, half = m(torch.randn(3, 6, 5))
+    assert hidden.shape == (3, 7) and half.shape == (3, 3, 7)
+
+
+def test_parameter_buffer_call_and_symbolic_size():
+    m = yamlnet.compile(spec("""
+        yamlnet: 1
+        inputs: {x: [N, T, 8]}
+        nodes:
+          token: {op: Parameter, shape: [1, 1, 8], fill: normal, std: 0.02}
+          tokens: {op: expand, size: [N, -1, -1]}
+          seq: {op: cat, in: [tokens, x], dim: 1}
+          scale: {op: Buffer, shape: [8], fill: constant, value: 2.0}
+          scaled: {op: mul, in: [seq, scale]}
+          attn: {op: MultiheadAttention, in: [scaled, scaled, scaled], num_heads: 2, batch_first: true,
+                 call: {need_weights: false}}
+        outputs: "attn[0]"
+        """))
+    assert m(torch.randn(4, 5, 8)).shape == (4, 6, 8)
+    assert set(m.state_dict()) >= {"token", "scale", "attn.in_proj_weight"}
+    assert isinstance(m.token, torch.nn.Parameter) and not isinstance(m.scale, torch.nn.Parameter)
+
+
+def test_list_form_nodes_are_numbered_like_sequential():
+    m = yamlnet.compile(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          classifier:
+            nodes:
+              - {op: Dropout, p: 0.5}
+              - {op: Linear, out_features: 3}
+        """))
+    assert list(m.state_dict()) == ["classifier.1.weight", "classifier.1.bias"]
+
+
+def test_forward_reference_is_resolved_at_scope_end():
+    m = yamlnet.compile(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          out: {op: add, in: [a, b]}
+          a: {op: Linear, in: x, out_features: 4}
+          b: {op: Linear, in: x, out_features: 4}
+        outputs: out
+        """))
+    assert m(torch.randn(2, 4)).shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "body, error, message",
+    [
+        ("  a: {op: Linear, in: y, out_features: 2}\n", GraphError,
+         "t.yaml:4:3: nodes.a.in: unknown input 'y' (known names: x, a)"),
+        ("  a: {op: Linear, in: b, out_features: 4}\n  b: {op: Linear, in: a, out_features: 4}\n",
+         GraphError, "t.yaml:4:3: nodes.a: cycle: a -> b -> a (a node cannot depend on its own output)"),
+        ("  a: {op: Linear, out_features: 2, in_features: 5}\n", ShapeError,
+         "t.yaml:4:3: nodes.a: Linear got input [N, 4] but in_features=5; the input says in_features=4 "
+         "(remove in_features to infer it, or fix the node before)"),
+        ("  a: {op: Linear, out_features: 2, bias: 1}\n", SchemaError,
+         "t.yaml:4:36: nodes.a.bias: Linear.bias expects true or false, got integer 1"),
+        ("  a: {op: Linear}\n", SchemaError,
+         "t.yaml:4:3: nodes.a: Linear needs argument 'out_features'"),
+        ("  a: {op: Conv2d, out_channels: 2, kernel_size: 3}\n", ShapeError,
+         "t.yaml:4:3: nodes.a: Conv2d cannot take input [N, 4]"),
+        ("  a: {op: add, in: [x, x, x]}\n", GraphError, "t.yaml:4:16: nodes.a: add takes 1 to 2 inputs, got 3"),
+        ("  a: {op: Linear, out_features: 2}\n  b: {op: ReLU, in: x}\n", GraphError,
+         "t.yaml:4:3: nodes.a: node 'a' is never used"),
+        ("  a: {op: Linear, out_features: 2, repeat: -1}\n", SchemaError,
+         "t.yaml:4:36: nodes.a.repeat: -1 is less than the minimum of 0"),
+        ("  a: {block: nope}\n", SchemaError, "t.yaml:4:7: nodes.a.block: unknown block 'nope' (no blocks are defined)"),
+        ("  a: {op: Linear, out_features: \"${2 *}\"}\n", SpecError,
+         "t.yaml:4:19: nodes.a.out_features: invalid expression '${2 *}': invalid syntax"),
+    ],
+)
+def test_located_errors(body, error, message):
+    text = "yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n" + body
+    with pytest.raises(error) as info:
+        _compile(text)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def _compile(text):
+    from yamlnet.compiler.load import SpecSource, load_document
+
+    return compile_spec(SpecSource(load_document(text.encode(), "t.yaml")), build=False)
+
+
+def test_all_schema_errors_at_once():
+    text = "yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n  a: {op: Lineer}\n  b: {op: ReLU, inplace: 2}\nextra: 1\n"
+    with pytest.raises(SchemaError) as info:
+        _compile(text)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1 and "unknown key 'extra'" in lines[0]  # structure first
+    text = text.replace("extra: 1\n", "")
+    with pytest.raises(SchemaError) as info:
+        _compile(text)
+    assert str(info.value).splitlines() == [
+        "t.yaml:4:7: nodes.a.op: unknown op 'Lineer' (did you mean Linear?)",
+        "t.yaml:5:17: nodes.b.inplace: ReLU.inplace expects true or false, got integer 2",
+    ]
+
+
+def test_overrides_must_name_a_variable():
+    with pytest.raises(SpecError, match="unknown variable 'widht' in override .did you mean width"):
+        yamlnet.compile("yamlnet: 1\nvars: {width: 2}\ninputs: {x: [N, 2]}\nnodes: {a: {op: ReLU}}\n", widht=3)
+
+
+def test_include_blocks_from_library(tmp_path):
+    (tmp_path / "lib.yaml").write_text(spec("""
+        yamlnet: 1
+        blocks:
+          mlp:
+            params: {width: int, act: {type: str, default: ReLU}}
+            nodes:
+              fc: {op: Linear, out_features: "${width}"}
+              act: {op: "${act}"}
+        """))
+    (tmp_path / "net.yaml").write_text(spec("""
+        yamlnet: 1
+        include: lib.yaml
+        inputs: {x: [N, 3]}
+        nodes:
+          body: {block: mlp, width: 5, act: GELU}
+        """))
+    m = yamlnet.compile(tmp_path / "net.yaml")
+    assert isinstance(m.body.act, torch.nn.GELU) and m.body.fc.out_features == 5
