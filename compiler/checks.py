@@ -24,6 +24,8 @@ def check_graph(g: nx.DiGraph) -> None:
 
 
 def _check_cycles(g: nx.DiGraph) -> None:
+    if nx.is_directed_acyclic_graph(g):  # linear time; find_cycle only when there is one
+        return
     try:
         edges = nx.find_cycle(g)
     except nx.NetworkXNoCycle:

@@ -15,7 +15,7 @@ import re
 
 import networkx as nx
 
-from .errors import SpecError
+from .errors import ShapeError, SpecError
 from .expand import Ref
 from .graph import topological_order
 from .registry import REGISTRY
@@ -63,7 +63,7 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         inputs = [value(r) for r in node.inputs]
         fx_name = _py_name(name.replace(".", "_"))
         if op.kind in ("module", "parameter", "buffer"):
-            built = op.instantiate(_ctor_args(op, args))
+            built = _instantiate(op, args, node)
             _install(root, name, built, op.kind, args.get("persistent", True))
             if op.kind == "module":
                 env[name] = graph.create_node("call_module", name, tuple(inputs), dict(node.call), fx_name)
@@ -85,6 +85,15 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     graph.lint()
     return fx.GraphModule(root, graph, class_name=class_name(spec.name))
+
+
+def _instantiate(op, args: dict, node):
+    try:
+        return op.instantiate(_ctor_args(op, args))
+    except (RuntimeError, MemoryError) as err:  # e.g. an absurd width: allocation fails
+        text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ShapeError(f"cannot allocate {op.name}: {text}", node.loc, node.path,
+                         "are the sizes in this node what you meant?") from None  # fmt: skip
 
 
 def _getitem():

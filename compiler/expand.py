@@ -31,7 +31,7 @@ from .validate import check_args, collect_blocks, format_path, param_required
 
 __all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS"]
 
-LIMITS = {"max_nodes": 100_000, "max_block_depth": 32}
+LIMITS = {"max_nodes": 50_000, "max_block_depth": 32}
 RESERVED = {"i", "shape", "input", "true", "false", "none"}
 
 
@@ -76,6 +76,7 @@ class ExpandedSpec:
     vars: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     file: str = "<spec>"
+    outputs_loc: Location | None = None
 
     @property
     def symbols(self) -> dict[str, tuple[str, int]]:
@@ -133,6 +134,7 @@ class _Env:
     prefix: str
     prev: Any = None
     pending: list = field(default_factory=list)
+    skips: dict = field(default_factory=dict)  # left-out node -> (input name, loc, path)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class _Expander:
         self.block_stack: list[str] = []
         self.inputs: tuple[InputSpec, ...] = ()
         self.variables: dict[str, Any] = {}
+        self.steps = 0
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -182,6 +185,7 @@ class _Expander:
             vars=variables,
             meta=dict(self.data.get("meta") or {}),
             file=self.doc.file,
+            outputs_loc=self.doc.loc(("outputs",)),
         )
 
     def _vars(self, overrides: dict) -> dict:
@@ -240,6 +244,9 @@ class _Expander:
 
     def _node(self, name: str, node: dict, path: tuple, doc: Document, env: _Env) -> None:
         loc, where = doc.loc(path), format_path(path)
+        self.steps += 1  # nodes and block instances: blocks calling blocks grow too
+        if self.steps > LIMITS["max_nodes"]:
+            raise SpecError(f"spec expands to more than {LIMITS['max_nodes']} nodes", loc, where)
         if name in env.refs and not isinstance(env.refs[name], _Pending):
             raise GraphError(f"duplicate name '{name}'", loc, where,
                              "node names must be unique within their block")  # fmt: skip
@@ -252,6 +259,8 @@ class _Expander:
                 raise ExprError(f"if: must be true or false, got {keep!r}", doc.loc(path + ("if",)), where)
             if not keep:
                 skipped = inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
+                if isinstance(node.get("in"), str):  # to name a loop of left-out nodes
+                    env.skips[name] = (parse_ref(node["in"])[0], loc, where)
                 env.refs[name] = env.prev = skipped
                 return
         repeat = 1
@@ -316,7 +325,7 @@ class _Expander:
         if len(inputs) != len(names):
             raise GraphError(f"block '{name}' takes {len(names)} input(s) ({', '.join(names)}), "
                              f"got {len(inputs)}", doc.loc(path + ("in",)), where)  # fmt: skip
-        inner = _Env(dict(zip(names, inputs)), Scope({**self.variables, **params}), full + ".")
+        inner = _Env(dict(zip(names, inputs, strict=True)), Scope({**self.variables, **params}), full + ".")
         inner.prev = inputs[0] if inputs else None
         self.block_stack.append(name)
         self._expand_nodes(body["nodes"], bdoc, bpath + ("nodes",), inner)
@@ -388,6 +397,8 @@ class _Expander:
     def _finish_scope(self, env: _Env) -> None:
         """Resolve names used before their definition; unknown ones are errors."""
         for p in env.pending:
+            if p.name in env.skips:
+                self._skip_cycle(p.name, env)
             if isinstance(env.refs.get(p.name), _Pending):
                 known = [k for k, v in env.refs.items() if not isinstance(v, _Pending)]
                 raise GraphError(f"unknown input '{p.name}'", p.loc, p.path,
@@ -398,6 +409,21 @@ class _Expander:
             if any(isinstance(r, (_Pending, _Indexed, _Skipped)) for r in node.inputs):
                 fixed = tuple(self._final(r, env) for r in node.inputs)
                 self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path)
+
+    def _skip_cycle(self, start: str, env: _Env) -> None:
+        """Left-out nodes that pass each other's inputs through in a loop: a cycle."""
+        chain = [start]
+        while chain[-1] in env.skips and env.skips[chain[-1]][0] not in chain:
+            chain.append(env.skips[chain[-1]][0])
+        nxt = env.skips.get(chain[-1], (None,))[0]
+        if nxt in chain:
+            cycle = chain[chain.index(nxt):]
+            first = min(cycle, key=list(env.skips).index)
+            k = cycle.index(first)
+            names = cycle[k:] + cycle[:k] + [first]
+            _, loc, path = env.skips[first]
+            raise GraphError(f"cycle: {' -> '.join(names)}", loc, path,
+                             "a node cannot depend on its own output")  # fmt: skip
 
     def _final(self, value, env: _Env, depth: int = 0):
         if depth > 1000:

@@ -248,7 +248,7 @@ class _Interpreter:
 
     def visit_Compare(self, node: ast.Compare) -> bool:
         left = self.visit(node.left)
-        for op, expr in zip(node.ops, node.comparators):
+        for op, expr in zip(node.ops, node.comparators, strict=True):
             right = self.visit(expr)
             try:
                 ok = _CMPOPS[type(op)](left, right)
@@ -280,6 +280,8 @@ class _Interpreter:
                 return value[key]
             if isinstance(value, (list, str)) and _is_int(key):
                 return value[key]
+        except TypeError:
+            raise ExprError(f"cannot index {_type(value)} with {_type(key)}") from None
         except (KeyError, IndexError):
             hint = did_you_mean(str(key), value) if isinstance(value, dict) else ""
             raise ExprError(f"index {key!r} out of range in '{ast.unparse(node)}'", hint=hint) from None

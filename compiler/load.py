@@ -246,9 +246,9 @@ class _Composer:
             self._grow(size, event)
             return value, size
         if getattr(event, "tag", None) is not None:
+            tag = event.tag.replace("tag:yaml.org,2002:", "!!")  # as the author wrote it
             raise LoadError(
-                f"YAML tags are not allowed in a spec (found '{event.tag}'): a spec is plain data",
-                loc,
+                f"YAML tags are not allowed in a spec (found '{tag}'): a spec is plain data", loc
             )
         if depth > LIMITS["max_depth"]:
             raise LoadError(f"nesting deeper than {LIMITS['max_depth']} levels", loc)

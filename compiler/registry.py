@@ -64,6 +64,8 @@ class OpDef:
     open_args: bool = False  # accepts any keyword (plugins without a signature)
     prepare: Callable[[dict], dict] | None = None  # turn YAML values into call values
     hint: str = ""  # how to fix the usual shape error of this op
+    int_inputs: bool = False  # a module with float weights that takes integer ids (Embedding)
+    same_shape: bool = False  # shape rule: the output is shaped like the (only) input
     doc: str = ""
     source: str = "yamlnet"
 

@@ -33,7 +33,9 @@ from .registry import REGISTRY
 
 __all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "SAMPLE_SIZES"]
 
-SAMPLE_SIZES = (64, 128)  # base and alternate sample value of every symbolic dim
+MAX_PARAMS = 10**12  # a spec asking for more is a typo, not a model
+SAMPLE_SIZES = (32, 64)  # base and alternate sample value of every symbolic dim (kept small:
+# recurrent ops on meta tensors take time proportional to the sequence length)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ def infer_shapes(g: nx.DiGraph, registry=REGISTRY, oracle: ShapeOracle | None = 
             continue
         info = engine.infer(name)
         typed.nodes[name].update(type=info.type, args=info.args, params=info.params)
+    for out, ref in spec.outputs:
+        try:
+            engine.type_of(ref)
+        except ShapeError as err:
+            raise ShapeError(f"'{ref}': {err.diagnostics[0].message}", spec.outputs_loc,
+                             f"outputs.{out}") from None  # fmt: skip
     return typed
 
 
@@ -126,10 +134,15 @@ class _Engine:
             self.types[inp.name] = TensorType(tuple(inp.shape), inp.dtype)
 
     # -- queries -------------------------------------------------------------------
-    def type_of(self, ref: Ref) -> Any:
+    def type_of(self, ref: Ref, user: NodeSpec | None = None) -> Any:
         if ref.node not in self.types:
             self.infer(ref.node)
-        return _pick(self.types[ref.node], ref.index)
+        try:
+            return _pick(self.types[ref.node], ref.index)
+        except ShapeError as err:
+            if user is None:
+                raise
+            raise ShapeError(f"'{ref}': {err.diagnostics[0].message}", user.loc, user.path) from None
 
     def _value(self, ref: Ref, k: int) -> Any:
         value = self.values[ref.node][k]
@@ -139,16 +152,36 @@ class _Engine:
 
     # -- one node --------------------------------------------------------------------
     def infer(self, name: str) -> _Info:
+        """Infer `name`, after its not-yet-inferred producers (iteratively: chains of
+        thousands of nodes must not reach Python's recursion limit)."""
         if name in self.infos:
             return self.infos[name]
+        order, stack, seen = [], [(name, False)], set()
+        while stack:
+            current, ready = stack.pop()
+            if ready:
+                order.append(current)
+                continue
+            if current in seen or current in self.types:
+                continue
+            seen.add(current)
+            stack.append((current, True))
+            for ref in self.nodes[current].inputs:
+                if isinstance(ref, Ref) and ref.node not in self.types:
+                    stack.append((ref.node, False))
+        for current in order:
+            self._infer_one(current)
+        return self.infos[name]
+
+    def _infer_one(self, name: str) -> _Info:
         node = self.nodes[name]
         op = self.registry.get(node.op)
         for ref in node.inputs:
             if not isinstance(ref, Ref):
                 raise ExprError(f"shape(): input of '{name}' is defined after it")
-            self.type_of(ref)  # infers producers first (memoized)
-        in_types = [self.type_of(r) for r in node.inputs]
-        for r, t in zip(node.inputs, in_types):
+            self.type_of(ref, node)  # infers producers first (memoized)
+        in_types = [self.type_of(r, node) for r in node.inputs]
+        for r, t in zip(node.inputs, in_types, strict=True):
             if not isinstance(t, TensorType):
                 raise ShapeError(f"input '{r}' is a tuple {format_type(t)}; pick one element, "
                                  f"e.g. {r}[0]", node.loc, node.path)  # fmt: skip
@@ -162,6 +195,9 @@ class _Engine:
         self.values[name] = outs
         self.types[name] = self._combine(outs, node)
         params = _count_params(built)
+        if params > MAX_PARAMS:
+            raise ShapeError(f"{op.name} would have {params:,} parameters (limit {MAX_PARAMS:,})",
+                             node.loc, node.path, "are the sizes in this node what you meant?")  # fmt: skip
         info = _Info(self.types[name], args, params)
         self.infos[name] = info
         return info
@@ -220,6 +256,16 @@ class _Engine:
                              node.loc, node.path) from None  # fmt: skip
 
     def _run(self, node, op, built, inputs, args, in_types) -> Any:
+        if op.same_shape and len(inputs) == 1 and not node.call:
+            return inputs[0]  # the registered shape rule: output shaped like the input
+        if op.kind == "module" and not op.int_inputs and _float_weights(built):
+            for t in in_types:
+                if t.dtype.startswith(("int", "uint", "bool")):
+                    # meta kernels do not check dtypes; eager PyTorch would fail here
+                    raise ShapeError(
+                        f"{op.name} cannot take input {_show(in_types)}: its weights are floating "
+                        f"point and the input is {t.dtype}", node.loc, node.path,
+                        "declare the input as float32, or put an Embedding first")  # fmt: skip
         try:
             out = op.apply(built, inputs, _call_args(op, args), node.call)
         except Exception as err:  # noqa: BLE001 - any failure is a shape/argument error
@@ -234,7 +280,7 @@ class _Engine:
         if isinstance(first, torch.Tensor):
             dims = []
             for d, size in enumerate(first.shape):
-                moved = {s: o.shape[d] for s, o in zip(self.symbols, outs[1:]) if o.shape[d] != size}
+                moved = {s: o.shape[d] for s, o in zip(self.symbols, outs[1:], strict=True) if o.shape[d] != size}
                 dims.append(size if not moved else _symbolic_dim(size, moved, self.passes[0]))
             return TensorType(tuple(dims), str(first.dtype).removeprefix("torch."))
         if isinstance(first, (tuple, list)):
@@ -294,6 +340,10 @@ def _pick(t: Any, index: tuple) -> Any:
             raise ShapeError(f"index [{i}] out of range for {len(t)} outputs {format_type(t)}")
         t = t[i]
     return t
+
+
+def _float_weights(built: Any) -> bool:
+    return any(p.is_floating_point() for p in built.parameters())
 
 
 def _count_params(built: Any) -> int:

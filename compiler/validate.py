@@ -8,13 +8,14 @@ Values that are still expressions (`${...}`) are type-checked after expansion (s
 
 from __future__ import annotations
 
+import difflib
 from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from .errors import Diagnostic, Location, SchemaError, did_you_mean
+from .errors import Diagnostic, SchemaError, did_you_mean
 from .load import Document, SpecSource
 from .registry import REGISTRY, OpDef
 from .schema import NODE_KEYS, PARAM_TYPES, document_schema, iter_nodes
@@ -27,6 +28,9 @@ def validate(source: SpecSource, registry=REGISTRY) -> None:
     problems: list[Diagnostic] = []
     for doc in (*source.includes, source.main):
         problems += _schema_problems(doc)
+    main = source.main
+    if not problems and "nodes" not in main.data:
+        problems.append(Diagnostic("missing required key 'nodes'", main.loc(())))
     if not problems:
         blocks, dup = _blocks_with_problems(source)
         problems += dup
@@ -169,7 +173,30 @@ def _blocks_with_problems(source: SpecSource):
                     f"block '{name}' is defined twice (also at {other})",
                     doc.loc(("blocks", name)), f"blocks.{name}"))  # fmt: skip
             blocks[name] = (body, doc, ("blocks", name))
+            problems += _param_problems(body, doc, ("blocks", name, "params"))
     return blocks, problems
+
+
+def _param_problems(body: dict, doc: Document, base: tuple) -> list[Diagnostic]:
+    """Type names in `params:` must exist; a default that looks like a misspelt type name
+    is refused rather than taken as a string."""
+    out = []
+    types = ", ".join(PARAM_TYPES)
+    for key, decl in (body.get("params") or {}).items():
+        path = base + (key,)
+        if isinstance(decl, dict) and set(decl) <= {"type", "default", "doc"} and "type" in decl:
+            if decl["type"] not in PARAM_TYPES:
+                p = path + ("type",)
+                out.append(Diagnostic(f"unknown parameter type {decl['type']!r}", doc.loc(p),
+                                      format_path(p), f"types: {types}"))  # fmt: skip
+        elif isinstance(decl, str) and decl not in PARAM_TYPES:
+            close = difflib.get_close_matches(decl, list(PARAM_TYPES), n=1, cutoff=0.6)
+            if close:
+                out.append(Diagnostic(
+                    f"{decl!r} is not a parameter type", doc.loc(path), format_path(path),
+                    f"did you mean {close[0]}? For a string default write "
+                    f"{{type: str, default: {decl}}}"))  # fmt: skip
+    return out
 
 
 def _node_problems(doc: Document, blocks: dict, registry) -> list[Diagnostic]:
@@ -243,11 +270,14 @@ def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, 
     after expansion) and missing shape-derived arguments are fine.
     """
     out = []
+    meant: set[str] = set()  # required arguments a misspelt key probably stands for
     for key, value in args.items():
         if key not in op.args:
             if not op.open_args:
+                hint = did_you_mean(key, op.args)
+                meant |= {a for a in op.args if hint == f"did you mean {a}?"}
                 out.append((key, f"unknown argument '{key}' for {op.name}",
-                            did_you_mean(key, op.args) or _list("arguments", op.args)))  # fmt: skip
+                            hint or _list("arguments", op.args)))  # fmt: skip
             continue
         if literal_only and _has_expr(value):
             continue
@@ -258,7 +288,7 @@ def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, 
                 want = _describe_schema(schema)
                 out.append((key, f"{op.name}.{key} expects {want}, got {_json_type(value)} {_show(value)}", ""))
     for key, arg in op.args.items():
-        if arg.required and key not in args:
+        if arg.required and key not in args and key not in meant:
             out.append(("", f"{op.name} needs argument '{key}'", arg.doc[:80] if arg.doc else ""))
     return out
 

@@ -1,7 +1,6 @@
 """The expression language: what it computes, and what it refuses."""
 
 import pytest
-
 from yamlnet.compiler.errors import ExprError
 from yamlnet.compiler.expr import Scope, evaluate, resolve
 

@@ -4,10 +4,10 @@ import textwrap
 
 import pytest
 import torch
-
-import yamlnet
 from yamlnet.compiler.compile import compile_spec
 from yamlnet.compiler.errors import GraphError, SchemaError, ShapeError, SpecError
+
+import yamlnet
 
 
 def spec(text: str) -> str:

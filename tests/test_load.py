@@ -1,7 +1,6 @@
 """The safe loader: honest scalars, located values, refused YAML features."""
 
 import pytest
-
 from yamlnet.compiler.errors import LoadError
 from yamlnet.compiler.load import load_document, load_spec_source
 
@@ -38,7 +37,7 @@ def test_locations_of_every_value():
         ("a: 1e400\n", "t.yaml:1:4: number '1e400' overflows to infinity"),
         ("a: 123456789012345678901234567890\n", "t.yaml:1:4: integer 12345678901234567890... is too large"),
         ("a: !!python/object/apply:os.system ['true']\n", "t.yaml:1:4: YAML tags are not allowed"),
-        ("a: !!str 3\n", "YAML tags are not allowed in a spec (found 'tag:yaml.org,2002:str')"),
+        ("a: !!str 3\n", "YAML tags are not allowed in a spec (found '!!str')"),
         ("a: 1\na: 2\n", "t.yaml:2:1: duplicate key 'a' (first written at line 1)"),
         ("a: 1\n---\nb: 2\n", "t.yaml:2:1: only one YAML document is allowed"),
         ("", "t.yaml:1:1: the spec is empty"),

@@ -5,11 +5,11 @@ import textwrap
 
 import pytest
 import torch
+from yamlnet.compiler.errors import PluginError
+from yamlnet.compiler.registry import REGISTRY
 
 import yamlnet
 from yamlnet.cli import main
-from yamlnet.compiler.errors import PluginError
-from yamlnet.compiler.registry import REGISTRY
 
 SPEC = textwrap.dedent("""
     yamlnet: 1

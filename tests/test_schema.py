@@ -4,7 +4,6 @@ import json
 
 import jsonschema
 import pytest
-
 from yamlnet.compiler.load import load_spec_source
 from yamlnet.compiler.schema import published_schema
 

@@ -42,6 +42,18 @@ SHAPE_HINTS = {
     "Embedding": "Embedding expects integer ids: declare the input with dtype: int64",
 }
 
+# Element-wise modules without weights: their output is shaped like their input, so
+# the shapes stage need not run them (running them on meta tensors is costly).
+ELEMENTWISE = {
+    "ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid",
+    "Tanh", "Hardtanh", "Hardswish", "Hardsigmoid", "Softplus", "Softsign", "Tanhshrink",
+    "Softshrink", "Hardshrink", "LogSigmoid", "Threshold", "Dropout", "Dropout1d", "Dropout2d",
+    "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Identity",
+}  # fmt: skip
+
+# Modules with floating-point weights whose input is integer ids.
+INTEGER_INPUTS = {"Embedding", "EmbeddingBag"}
+
 _SKIP_ARGS = {"device", "dtype", "self"}
 _NOT_OPS = {
     "Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict",
@@ -106,6 +118,7 @@ def module_opdef(name: str, cls: type, source: str = "plugin") -> OpDef:
         name, "module", cls, args, lo, hi, names, infer,
         open_args=any(p.kind is p.VAR_KEYWORD for p in _raw_params(cls)) and not params,
         doc=doc[:300], source=source, hint=SHAPE_HINTS.get(name, ""),
+        int_inputs=name in INTEGER_INPUTS, same_shape=name in ELEMENTWISE,
     )  # fmt: skip
 
 
