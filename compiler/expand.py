@@ -161,6 +161,7 @@ class _Expander:
         self.inputs: tuple[InputSpec, ...] = ()
         self.variables: dict[str, Any] = {}
         self.steps = 0
+        self.unresolved: list[int] = []  # indices of nodes with not-yet-defined inputs
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -175,6 +176,10 @@ class _Expander:
         outputs = self._outputs(env)
         self._finish_scope(env)
         outputs = tuple((n, self._final(r, env)) for n, r in outputs)
+        for n, r in outputs:
+            if isinstance(r, tuple):
+                raise GraphError(f"output '{n}' is a block with {len(r)} outputs",
+                                 self.doc.loc(("outputs",)), "outputs", "pick one with name[0], ...")  # fmt: skip
         if self.problems:
             raise SchemaError(diagnostics=self.problems)
         return ExpandedSpec(
@@ -286,6 +291,12 @@ class _Expander:
     def _instance(self, node, full, inputs, scope, path, doc, env):
         """One op node or block instance; returns its output (Ref or tuple of Refs)."""
         loc, where = doc.loc(path), format_path(path)
+        for k, value in enumerate(inputs):
+            if isinstance(value, tuple):
+                raise GraphError(f"input {k} comes from a block with {len(value)} outputs",
+                                 loc, where, "pick one with name[0], name[1], ...")  # fmt: skip
+            if isinstance(value, _Skipped):
+                self._final(value, env)  # raises: a left-out node with several inputs
         if "block" in node:
             return self._block(node, full, inputs, scope, path, doc)
         if "nodes" in node:
@@ -310,6 +321,8 @@ class _Expander:
         if problem:
             raise GraphError(problem, doc.loc(path + ("in",)) if "in" in node else loc, where,
                              "list them with in: [a, b]" if len(refs) < op.min_inputs else "")  # fmt: skip
+        if any(not isinstance(r, Ref) for r in refs):
+            self.unresolved.append(len(self.nodes))  # names defined later in a scope
         self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, where))
         return Ref(full)
 
@@ -405,10 +418,18 @@ class _Expander:
                                  did_you_mean(p.name, known) or _names_hint("names", known))  # fmt: skip
         if not env.pending:
             return
-        for k, node in enumerate(self.nodes):
-            if any(isinstance(r, (_Pending, _Indexed, _Skipped)) for r in node.inputs):
-                fixed = tuple(self._final(r, env) for r in node.inputs)
-                self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path)
+        still = []
+        for k in self.unresolved:
+            node = self.nodes[k]
+            fixed = tuple(self._final(r, env) for r in node.inputs)
+            for r in fixed:
+                if isinstance(r, tuple):
+                    raise GraphError(f"an input comes from a block with {len(r)} outputs",
+                                     node.loc, node.path, "pick one with name[0], name[1], ...")  # fmt: skip
+            self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path)
+            if any(not isinstance(r, Ref) for r in fixed):
+                still.append(k)
+        self.unresolved = still
 
     def _skip_cycle(self, start: str, env: _Env) -> None:
         """Left-out nodes that pass each other's inputs through in a loop: a cycle."""

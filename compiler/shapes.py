@@ -247,7 +247,7 @@ class _Engine:
         if op.kind not in ("module", "parameter", "buffer"):
             return None
         try:
-            built = op.instantiate(_construct_args(op, args), device="meta")
+            built = op.instantiate(args, device="meta")
             if op.kind == "module":
                 built.eval()  # same shapes, and batch norm on meta is much cheaper in eval
             return built
@@ -267,7 +267,7 @@ class _Engine:
                         f"point and the input is {t.dtype}", node.loc, node.path,
                         "declare the input as float32, or put an Embedding first")  # fmt: skip
         try:
-            out = op.apply(built, inputs, _call_args(op, args), node.call)
+            out = op.apply(built, inputs, args, node.call)
         except Exception as err:  # noqa: BLE001 - any failure is a shape/argument error
             got = f"input {_show(in_types)}" if in_types else "no input"
             raise ShapeError(f"{op.name} cannot take {got}: {_first_line(err)}",
@@ -288,16 +288,6 @@ class _Engine:
         if first is None:
             return None
         raise ShapeError(f"{node.op} returned {type(first).__name__}, not a tensor", node.loc, node.path)
-
-
-def _construct_args(op, args: dict) -> dict:
-    if op.kind == "module":
-        return args
-    return {k: v for k, v in args.items() if k not in ("persistent",)}
-
-
-def _call_args(op, args: dict) -> dict:
-    return args if op.kind not in ("module", "parameter", "buffer") else {}
 
 
 def _symbolic_dim(base: int, moved: dict[str, int], sample: dict[str, int]) -> str:

@@ -12,7 +12,7 @@ import difflib
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 from .errors import Diagnostic, SchemaError, did_you_mean
@@ -68,8 +68,7 @@ def _schema_problems(doc: Document) -> list[Diagnostic]:
         return [Diagnostic("a spec must be a mapping (yamlnet: 1, inputs:, nodes:, ...)",
                            doc.loc(()))]  # fmt: skip
     out = []
-    for err in _validator().iter_errors(doc.data):
-        err = _deepest(err)
+    for err in (leaf for top in _validator().iter_errors(doc.data) for leaf in _leaves(top)):
         path = tuple(err.absolute_path)
         message, hint = _explain(err)
         if err.validator in ("additionalProperties", "required") and _key(err):
@@ -78,19 +77,24 @@ def _schema_problems(doc: Document) -> list[Diagnostic]:
     return out
 
 
-def _deepest(err):
-    """For anyOf/oneOf, follow the alternative that got furthest into the instance,
-    ignoring alternatives that only failed because the value has another type."""
-    while err.validator in ("anyOf", "oneOf") and err.context:
-        if err.validator == "oneOf" and isinstance(err.instance, dict) and _node_kinds(err.instance) != 1:
-            return err  # neither or several of op:/block:/nodes: — say that
-        here = len(err.absolute_path)
-        ctx = [e for e in err.context
-               if not (e.validator == "type" and len(e.absolute_path) == here)]  # fmt: skip
-        if not ctx:
-            return err
-        err = max(ctx, key=lambda e: (len(e.absolute_path), e.validator != "type"))
-    return err
+def _leaves(err) -> list:
+    """The errors to report for one schema error. For anyOf/oneOf: every error of the
+    alternative that matches the value's type (a mapping of nodes with three bad nodes
+    gives three errors), not 'is not valid under any of the given schemas'."""
+    if err.validator not in ("anyOf", "oneOf") or not err.context:
+        return [err]
+    if err.validator == "oneOf" and isinstance(err.instance, dict) and _node_kinds(err.instance) != 1:
+        return [err]  # neither or several of op:/block:/nodes: — say that
+    here = len(err.absolute_path)
+    branches: dict[int, list] = {}
+    for e in err.context:
+        branches.setdefault(e.schema_path[0], []).append(e)
+    typed = [b for b in branches.values()
+             if not any(e.validator == "type" and len(e.absolute_path) == here for e in b)]  # fmt: skip
+    if not typed:
+        return [err]
+    best = max(typed, key=lambda b: max((len(e.absolute_path), e.validator != "type") for e in b))
+    return [leaf for e in best for leaf in _leaves(e)]
 
 
 def _node_kinds(node: dict) -> int:
@@ -114,7 +118,7 @@ def _explain(err) -> tuple[str, str]:
         missing = [k for k in err.validator_value if k not in inst]
         return f"missing required key '{missing[0]}'", ""
     if v == "type":
-        return f"expected {_want(err.validator_value)}, got {_json_type(inst)} {_show(inst)}", ""
+        return f"expected {_want(err.validator_value)}, got {_got(inst)}", ""
     if v == "const":
         return f"expected {err.validator_value!r}, got {_show(inst)}", ""
     if v == "enum":
@@ -126,7 +130,7 @@ def _explain(err) -> tuple[str, str]:
         return "a node needs exactly one of 'op:', 'block:' or 'nodes:'", ""
     if v in ("anyOf", "oneOf") and err.context and all(e.validator == "type" for e in err.context):
         wants = " or ".join(_want(e.validator_value) for e in err.context)
-        return f"expected {wants}, got {_json_type(inst)} {_show(inst)}", ""
+        return f"expected {wants}, got {_got(inst)}", ""
     if v in ("minProperties", "minItems"):
         return "must not be empty", ""
     if v == "propertyNames":
@@ -147,6 +151,11 @@ def _json_type(value: Any) -> str:
         return "null"
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
             dict: "mapping"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _got(value: Any) -> str:
+    """'integer 3', "string 'x'", 'null'"""
+    return "null" if value is None else f"{_json_type(value)} {_show(value)}"
 
 
 def _show(value: Any) -> str:
@@ -219,6 +228,12 @@ def _check_node(node: dict, path: tuple, doc: Document, blocks: dict, registry) 
         return Diagnostic(msg, doc.loc(p), format_path(p), hint)
 
     args = {k: v for k, v in node.items() if k not in NODE_KEYS}
+    if "call" in node and "op" not in node:
+        return [problem("call: applies to op nodes only", "call",
+                        "pass block parameters as keys of the node")]  # fmt: skip
+    if "name" in node and not isinstance(path[-1], int):
+        return [problem("name: is only for nodes written as a list", "name",
+                        "in a mapping the key is the name")]  # fmt: skip
     if "nodes" in node:
         return [problem(f"inline nodes: take no arguments ('{k}')", k, "define a block with params: instead")
                 for k in args]  # fmt: skip
@@ -286,7 +301,8 @@ def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, 
             err = best_match(_arg_validator(op.name, key, schema).iter_errors(value))
             if err is not None:
                 want = _describe_schema(schema)
-                out.append((key, f"{op.name}.{key} expects {want}, got {_json_type(value)} {_show(value)}", ""))
+                hint = "use // or int(...) in the expression" if isinstance(value, float) and "integer" in want else ""
+                out.append((key, f"{op.name}.{key} expects {want}, got {_got(value)}", hint))
     for key, arg in op.args.items():
         if arg.required and key not in args and key not in meant:
             out.append(("", f"{op.name} needs argument '{key}'", arg.doc[:80] if arg.doc else ""))
@@ -296,10 +312,21 @@ def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, 
 _ARG_VALIDATORS: dict[tuple[str, str], Draft202012Validator] = {}
 
 
+def _strict_int(checker, value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# JSON Schema counts 16.0 as an integer; PyTorch constructors do not.
+_ArgValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_int),
+)
+
+
 def _arg_validator(op: str, key: str, schema: dict) -> Draft202012Validator:
     v = _ARG_VALIDATORS.get((op, key))
     if v is None:
-        v = _ARG_VALIDATORS[(op, key)] = Draft202012Validator(schema)
+        v = _ARG_VALIDATORS[(op, key)] = _ArgValidator(schema)
     return v
 
 

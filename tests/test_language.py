@@ -155,6 +155,45 @@ def test_located_errors(body, error, message):
     assert str(info.value).startswith(message), str(info.value)
 
 
+BUNDLE = "blocks:\n  two: {nodes: {p: {op: ReLU}, q: {op: Tanh, in: input}}, outputs: [p, q]}\n"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("  g: {block: two}\n  fc: {op: Linear, out_features: 3}\n" + BUNDLE,
+         "t.yaml:5:3: nodes.fc: input 0 comes from a block with 2 outputs (pick one with name[0], name[1], ...)"),
+        ("  fc: {op: Linear, in: g, out_features: 3}\n  g: {block: two, in: x}\n" + BUNDLE,
+         "t.yaml:4:3: nodes.fc: an input comes from a block with 2 outputs"),
+        ("  g: {block: two}\noutputs: g\n" + BUNDLE, "t.yaml:5:1: outputs: output 'g' is a block with 2 outputs"),
+        ("  a: {op: Linear, out_features: 4}\n  s: {op: add, in: [x, a], if: false}\n  fc: {op: ReLU}\n",
+         "t.yaml:5:3: nodes.s: 's' is left out (if: false or repeat: 0) and has 2 inputs"),
+        ("  a: {op: Linear, out_features: \"${8 / 2}\"}\n",
+         "t.yaml:4:19: nodes.a.out_features: Linear.out_features expects an integer, got number 4.0 "
+         "(use // or int(...) in the expression)"),
+        ("  a: {block: two, call: {x: 1}}\n" + BUNDLE, "t.yaml:4:19: nodes.a.call: call: applies to op nodes only"),
+        ("  a: {op: ReLU, name: b}\n", "t.yaml:4:17: nodes.a.name: name: is only for nodes written as a list"),
+    ],
+)
+def test_wiring_mistakes_are_located(body, message):
+    with pytest.raises(SpecError) as info:
+        _compile("yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n" + body)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_emit_python_refuses_plugin_functions():
+    from yamlnet.compiler.codegen import emit_python
+    from yamlnet.compiler.registry import REGISTRY
+
+    yamlnet.register_op("doc_swish", lambda x: x * torch.sigmoid(x))
+    try:
+        r = yamlnet.build("yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n  a: {op: doc_swish}\n")
+        with pytest.raises(SpecError, match="cannot be written as standalone PyTorch"):
+            emit_python(r.graph, r.module)
+    finally:
+        REGISTRY._ops.pop("doc_swish", None)
+
+
 def _compile(text):
     from yamlnet.compiler.load import SpecSource, load_document
 

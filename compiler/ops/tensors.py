@@ -85,8 +85,8 @@ def register_tensor_functions(registry) -> None:
         fn(name, target, args=[_a("dim", INT, True)], doc=f"torch.{name} over dim")
     fn("getitem", operator.getitem, args=[_a("index", INDEX, True)], positional=["index"],
        prepare=lambda args: {**args, "index": python_index(args["index"])},
-       doc="x[index]: an int picks a tuple element; a list like [':', 0] indexes a tensor "
-       "(':' '1:' '::2' '...' and null as in Python)")  # fmt: skip
+       doc="x[index] on a tensor: an int, or a list like [':', 0] (':' '1:' '::2' '...' and "
+       "null as in Python); pick an element of a tuple output with name[k] in in:")  # fmt: skip
     fn("chunk", torch.chunk, args=[_a("chunks", INT, True), _a("dim", INT)],
        positional=["chunks"], doc="torch.chunk: a tuple of equal parts")  # fmt: skip
     fn("split", torch.split, args=[_a("split_size_or_sections", DIMS, True), _a("dim", INT)],
