@@ -17,17 +17,19 @@ spec can describe a cycle; the graph stage finds it and names it.
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .errors import ExprError, GraphError, Location, SchemaError, SpecError, did_you_mean
 from .expr import Scope, resolve
 from .load import Document, SpecSource, load_document
 from .registry import REGISTRY
-from .schema import NODE_KEYS, PARAM_TYPES, iter_nodes
-from .validate import check_args, collect_blocks, format_path, param_required
+from .schema import NODE_KEYS, iter_nodes
+from .validate import check_args, collect_blocks, format_path, param_decl
 
 __all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS"]
 
@@ -180,8 +182,8 @@ class _Expander:
             if isinstance(r, tuple):
                 raise GraphError(f"output '{n}' is a block with {len(r)} outputs",
                                  self.doc.loc(("outputs",)), "outputs", "pick one with name[0], ...")  # fmt: skip
-        if self.problems:
-            raise SchemaError(diagnostics=self.problems)
+        if self.problems:  # one line per problem, not per repeated instance
+            raise SchemaError(diagnostics=list(dict.fromkeys(self.problems)))
         return ExpandedSpec(
             name=str(self.data.get("name") or _stem(self.doc.file)),
             inputs=self.inputs,
@@ -221,6 +223,9 @@ class _Expander:
                     raise SchemaError(f"dim {d} must be a positive integer or a symbol name, got {dim!r}",
                                       loc, format_path(path))  # fmt: skip
                 dims.append(dim)
+            if name == "self" or keyword.iskeyword(name):
+                raise SchemaError(f"'{name}' cannot name an input (a Python keyword or self)",
+                                  loc, format_path(path), "rename it")  # fmt: skip
             out.append(InputSpec(name, tuple(dims), dtype, loc))
         return tuple(out)
 
@@ -237,7 +242,8 @@ class _Expander:
         out, seen = [], set()
         for name, text in pairs:
             if name in seen:
-                raise GraphError(f"output '{name}' is listed twice", loc, "outputs")
+                raise GraphError(f"two outputs would be named '{name}'", loc, "outputs",
+                                 "name them: outputs: {a: 'x[0]', b: 'x[1]'}")  # fmt: skip
             seen.add(name)
             out.append((name, self._lookup(text, env, loc, "outputs")))
         return out
@@ -249,34 +255,16 @@ class _Expander:
 
     def _node(self, name: str, node: dict, path: tuple, doc: Document, env: _Env) -> None:
         loc, where = doc.loc(path), format_path(path)
-        self.steps += 1  # nodes and block instances: blocks calling blocks grow too
-        if self.steps > LIMITS["max_nodes"]:
-            raise SpecError(f"spec expands to more than {LIMITS['max_nodes']} nodes", loc, where)
-        if name in env.refs and not isinstance(env.refs[name], _Pending):
-            raise GraphError(f"duplicate name '{name}'", loc, where,
-                             "node names must be unique within their block")  # fmt: skip
+        self._count(1, loc, where)  # nodes and block instances: blocks calling blocks grow too
+        self._check_name(name, env, loc, where)
         scope = env.scope.child()
-        scope.shape_of = self._shape_fn(env, loc, where)
+        scope.shape_of = self._shape_fn(env)
         inputs = self._inputs_of(node, env, loc, where)
-        if "if" in node:
-            keep = resolve(node["if"], scope, doc.loc(path + ("if",)), where + ".if")
-            if not isinstance(keep, bool):
-                raise ExprError(f"if: must be true or false, got {keep!r}", doc.loc(path + ("if",)), where)
-            if not keep:
-                skipped = inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
-                if isinstance(node.get("in"), str):  # to name a loop of left-out nodes
-                    env.skips[name] = (parse_ref(node["in"])[0], loc, where)
-                env.refs[name] = env.prev = skipped
-                return
-        repeat = 1
-        if "repeat" in node:
-            repeat = resolve(node["repeat"], scope, doc.loc(path + ("repeat",)), where + ".repeat")
-            if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
-                raise ExprError(f"repeat: must be a non-negative integer, got {repeat!r}",
-                                doc.loc(path + ("repeat",)), where)  # fmt: skip
-            if len(self.nodes) + repeat > LIMITS["max_nodes"]:
-                raise SpecError(f"spec expands to more than {LIMITS['max_nodes']} nodes",
-                                doc.loc(path + ("repeat",)), where)  # fmt: skip
+        keep = self._condition(node, scope, path, doc)
+        repeat = self._repeat(node, scope, path, doc) if keep else 0
+        if repeat == 0:  # left out: the node passes its input through
+            env.refs[name] = env.prev = self._left_out(name, node, inputs, env, loc, where)
+            return
         full = env.prefix + name
         out: Any = inputs
         for k in range(repeat):
@@ -284,9 +272,45 @@ class _Expander:
             inst_scope = scope.child(i=k) if "repeat" in node else scope
             ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
             out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
-        if repeat == 0:
-            out = inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
         env.refs[name] = env.prev = out
+
+    def _count(self, n: int, loc, where) -> None:
+        self.steps += n
+        if self.steps > LIMITS["max_nodes"]:
+            raise SpecError(f"spec expands to more than {LIMITS['max_nodes']} nodes", loc, where)
+
+    def _check_name(self, name: str, env: _Env, loc, where) -> None:
+        if name in env.refs and not isinstance(env.refs[name], _Pending):
+            raise GraphError(f"duplicate name '{name}'", loc, where,
+                             "node names must be unique within their block")  # fmt: skip
+        if name in _module_attributes() or keyword.iskeyword(name):
+            raise GraphError(f"'{name}' cannot name a node: it is a Python keyword or an "
+                             "attribute of nn.Module", loc, where, "rename it")  # fmt: skip
+
+    def _condition(self, node: dict, scope: Scope, path: tuple, doc: Document) -> bool:
+        if "if" not in node:
+            return True
+        loc = doc.loc(path + ("if",))
+        keep = resolve(node["if"], scope, loc, format_path(path) + ".if")
+        if not isinstance(keep, bool):
+            raise ExprError(f"if: must be true or false, got {keep!r}", loc, format_path(path))
+        return keep
+
+    def _repeat(self, node: dict, scope: Scope, path: tuple, doc: Document) -> int:
+        if "repeat" not in node:
+            return 1
+        loc, where = doc.loc(path + ("repeat",)), format_path(path)
+        repeat = resolve(node["repeat"], scope, loc, where + ".repeat")
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+            raise ExprError(f"repeat: must be a non-negative integer, got {repeat!r}", loc, where)
+        self._count(repeat, loc, where)
+        return repeat
+
+    def _left_out(self, name: str, node: dict, inputs: tuple, env: _Env, loc, where):
+        """What a node left out by `if: false` or `repeat: 0` stands for: its input."""
+        if isinstance(node.get("in"), str):  # to name a loop of left-out nodes
+            env.skips[name] = (parse_ref(node["in"])[0], loc, where)
+        return inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
 
     def _instance(self, node, full, inputs, scope, path, doc, env):
         """One op node or block instance; returns its output (Ref or tuple of Refs)."""
@@ -377,12 +401,12 @@ class _Expander:
             if key in node:
                 kpath = path + (key,)
                 value = resolve(node[key], scope, doc.loc(kpath), format_path(kpath))
-            elif param_required(decl):
+            elif param_decl(decl).required:
                 raise SchemaError(f"block '{name}' needs parameter '{key}'", doc.loc(path), format_path(path))
             else:
-                default = decl["default"] if _is_decl(decl) else decl
+                default = param_decl(decl).default
                 value = resolve(default, Scope({**self.variables, **values}), doc.loc(path), format_path(path))
-            _check_param_type(key, decl, value, doc.loc(path + (key,)), format_path(path + (key,)))
+            _check_param_type(key, param_decl(decl).type, value, doc.loc(path + (key,)), format_path(path + (key,)))
             values[key] = value
         return values
 
@@ -412,10 +436,12 @@ class _Expander:
         for p in env.pending:
             if p.name in env.skips:
                 self._skip_cycle(p.name, env)
-            if isinstance(env.refs.get(p.name), _Pending):
+            missing = _undefined(p.name, env)
+            if missing is not None:
+                where = p if missing == p.name else env.refs[missing]
                 known = [k for k, v in env.refs.items() if not isinstance(v, _Pending)]
-                raise GraphError(f"unknown input '{p.name}'", p.loc, p.path,
-                                 did_you_mean(p.name, known) or _names_hint("names", known))  # fmt: skip
+                raise GraphError(f"unknown input '{missing}'", where.loc, where.path,
+                                 did_you_mean(missing, known) or _names_hint("names", known))  # fmt: skip
         if not env.pending:
             return
         still = []
@@ -461,12 +487,12 @@ class _Expander:
                              value.loc, value.path)  # fmt: skip
         return value
 
-    def _shape_fn(self, env: _Env, loc, where):
+    def _shape_fn(self, env: _Env):
         def shape(name: str) -> list:
             if self.shape_of is None:
                 raise ExprError("shape() needs the compile pipeline (not available here)")
             target = env.refs.get(name)
-            if target is None or isinstance(target, (_Pending, _Skipped)):
+            if target is None or isinstance(target, (_Pending, _Skipped, _Indexed)):
                 raise ExprError(f"shape({name}): '{name}' is not defined before this node",
                                 hint=did_you_mean(name, env.refs))  # fmt: skip
             if isinstance(target, tuple):
@@ -474,6 +500,30 @@ class _Expander:
             return self.shape_of(target, self.nodes, self.inputs)
 
         return shape
+
+
+def _undefined(name: str, env: _Env) -> str | None:
+    """The name that is never defined behind `name` (through left-out nodes), or None."""
+    seen = set()
+    value = env.refs.get(name)
+    while isinstance(value, (_Pending, _Indexed)) and name not in seen:
+        seen.add(name)
+        while isinstance(value, _Indexed):
+            value = value.base
+        if not isinstance(value, _Pending):
+            return None
+        if value.name == name and env.refs.get(name) is value:
+            return name
+        name, value = value.name, env.refs.get(value.name)
+    return None
+
+
+@lru_cache(maxsize=1)
+def _module_attributes() -> frozenset:
+    """Names a submodule cannot take: attributes of the generated GraphModule."""
+    import torch.fx
+
+    return frozenset(n for n in dir(torch.fx.GraphModule) if not n.startswith("__"))
 
 
 @dataclass(frozen=True)
@@ -496,12 +546,7 @@ def _index(target, index: tuple, text: str, loc, where):
     return Ref(target.node, target.index + index)
 
 
-def _is_decl(decl) -> bool:
-    return isinstance(decl, dict) and set(decl) <= {"type", "default", "doc"} and "type" in decl
-
-
-def _check_param_type(key, decl, value, loc, where) -> None:
-    tname = decl if isinstance(decl, str) and decl in PARAM_TYPES else (decl.get("type") if _is_decl(decl) else None)
+def _check_param_type(key, tname, value, loc, where) -> None:
     if tname is None or tname == "any":
         return
     ok = {

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import ExprError, Location, did_you_mean
 
-__all__ = ["Scope", "evaluate", "resolve", "has_expr", "MAX_EXPR_CHARS"]
+__all__ = ["Scope", "evaluate", "resolve", "MAX_EXPR_CHARS"]
 
 MAX_EXPR_CHARS = 400
 MAX_INT = 2**63
@@ -46,10 +46,6 @@ class Scope:
 
     def child(self, **names: Any) -> Scope:
         return Scope({**self.names, **names}, self.shape_of)
-
-
-def has_expr(value: Any) -> bool:
-    return isinstance(value, str) and "${" in value
 
 
 def resolve(value: Any, scope: Scope, loc: Location | None, path: str) -> Any:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .errors import GraphError
 from .expand import ExpandedSpec
 
 __all__ = ["build_graph", "topological_order"]
@@ -33,8 +32,7 @@ def build_graph(spec: ExpandedSpec) -> nx.DiGraph:
         g.add_node(node.name, kind="op", spec=node, order=order)
     for node in spec.nodes:
         for pos, ref in enumerate(node.inputs):
-            if ref.node not in g:
-                raise GraphError(f"unknown input '{ref.node}'", node.loc, node.path)
+            assert ref.node in g, ref  # expand resolved every name in its scope
             if g.has_edge(ref.node, node.name):
                 g.edges[ref.node, node.name]["slots"].append((pos, ref.index))
             else:

@@ -193,7 +193,8 @@ def register_op(
         if infer:
             op = _replace(op, infer={**op.infer, **infer})
     elif callable(target) or kind == "method":
-        lo, hi = inputs if isinstance(inputs, tuple) else (inputs or 1, inputs or 1)
+        n = 1 if inputs is None else inputs
+        lo, hi = n if isinstance(n, tuple) else (n, n)
         argdefs = {k: ArgDef(k, schema=v) for k, v in (args or {}).items()}
         op = OpDef(
             name, kind or "function", target, argdefs, lo, hi, infer=infer or {},

@@ -81,7 +81,7 @@ def document_schema() -> dict[str, Any]:
             "params": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
                        "additionalProperties": param},
             "inputs": {"type": "array", "items": {"type": "string", "pattern": IDENT_PATTERN},
-                       "minItems": 1},
+                       "minItems": 1, "uniqueItems": True},
             "nodes": {"$ref": "#/$defs/nodes"},
             "outputs": refs,
         },

@@ -6,10 +6,11 @@ shape rule for all of them: PyTorch's own. Shape-derived constructor arguments
 
 Symbolic dims (`N`, `T`, `H` in `inputs:`) are tracked by running the graph once
 with sample sizes and once more per symbol with that symbol's sample changed: a dim
-that moves with symbol S is written as a linear expression of S (`N`, `H/2`, `2*T`).
-This is exact for the batch and for the affine size rules of convs and pools, and is
-reported as `?` when a dim depends on several symbols in a way it cannot name —
-shape inference here is honest, not complete.
+that moves with symbol S is named by the line through the two samples (`N`, `H/2`,
+`2*T`). That is exact for the batch and for sizes a stride divides; a floored size
+(`floor(H/2)` for odd H) is shown by its line, and a dim that several symbols move in
+a way this cannot name is shown as `?`. A tensor whose *rank* would depend on a
+symbol's value is an error. Shape inference here is honest, not complete.
 
 Output: a copy of the graph whose op nodes also carry
 
@@ -31,7 +32,7 @@ from .expand import InputSpec, NodeSpec, Ref
 from .graph import topological_order
 from .registry import REGISTRY
 
-__all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "SAMPLE_SIZES"]
+__all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "first_line", "SAMPLE_SIZES"]
 
 MAX_PARAMS = 10**12  # a spec asking for more is a typo, not a model
 SAMPLE_SIZES = (32, 64)  # base and alternate sample value of every symbolic dim (kept small:
@@ -252,7 +253,7 @@ class _Engine:
                 built.eval()  # same shapes, and batch norm on meta is much cheaper in eval
             return built
         except Exception as err:  # noqa: BLE001 - constructor errors are user errors here
-            raise ShapeError(f"cannot build {op.name}({_kw(args)}): {_first_line(err)}",
+            raise ShapeError(f"cannot build {op.name}({_kw(args)}): {first_line(err)}",
                              node.loc, node.path) from None  # fmt: skip
 
     def _run(self, node, op, built, inputs, args, in_types) -> Any:
@@ -270,13 +271,17 @@ class _Engine:
             out = op.apply(built, inputs, args, node.call)
         except Exception as err:  # noqa: BLE001 - any failure is a shape/argument error
             got = f"input {_show(in_types)}" if in_types else "no input"
-            raise ShapeError(f"{op.name} cannot take {got}: {_first_line(err)}",
+            raise ShapeError(f"{op.name} cannot take {got}: {first_line(err)}",
                              node.loc, node.path, op.hint) from None  # fmt: skip
         return out
 
     def _combine(self, outs: list, node) -> Any:
         first = outs[0]
         torch = self.torch
+        if any(_structure(o) != _structure(first) for o in outs[1:]):
+            raise ShapeError(f"{node.op}: the number of dims or outputs depends on a symbolic "
+                             "dim's value", node.loc, node.path,
+                             "yamlnet needs it fixed; make that dim concrete")  # fmt: skip
         if isinstance(first, torch.Tensor):
             dims = []
             for d, size in enumerate(first.shape):
@@ -332,6 +337,13 @@ def _pick(t: Any, index: tuple) -> Any:
     return t
 
 
+def _structure(value: Any) -> Any:
+    """Rank of a tensor, or the nested structure of a tuple output."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_structure(v) for v in value)
+    return getattr(value, "ndim", None)
+
+
 def _float_weights(built: Any) -> bool:
     return any(p.is_floating_point() for p in built.parameters())
 
@@ -341,7 +353,9 @@ def _count_params(built: Any) -> int:
         return 0
     if hasattr(built, "parameters"):
         return sum(p.numel() for p in built.parameters())
-    return built.numel() if getattr(built, "requires_grad", False) else 0
+    import torch
+
+    return built.numel() if isinstance(built, torch.nn.Parameter) else 0  # buffers: 0
 
 
 def _symbolic(value: Any) -> bool:
@@ -367,7 +381,7 @@ def _kw(args: dict) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     """torch's message, first sentence only (the rest repeats sample sizes)."""
     lines = str(err).strip().splitlines()
     text = lines[0] if lines else type(err).__name__

@@ -9,6 +9,7 @@ Values that are still expressions (`${...}`) are type-checked after expansion (s
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +21,7 @@ from .load import Document, SpecSource
 from .registry import REGISTRY, OpDef
 from .schema import NODE_KEYS, PARAM_TYPES, document_schema, iter_nodes
 
-__all__ = ["validate", "check_args", "collect_blocks", "format_path"]
+__all__ = ["validate", "check_args", "collect_blocks", "format_path", "param_decl", "ParamDecl"]
 
 
 def validate(source: SpecSource, registry=REGISTRY) -> None:
@@ -193,7 +194,15 @@ def _param_problems(body: dict, doc: Document, base: tuple) -> list[Diagnostic]:
     types = ", ".join(PARAM_TYPES)
     for key, decl in (body.get("params") or {}).items():
         path = base + (key,)
-        if isinstance(decl, dict) and set(decl) <= {"type", "default", "doc"} and "type" in decl:
+        if key in NODE_KEYS:
+            out.append(Diagnostic(f"'{key}' cannot name a parameter: it is a node key", doc.loc(path),
+                                  format_path(path), "rename it"))  # fmt: skip
+        if isinstance(decl, dict) and "type" in decl and not set(decl) <= DECL_KEYS:
+            extra = sorted(set(decl) - DECL_KEYS)[0]
+            out.append(Diagnostic(f"unknown key '{extra}' in a parameter declaration",
+                                  doc.loc(path + (extra,)), format_path(path + (extra,)),
+                                  did_you_mean(extra, DECL_KEYS) or "keys: type, default, doc"))  # fmt: skip
+        elif isinstance(decl, dict) and "type" in decl:
             if decl["type"] not in PARAM_TYPES:
                 p = path + ("type",)
                 out.append(Diagnostic(f"unknown parameter type {decl['type']!r}", doc.loc(p),
@@ -251,6 +260,8 @@ def _check_node(node: dict, path: tuple, doc: Document, blocks: dict, registry) 
                         or "yamlnet schema lists every op")]  # fmt: skip
     op = registry.get(op_name)
     out = [problem(m, k, h) for k, m, h in check_args(op, args, literal_only=True)]
+    if "call" in node and op.kind in ("parameter", "buffer"):
+        out.append(problem(f"call: does not apply to {op.name} (it is not called)", "call"))
     return out
 
 
@@ -262,15 +273,31 @@ def _check_block_args(block: dict, name: str, args: dict, problem) -> list:
             out.append(problem(f"block '{name}' has no parameter '{key}'", key,
                                did_you_mean(key, params) or _list("parameters", params)))  # fmt: skip
     for key, decl in params.items():
-        if param_required(decl) and key not in args:
+        if param_decl(decl).required and key not in args:
             out.append(problem(f"block '{name}' needs parameter '{key}'"))
     return out
 
 
-def param_required(decl: Any) -> bool:
+@dataclass(frozen=True)
+class ParamDecl:
+    """A block parameter declaration, in any of its three written forms."""
+
+    type: str | None  # a PARAM_TYPES name, or None when only a default is given
+    required: bool
+    default: Any = None
+
+
+DECL_KEYS = {"type", "default", "doc"}
+
+
+def param_decl(decl: Any) -> ParamDecl:
+    """`int` -> required int; `{type: int, default: 1}`; any other value -> the default."""
     if isinstance(decl, str) and decl in PARAM_TYPES:
-        return True
-    return isinstance(decl, dict) and set(decl) <= {"type", "default", "doc"} and "type" in decl and "default" not in decl
+        return ParamDecl(decl, True)
+    if isinstance(decl, dict) and "type" in decl and set(decl) <= DECL_KEYS:
+        return ParamDecl(decl["type"], "default" not in decl, decl.get("default"))
+    return ParamDecl(None, False, decl)
+
 
 
 def _list(what: str, names) -> str:

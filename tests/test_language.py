@@ -239,3 +239,63 @@ def test_include_blocks_from_library(tmp_path):
         """))
     m = yamlnet.compile(tmp_path / "net.yaml")
     assert isinstance(m.body.act, torch.nn.GELU) and m.body.fc.out_features == 5
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("inputs: {x: [N, 4]}\nnodes: {forward: {op: Linear, out_features: 4}}\n",
+         "t.yaml:3:9: nodes.forward: 'forward' cannot name a node"),
+        ("inputs: {x: [N, 4]}\nnodes: {lambda: {op: Linear, out_features: 4}}\n",
+         "t.yaml:3:9: nodes.lambda: 'lambda' cannot name a node"),
+        ("inputs: {self: [N, 4]}\nnodes: {a: {op: ReLU}}\n", "t.yaml:2:10: inputs.self: 'self' cannot name an input"),
+        ("inputs: {x: [N, 4, H]}\nnodes:\n  a: {op: getitem, index: ['...', '63:']}\n  s: {op: squeeze}\n",
+         "t.yaml:5:3: nodes.s: squeeze: the number of dims or outputs depends on a symbolic dim's value"),
+        ("inputs: {x: [N, 4]}\nnodes:\n  p: {op: Parameter, shape: [4], call: {a: 1}}\n  a: {op: add, in: [x, p]}\n",
+         "t.yaml:4:34: nodes.p.call: call: does not apply to Parameter"),
+        ("inputs: {x: [N, 4]}\nnodes:\n  g: {block: b}\nblocks:\n  b:\n    params: {p: {type: float, defualt: 0.5}}\n"
+         "    nodes: {d: {op: Dropout, p: '${p}'}}\n",
+         "t.yaml:7:31: blocks.b.params.p.defualt: unknown key 'defualt' in a parameter declaration (did you mean default?)"),
+        ("inputs: {x: [N, 4]}\nnodes:\n  g: {block: b, in: [x, x]}\nblocks:\n  b:\n    inputs: [u, u]\n"
+         "    nodes: {s: {op: sub, in: [u, u]}}\n", "t.yaml:7:5: blocks.b.inputs: ['u', 'u'] has non-unique elements"),
+        ("inputs: {x: [N, 4]}\nnodes:\n  c: {op: add, in: [x, s]}\n  s: {op: ReLU, in: t, if: false}\n",
+         "t.yaml:5:3: nodes.s.in: unknown input 't'"),
+    ],
+)
+def test_review_findings_are_located_errors(text, message):
+    with pytest.raises(SpecError) as info:
+        _compile("yamlnet: 1\n" + text)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_forward_reference_through_a_left_out_node():
+    m = yamlnet.compile(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          c: {op: add, in: [x, s]}
+          s: {op: ReLU, in: t, if: false}
+          t: {op: Linear, in: x, out_features: 4}
+        outputs: c
+        """))
+    x = torch.randn(2, 4)
+    assert torch.allclose(m(x), x + m.t(x))
+
+
+def test_frozen_parameters_count_everywhere_and_plugin_source_ops():
+    from yamlnet.compiler.registry import REGISTRY
+    from yamlnet.compiler.summary import summary_rows
+
+    r = yamlnet.build("yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n  p: {op: Parameter, shape: [4], requires_grad: false}\n"
+                      "  a: {op: add, in: [x, p]}\n")  # fmt: skip
+    assert sum(row["params"] for row in summary_rows(r)) == sum(p.numel() for p in r.module.parameters()) == 4
+    op = yamlnet.register_op("doc_source", lambda: torch.zeros(3), inputs=0)
+    try:
+        assert (op.min_inputs, op.max_inputs) == (0, 0)
+    finally:
+        REGISTRY._ops.pop("doc_source", None)
+
+
+def test_torchvision_mlp_reads_the_last_dim():
+    m = yamlnet.compile("yamlnet: 1\ninputs: {x: [N, 4, 8]}\nnodes:\n  m: {op: MLP, hidden_channels: [16, 3]}\n")
+    assert m(torch.randn(2, 4, 8)).shape == (2, 4, 3)

@@ -33,14 +33,19 @@ def build(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **overrid
     typed graph (shapes, args, parameter counts) and the spec hash."""
     from .compiler.compile import compile_spec
 
-    return compile_spec(source, overrides, plugins=tuple(plugins))
+    return compile_spec(source, _plain(overrides), plugins=tuple(plugins))
 
 
-def load_spec(source: str | os.PathLike, **overrides: Any):
+def load_spec(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **overrides: Any):
     """Load, validate and expand a spec without building it: an `ExpandedSpec`."""
     from .compiler.compile import compile_spec
 
-    return compile_spec(source, overrides, build=False).spec
+    return compile_spec(source, _plain(overrides), plugins=tuple(plugins), build=False).spec
+
+
+def _plain(overrides: dict) -> dict:
+    """Python values as the spec would write them (tuples are YAML lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
 
 
 def register_op(name: str, target: Any, **kwargs: Any):

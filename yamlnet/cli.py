@@ -136,9 +136,11 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _compile(args, path: str, build: bool = False):
+    from pathlib import Path
+
     from .compiler.compile import compile_spec
 
-    return compile_spec(path, _overrides(args.set), build=build)
+    return compile_spec(Path(path), _overrides(args.set), build=build)  # a path, never YAML text
 
 
 def cmd_validate(args) -> int:

@@ -33,6 +33,9 @@ SHAPE_DERIVED = {
     "normalized_shape": lambda ins: [ins[0][-1]],
 }
 
+# Where an op reads an argument from another dim than its name usually means.
+SHAPE_DERIVED_BY_OP = {"MLP": {"in_channels": lambda ins: ins[0][-1]}}  # a stack of Linear
+
 # How to fix the usual shape error of a module, shown after torch's own message.
 SHAPE_HINTS = {
     "Linear": "Linear works on the last dim; add a flatten node before it?",
@@ -112,7 +115,8 @@ def module_opdef(name: str, cls: type, source: str = "plugin") -> OpDef:
             inferred=p.name in SHAPE_DERIVED,
         )
     lo, hi, names = _forward_inputs(cls)
-    infer = {k: SHAPE_DERIVED[k] for k in args if k in SHAPE_DERIVED}
+    rules = {**SHAPE_DERIVED, **SHAPE_DERIVED_BY_OP.get(name, {})}
+    infer = {k: rules[k] for k in args if k in rules}
     doc = (inspect.getdoc(cls) or "").strip().split("\n\n")[0].replace("\n", " ")
     return OpDef(
         name, "module", cls, args, lo, hi, names, infer,

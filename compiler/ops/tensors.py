@@ -12,7 +12,7 @@ import operator
 
 from ..registry import ArgDef, OpDef
 
-__all__ = ["register_tensor_functions", "register_parameters", "python_index", "make_tensor", "FILLS"]
+__all__ = ["register_tensor_functions", "register_parameters", "python_index", "make_tensor", "fill_call", "FILLS"]
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -145,23 +145,31 @@ def register_parameters(registry) -> None:
     ))  # fmt: skip
 
 
+def fill_call(args: dict) -> tuple[str, tuple]:
+    """The torch.nn.init function and its arguments after the tensor, for `fill`."""
+    mean, std = args.get("mean", 0.0), args.get("std", 1.0)
+    return {
+        "zeros": ("zeros_", ()),
+        "ones": ("ones_", ()),
+        "constant": ("constant_", (args.get("value", 0.0),)),
+        "normal": ("normal_", (mean, std)),
+        "uniform": ("uniform_", (args.get("low", 0.0), args.get("high", 1.0))),
+        "trunc_normal": ("trunc_normal_", (mean, std, mean - 2 * std, mean + 2 * std)),
+    }[args.get("fill", "zeros")]
+
+
 def make_tensor(args: dict, device: str, learnable: bool):
     """The tensor of a Parameter/Buffer node, filled as its arguments say."""
     import torch
 
     dtype = getattr(torch, args.get("dtype", "float32"))
+    name, values = fill_call(args)
+    if name in ("normal_", "uniform_", "trunc_normal_") and not dtype.is_floating_point:
+        raise ValueError(f"fill: {args['fill']} needs a floating-point dtype, not {args['dtype']}")
     t = torch.empty(args["shape"], dtype=dtype, device=device)
     if device != "meta":
-        fill, mean, std = args.get("fill", "zeros"), args.get("mean", 0.0), args.get("std", 1.0)
-        init = torch.nn.init
-        {
-            "zeros": lambda: init.zeros_(t),
-            "ones": lambda: init.ones_(t),
-            "constant": lambda: init.constant_(t, args.get("value", 0.0)),
-            "normal": lambda: init.normal_(t, mean, std),
-            "uniform": lambda: init.uniform_(t, args.get("low", 0.0), args.get("high", 1.0)),
-            "trunc_normal": lambda: init.trunc_normal_(t, mean, std, -2 * std, 2 * std),
-        }[fill]()
+        with torch.no_grad():
+            getattr(torch.nn.init, name)(t, *values)
     if learnable:
         return torch.nn.Parameter(t, requires_grad=args.get("requires_grad", True))
     return t
