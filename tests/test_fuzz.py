@@ -21,9 +21,7 @@ The larger, random budget is marked slow and runs only when asked for:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yamlnet.compiler.compile import compile_spec
 from yamlnet.compiler.errors import SpecError
+
+from .conftest import Hang, time_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_FILES = sorted((ROOT / "specs").glob("*.yaml"))
@@ -65,33 +65,12 @@ SLOW = settings(
 # ---------------------------------------------------------------------------------------
 # the property
 # ---------------------------------------------------------------------------------------
-class _Hang(BaseException):  # not Exception: the compiler may catch those
-    pass
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Interrupt the block after `seconds` (SIGALRM; main thread on POSIX only)."""
-    if not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise _Hang(f"compile took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def check_compiles_or_spec_error(source, shown: str) -> None:
     """The property: success, or a SpecError whose every diagnostic is located."""
     try:
-        with _time_limit(PER_EXAMPLE_LIMIT_S):
+        with time_limit(PER_EXAMPLE_LIMIT_S):
             compile_spec(source, build=False)
     except SpecError as err:
         text = str(err)
@@ -99,7 +78,7 @@ def check_compiles_or_spec_error(source, shown: str) -> None:
         assert "Traceback" not in text
         unlocated = [str(d) for d in err.diagnostics if d.loc is None]
         assert not unlocated, f"unlocated diagnostic {unlocated} for:\n{shown}"
-    except _Hang:
+    except Hang:
         pytest.fail(f"compile did not finish in {PER_EXAMPLE_LIMIT_S} s for:\n{shown}")
     except Exception as err:  # noqa: BLE001 - the point of the test
         pytest.fail(f"{type(err).__name__} escaped: {err!s:.300}\nfor:\n{shown}")

@@ -14,9 +14,7 @@ texts are stable. Inputs that cannot usefully be committed (a > 1 MiB file) are 
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,8 @@ import pytest
 import yaml
 from yamlnet.compiler.compile import compile_spec
 from yamlnet.compiler.errors import SpecError
+
+from .conftest import Hang, time_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "hostile"
@@ -38,27 +38,6 @@ HANG_S = 20.0  # past this a compile is interrupted (SIGALRM) instead of hanging
 LOCATED = re.compile(r"^(?P<file>[^:\n]+):(?P<line>[0-9]+):(?P<col>[0-9]+): ")
 
 
-class _Hang(BaseException):  # not Exception: the compiler may catch those
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Interrupt the block after `seconds` (POSIX main thread; elsewhere a no-op)."""
-    if not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise _Hang(f"did not finish in {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def rel(name: str) -> str:
@@ -86,7 +65,7 @@ def compile_error(source: str) -> tuple[SpecError | None, float]:
             compile_spec(source, build=False)
     except SpecError as err:
         return err, time.perf_counter() - start
-    except _Hang:
+    except Hang:
         pytest.fail(f"compiling {source} hangs (interrupted after {HANG_S} s)")
     return None, time.perf_counter() - start
 
@@ -238,7 +217,7 @@ def test_repeat_at_the_node_limit_is_fast():
             compile_spec(text, build=False)
     except SpecError:
         pass
-    except _Hang:
+    except Hang:
         pytest.fail(f"repeat: {limit} ReLU nodes did not compile or fail in {FAST_S * 2} s")
     assert time.perf_counter() - start < FAST_S * 2
 
