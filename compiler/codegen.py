@@ -63,7 +63,7 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         op = registry.get(node.op)
         inputs = [value(r) for r in node.inputs]
         fx_name = _py_name(name.replace(".", "_"))
-        if op.kind in ("module", "parameter", "buffer"):
+        if op.owns_state:
             built = _instantiate(op, args, node)
             _install(root, name, built, op.kind, args.get("persistent", True))
             if op.kind == "module":
@@ -163,7 +163,7 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
         if data["kind"] != "op":
             continue
         op = registry.get(data["spec"].op)
-        if op.kind not in ("module", "parameter", "buffer"):
+        if not op.owns_state:
             continue
         *parents, leaf = name.split(".")
         for k in range(1, len(parents) + 1):

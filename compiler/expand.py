@@ -180,8 +180,7 @@ class _Expander:
         outputs = tuple((n, self._final(r, env)) for n, r in outputs)
         for n, r in outputs:
             if isinstance(r, tuple):
-                raise GraphError(f"output '{n}' is a block with {len(r)} outputs",
-                                 self.doc.loc(("outputs",)), "outputs", "pick one with name[0], ...")  # fmt: skip
+                raise _bundle_error(f"output '{n}' is", r, self.doc.loc(("outputs",)), "outputs")
         if self.problems:  # one line per problem, not per repeated instance
             raise SchemaError(diagnostics=list(dict.fromkeys(self.problems)))
         return ExpandedSpec(
@@ -317,8 +316,7 @@ class _Expander:
         loc, where = doc.loc(path), format_path(path)
         for k, value in enumerate(inputs):
             if isinstance(value, tuple):
-                raise GraphError(f"input {k} comes from a block with {len(value)} outputs",
-                                 loc, where, "pick one with name[0], name[1], ...")  # fmt: skip
+                raise _bundle_error(f"input {k} comes from", value, loc, where)
             if isinstance(value, _Skipped):
                 self._final(value, env)  # raises: a left-out node with several inputs
         if "block" in node:
@@ -450,8 +448,7 @@ class _Expander:
             fixed = tuple(self._final(r, env) for r in node.inputs)
             for r in fixed:
                 if isinstance(r, tuple):
-                    raise GraphError(f"an input comes from a block with {len(r)} outputs",
-                                     node.loc, node.path, "pick one with name[0], name[1], ...")  # fmt: skip
+                    raise _bundle_error("an input comes from", r, node.loc, node.path)
             self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path)
             if any(not isinstance(r, Ref) for r in fixed):
                 still.append(k)
@@ -500,6 +497,12 @@ class _Expander:
             return self.shape_of(target, self.nodes, self.inputs)
 
         return shape
+
+
+def _bundle_error(subject: str, bundle: tuple, loc, where) -> GraphError:
+    """A block's several outputs used where one tensor is expected."""
+    return GraphError(f"{subject} a block with {len(bundle)} outputs", loc, where,
+                      "pick one with name[0], name[1], ...")  # fmt: skip
 
 
 def _undefined(name: str, env: _Env) -> str | None:

@@ -69,6 +69,11 @@ class OpDef:
     doc: str = ""
     source: str = "yamlnet"
 
+    @property
+    def owns_state(self) -> bool:
+        """Whether each node of this op owns a module or tensor (built once, at its name)."""
+        return self.kind in ("module", "parameter", "buffer")
+
     def split_args(self, args: dict) -> tuple[list, dict]:
         """Arguments as (positional, keyword) for the call, after `prepare`."""
         args = self.prepare(args) if self.prepare else args

@@ -245,7 +245,7 @@ class _Engine:
         return sample[d]
 
     def _build(self, node: NodeSpec, op, args: dict) -> Any:
-        if op.kind not in ("module", "parameter", "buffer"):
+        if not op.owns_state:
             return None
         try:
             built = op.instantiate(args, device="meta")

@@ -214,21 +214,24 @@ def cmd_schema(args) -> int:
 
 
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+    _atomic(path, write)
 
 
 def _atomic_save(obj, path: str) -> None:
     import torch
 
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _atomic(path: str, write) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
