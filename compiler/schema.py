@@ -113,6 +113,10 @@ def document_schema() -> dict[str, Any]:
                        "additionalProperties": {"$ref": "#/$defs/block"}},
             "nodes": {"$ref": "#/$defs/nodes"},
             "meta": {"type": "object", "description": "free-form facts (class_names, ...)"},
+            # How to train: checked by the runtime (yamlnet.runtime.config), whose schema
+            # the published schema merges in for editors; the compiler only needs a mapping.
+            "data": {"type": "object", "description": "the dataset and its loader (training)"},
+            "train": {"type": "object", "description": "optimizer, loss, epochs, checkpoints"},
         },
         "$defs": {"expr": EXPR, "node": node, "nodes": nodes, "block": block, "input": input_def},
     }  # fmt: skip

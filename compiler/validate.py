@@ -21,7 +21,10 @@ from .load import Document, SpecSource
 from .registry import REGISTRY, OpDef
 from .schema import NODE_KEYS, PARAM_TYPES, document_schema, iter_nodes
 
-__all__ = ["validate", "check_args", "collect_blocks", "format_path", "param_decl", "ParamDecl"]
+__all__ = [
+    "validate", "check_args", "collect_blocks", "format_path", "param_decl", "ParamDecl",
+    "explain_schema_error",
+]  # fmt: skip
 
 
 def validate(source: SpecSource, registry=REGISTRY) -> None:
@@ -71,7 +74,7 @@ def _schema_problems(doc: Document) -> list[Diagnostic]:
     out = []
     for err in (leaf for top in _validator().iter_errors(doc.data) for leaf in _leaves(top)):
         path = tuple(err.absolute_path)
-        message, hint = _explain(err)
+        message, hint = explain_schema_error(err)
         if err.validator in ("additionalProperties", "required") and _key(err):
             path = path + (_key(err),)
         out.append(Diagnostic(message, doc.loc(path), format_path(path), hint))
@@ -109,7 +112,8 @@ def _key(err) -> str | None:
     return None
 
 
-def _explain(err) -> tuple[str, str]:
+def explain_schema_error(err) -> tuple[str, str]:
+    """(message, hint) in yamlnet's words for one jsonschema error."""
     v, inst = err.validator, err.instance
     if v == "additionalProperties":
         key = _key(err)

@@ -25,6 +25,10 @@ examples:
   yamlnet expand specs/resnet18.yaml --set classes=100
   yamlnet compile specs/resnet18.yaml --emit-python resnet18.py --out resnet18.pt
   yamlnet schema > specs/schema.json
+  yamlnet train specs/digits_cnn.yaml
+  yamlnet train specs/digits_cnn.yaml --set train.epochs=20 --out runs/digits
+  yamlnet train specs/digits_cnn.yaml --out runs/digits --resume
+  yamlnet eval specs/digits_cnn.yaml --checkpoint runs/digits
 """
 
 
@@ -118,6 +122,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="FILE", help="save the initialised state_dict (torch.save)")
     c.add_argument("--seed", type=int, default=0, help="seed for the initial weights (default 0)")
 
+    c = command("train", cmd_train, "train a spec from its data: and train: sections", spec_opts)
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--config", metavar="FILE", help="a YAML file with data:, train: and vars: "
+                   "that override the spec's")  # fmt: skip
+    c.add_argument("--out", metavar="DIR", help="the run folder (default: runs/NAME/version_K)")
+    c.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out from its newest good checkpoint (or from "
+                   "CHECKPOINT); starts afresh if there is none")  # fmt: skip
+    c.add_argument("--force", action="store_true", help="resume even if the spec changed")
+    c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (train.device)")
+    c.add_argument("--precision", help="32, bf16-mixed or 16-mixed (train.precision)")
+    c.add_argument("--epochs", type=int, help="train.epochs")
+    c.add_argument("--max-steps", type=int, help="train.max_steps")
+    c.add_argument("--seed", type=int, help="train.seed")
+    c.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
     return p
@@ -200,6 +220,34 @@ def cmd_compile(args) -> int:
         _atomic_save(module.state_dict(), args.out)
         print(f"wrote {args.out}")
     return EXIT_OK
+
+
+def _run_overrides(args) -> dict[str, Any]:
+    """--set items plus the shortcut flags (--epochs 3 is --set train.epochs=3)."""
+    out = _overrides(args.set)
+    flags = {"device": "train.device", "precision": "train.precision", "epochs": "train.epochs",
+             "max_steps": "train.max_steps", "seed": "train.seed", "compile": "train.compile"}  # fmt: skip
+    for attr, key in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from .runtime.errors import TrainingError
+    from .runtime.train import train
+
+    resume = args.resume if args.resume is True or args.resume is False else Path(args.resume)
+    try:
+        result = train(Path(args.spec), config=args.config, out=args.out, resume=resume,
+                       force=args.force, **_run_overrides(args))  # fmt: skip
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    return result.exit_code
 
 
 def cmd_schema(args) -> int:

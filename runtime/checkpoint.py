@@ -1,0 +1,210 @@
+"""Checkpoints that lose nothing.
+
+A checkpoint is one `torch.save` file of plain data (tensors, dicts, lists, numbers,
+strings), so `torch.load(path, weights_only=True)` reads it and loading never unpickles
+code. It holds the model, optimizer, scheduler and scaler states, every RNG state, the
+run's position (step, epoch, batch within the epoch), the resolved spec and its hash, and
+a sha256 over all of that, so a truncated or corrupted file is refused instead of
+silently resuming from garbage.
+
+Files are written to a temporary name in the same folder, fsync'ed, then renamed: a
+crash at any moment leaves either the old file or the new one under the final name.
+
+Layout of `RUN/checkpoints/`: `step-00000050.pt` (the newest `keep` are kept),
+`last.pt` (a hard link to the newest), `best.pt` (best monitored metric).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import faults
+from .errors import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "digest", "capture_rng", "restore_rng",
+           "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
+
+FORMAT = "yamlnet-checkpoint"
+VERSION = 1
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+_writes = 0  # checkpoint files written by this process (for fault injection)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `state` (plain data) atomically, with a checksum over its content."""
+    global _writes
+    payload = {**state, "format": FORMAT, "version": VERSION}
+    payload["checksum"] = digest(payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    _writes += 1
+    atomic_write(path, buf.getvalue(), fault=faults.fault_at("kill_in_checkpoint", _writes))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and verify a checkpoint; `CheckpointError` if unreadable or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is "corrupt", said once
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'})") from None  # fmt: skip
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a yamlnet checkpoint",
+                              hint="eval/predict also accept a run folder")  # fmt: skip
+    expected = payload.pop("checksum", None)
+    if expected != digest(payload):
+        raise CheckpointError(f"{path} is corrupt: its checksum does not match its content")
+    return payload
+
+
+def digest(obj: Any) -> str:
+    """sha256 over nested plain data, tensors by dtype, shape and bytes."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for key in sorted(obj, key=str):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[%d" % len(obj))
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, fault: bool = False) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        if fault:  # the crash tests: die with half a file written
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            faults.die()
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG state, as plain data (python's tuple, numpy's and torch's as tensors)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str]) -> None:  # fmt: skip
+    """Weights alone, as safetensors (tied weights are written once per name)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+class CheckpointDir:
+    """The checkpoints of one run: step files, `last.pt`, `best.pt`."""
+
+    def __init__(self, folder: str | os.PathLike, keep: int = 2):
+        self.folder, self.keep = Path(folder), keep
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def steps(self) -> list[tuple[int, Path]]:
+        """(step, path) of the step files, newest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir()
+                 if (m := _STEP_FILE.match(p.name))]  # fmt: skip
+        return sorted(found, reverse=True)
+
+    def exists(self) -> bool:
+        return bool(self.steps()) or self.last.exists()
+
+    def save(self, state: dict, step: int) -> Path:
+        """Write the step file, point last.pt at it, drop the oldest beyond `keep`."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step-{step:08d}.pt"
+        save_checkpoint(state, path)
+        tmp = self.folder / f".last.pt.tmp{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.link(path, tmp)
+        os.replace(tmp, self.last)
+        for _, old in self.steps()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, state: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(state, self.best)
+        return self.best
+
+    def latest_good(self, warn) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads and verifies; `warn(text)` for each refused."""
+        for _, path in self.steps():
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as err:
+                warn(f"refusing {err}; trying an older checkpoint")
+        return None
+
+    def clean_temporaries(self) -> None:
+        """Remove the temp files a crash left behind (never a finished checkpoint)."""
+        if self.folder.is_dir():
+            for p in self.folder.glob(".*.tmp*"):
+                p.unlink(missing_ok=True)

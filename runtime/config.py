@@ -1,0 +1,307 @@
+"""The run configuration: a spec's `data:` and `train:` sections, merged with a config file
+(`--config`) and dotted overrides (`--set train.optimizer.lr=0.01`), checked against a
+JSON Schema, with every default filled in.
+
+Sources merge in that order, later ones winning key by key. Every value keeps where it
+came from (file:line:col, or the `--set` item), so a mistake is reported there. Named
+things (optimizer, scheduler, loss, metrics, transforms) may be written as a bare name
+(`optimizer: SGD`) or as a mapping whose other keys are the constructor's arguments
+(`optimizer: {name: SGD, lr: 0.1, momentum: 0.9}`); they are normalised to the mapping
+form before overrides apply, so `--set train.optimizer.lr=0.1` always works.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from ..compiler.errors import Diagnostic, Location, did_you_mean
+from ..compiler.load import Document, load_document
+from ..compiler.validate import explain_schema_error, format_path
+from .data import DATASETS
+from .errors import ArgLocation, ConfigError
+
+__all__ = ["RunConfig", "load_run_config", "split_overrides", "train_schema", "data_schema",
+           "section_schemas", "PRECISIONS", "DEVICES"]  # fmt: skip
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+_NAMED = {"type": "object", "required": ["name"], "properties": {"name": _NAME}}
+
+
+def _int(default, minimum=1, null=False, doc=""):
+    return {"type": ["integer", "null"] if null else "integer", "minimum": minimum,
+            "default": default, "description": doc}  # fmt: skip
+
+
+TRAIN_PROPS: dict[str, dict] = {
+    "epochs": _int(10, doc="passes over the training set"),
+    "max_steps": _int(None, null=True, doc="stop after this many optimizer steps (wins over epochs)"),
+    "optimizer": {**_NAMED, "default": {"name": "AdamW", "lr": 0.001},
+                  "description": "a torch.optim class and its arguments"},
+    "scheduler": {"anyOf": [_NAMED, {"type": "null"}], "default": None,
+                  "description": "a torch.optim.lr_scheduler class and its arguments; extra keys: "
+                                 "warmup_steps (linear warmup), interval (step or epoch)"},
+    "loss": {**_NAMED, "default": {"name": "CrossEntropyLoss"}, "description": "a torch.nn loss"},
+    "metrics": {"type": "array", "items": _NAMED, "default": [{"name": "accuracy"}],
+                "description": "accuracy, top_k_accuracy (k), mse, mae"},
+    "output": {"type": ["string", "null"], "default": None,
+               "description": "the model output the loss reads (default: the first)"},
+    "grad_accum": _int(1, doc="micro-batches per optimizer step"),
+    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                  "description": "clip the gradients' global L2 norm to this"},
+    "val_every_n_epochs": _int(1, null=True, doc="validate after every N epochs"),
+    "val_every_n_steps": _int(None, null=True, doc="also validate every N optimizer steps"),
+    "log_every_n_steps": _int(10, doc="metrics.csv / TensorBoard / plain-line cadence"),
+    "checkpoint_every_n_steps": _int(50, null=True, doc="also checkpoint every N steps"),
+    "keep_checkpoints": _int(2, doc="step checkpoints kept (the newest); best.pt is extra"),
+    "monitor": {"type": ["string", "null"], "default": None,
+                "description": "metric for best.pt and early stopping (default: val/accuracy "
+                               "if measured, else val/loss)"},
+    "mode": {"enum": ["min", "max", None], "default": None,
+             "description": "min or max (default: min for losses and errors, max otherwise)"},
+    "early_stopping": {"type": ["object", "null"], "default": None, "additionalProperties": False,
+                       "properties": {"patience": _int(5, doc="validations without improvement"),
+                                      "min_delta": {"type": "number", "minimum": 0, "default": 0}},
+                       "description": "stop when the monitored metric stops improving"},
+    "on_nonfinite": {"enum": ["stop", "skip"], "default": "stop",
+                     "description": "a NaN/inf loss stops the run, or skips that step"},
+    "seed": {"type": "integer", "default": 0, "description": "seeds weights, shuffling, dropout"},
+    "device": {"type": "string", "pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", "default": "auto",
+               "description": "auto picks cuda, then mps, then cpu"},
+    "precision": {"enum": list(PRECISIONS), "default": "32",
+                  "description": "32, bf16-mixed, or 16-mixed (with a gradient scaler)"},
+    "compile": {"type": "boolean", "default": False, "description": "torch.compile the model"},
+    "deterministic": {"type": "boolean", "default": True,
+                      "description": "deterministic kernels (exact resume; may be slower)"},
+}  # fmt: skip
+
+DATA_PROPS: dict[str, dict] = {
+    "dataset": {"type": "string", "default": "digits", "description": "a registered source"},
+    "batch_size": _int(64, doc="samples per batch on each process"),
+    "val_batch_size": _int(None, null=True, doc="default: batch_size"),
+    "num_workers": _int(0, minimum=0, doc="DataLoader worker processes"),
+    "pin_memory": {"type": ["boolean", "null"], "default": None, "description": "default: on CUDA"},
+    "shuffle": {"type": "boolean", "default": True},
+    "drop_last": {"type": "boolean", "default": False},
+    "transforms": {"type": "array", "items": _NAMED, "default": [],
+                   "description": "torchvision.transforms.v2 for training samples"},
+    "val_transforms": {"type": "array", "items": _NAMED, "default": [],
+                       "description": "torchvision.transforms.v2 for validation samples"},
+    "input": {"type": ["string", "null"], "default": None,
+              "description": "the model input fed with the samples (default: the only one)"},
+}  # fmt: skip
+
+
+def train_schema() -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": TRAIN_PROPS}
+
+
+def data_schema(dataset: str | None = None) -> dict:
+    """The schema of `data:` for one source (strict), or for editors (every source)."""
+    if dataset is not None:
+        props = {**DATA_PROPS, **DATASETS[dataset].args}
+        return {"type": "object", "additionalProperties": False, "properties": props,
+                "required": list(DATASETS[dataset].required)}  # fmt: skip
+    branches = [{"if": {"properties": {"dataset": {"const": n}}},
+                 "then": {"properties": d.args, "required": list(d.required)}}
+                for n, d in DATASETS.items()]  # fmt: skip
+    props = {**DATA_PROPS, "dataset": {**DATA_PROPS["dataset"], "enum": list(DATASETS)}}
+    return {"type": "object", "properties": props, "allOf": branches}
+
+
+def section_schemas() -> dict[str, dict]:
+    """`data:` and `train:` for the published (editor) schema."""
+    return {"data": data_schema(), "train": train_schema()}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Checked `data:` and `train:` with defaults filled, the spec's variable overrides,
+    and where every value came from."""
+
+    data: dict
+    train: dict
+    vars: dict = field(default_factory=dict)
+    locs: dict = field(default_factory=dict, repr=False)
+
+    def loc(self, path: tuple) -> Location | None:
+        """Where `path` (or its nearest ancestor) was written."""
+        path = tuple(path)
+        while path:
+            if path in self.locs:
+                return self.locs[path]
+            path = path[:-1]
+        return None
+
+    def error(self, message: str, path: tuple, hint: str = "") -> ConfigError:
+        return ConfigError(message, self.loc(path), format_path(path), hint)
+
+
+def split_overrides(items: dict[str, Any]) -> tuple[dict, dict]:
+    """{'train.epochs': 3, 'width': 64} -> ({'train.epochs': 3}, {'width': 64}):
+    keys under data./train. go to the run config, the rest (or vars.X) are variables."""
+    run, variables = {}, {}
+    for key, value in items.items():
+        head = key.split(".", 1)[0]
+        if head in ("data", "train"):
+            run[key] = value
+        elif head == "vars":
+            variables[key.split(".", 1)[1]] = value
+        else:
+            variables[key] = value
+    return run, variables
+
+
+def load_run_config(spec_doc: Document, config_path: str | os.PathLike | None = None,
+                    overrides: dict[str, Any] | None = None) -> RunConfig:  # fmt: skip
+    """Merge the spec's sections, a config file and dotted overrides; check; fill defaults."""
+    merged: dict = {"data": {}, "train": {}}
+    locs: dict = {}
+    variables: dict = {}
+    _merge_doc(merged, locs, spec_doc)
+    if config_path is not None:
+        doc = _load_config_file(config_path)
+        _merge_doc(merged, locs, doc)
+        variables.update((doc.data or {}).get("vars") or {})
+    for key, value in (overrides or {}).items():
+        _apply_override(merged, locs, key, value)
+    _check(merged, locs)
+    _fill_defaults(merged)
+    return RunConfig(merged["data"], merged["train"], variables, locs)
+
+
+def _load_config_file(path) -> Document:
+    from ..compiler.errors import LoadError
+
+    try:
+        with open(path, "rb") as fh:
+            doc = load_document(fh.read(1 << 20), os.fspath(path))
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise LoadError("a config file is a mapping with data:, train: or vars:", doc.loc(()))
+    for key in data:
+        if key not in ("data", "train", "vars"):
+            raise ConfigError(f"unknown key '{key}'", doc.loc((key,)), key,
+                              did_you_mean(key, ("data", "train", "vars")) or
+                              "a config file holds data:, train: and vars:")  # fmt: skip
+    return doc
+
+
+def _merge_doc(merged: dict, locs: dict, doc: Document) -> None:
+    data = doc.data if isinstance(doc.data, dict) else {}
+    for section in ("data", "train"):
+        body = data.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"expected a mapping, got {type(body).__name__}", doc.loc((section,)),
+                              section)  # fmt: skip
+        _deep_merge(merged[section], _normalise(section, body))
+        locs.update({p: loc for p, loc in doc.locs.items() if p[:1] == (section,)})
+
+
+_NAMED_KEYS = {"train": ("optimizer", "scheduler", "loss"), "data": ()}
+_NAMED_LISTS = {"train": ("metrics",), "data": ("transforms", "val_transforms")}
+
+
+def _normalise(section: str, body: dict) -> dict:
+    """Bare names -> {name: ...}, in a copy."""
+    body = copy.deepcopy(body)
+    for key in _NAMED_KEYS[section]:
+        if isinstance(body.get(key), str):
+            body[key] = {"name": body[key]}
+    for key in _NAMED_LISTS[section]:
+        if isinstance(body.get(key), list):
+            body[key] = [{"name": v} if isinstance(v, str) else v for v in body[key]]
+    if section == "train" and body.get("precision") == 32:
+        body["precision"] = "32"  # written unquoted in YAML
+    return body
+
+
+def _deep_merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and "name" not in value:
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value  # a named thing is replaced whole: its arguments belong to it
+
+
+def _apply_override(merged: dict, locs: dict, key: str, value: Any) -> None:
+    where = ArgLocation(f"--set {key}={_show(value)}", 0, 0)
+    parts = tuple(key.split("."))
+    if parts[0] not in ("data", "train") or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"'{key}' is not a dotted key under data. or train.", where)
+    node = merged
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None and i > 0:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{format_path(parts[: i + 1])} is not a mapping", where)
+        node = child
+    section_value = _normalise(parts[0], {parts[1]: value})[parts[1]] if len(parts) == 2 else value
+    node[parts[-1]] = section_value
+    for p in [p for p in locs if p[: len(parts)] == parts]:
+        del locs[p]
+    locs[parts] = where
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def _check(merged: dict, locs: dict) -> None:
+    problems: list[Diagnostic] = []
+    problems += _problems(merged["train"], train_schema(), ("train",), locs)
+    dataset = merged["data"].get("dataset", DATA_PROPS["dataset"]["default"])
+    if dataset not in DATASETS:
+        path = ("data", "dataset")
+        hint = did_you_mean(str(dataset), DATASETS) or "sources: " + ", ".join(DATASETS)
+        problems.append(Diagnostic(f"unknown dataset '{dataset}'", _loc(locs, path), "data.dataset",
+                                   hint))  # fmt: skip
+    else:
+        problems += _problems(merged["data"], data_schema(dataset), ("data",), locs)
+    if problems:
+        raise ConfigError(diagnostics=problems)
+
+
+def _problems(body: dict, schema: dict, base: tuple, locs: dict) -> list[Diagnostic]:
+    out = []
+    for err in sorted(Draft202012Validator(schema).iter_errors(body), key=lambda e: list(e.path)):
+        path = base + tuple(err.absolute_path)
+        message, hint = explain_schema_error(err)
+        if err.validator == "additionalProperties":
+            extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+            path += (extra[0],) if extra else ()
+        out.append(Diagnostic(message, _loc(locs, path), format_path(path), hint))
+    return out
+
+
+def _loc(locs: dict, path: tuple) -> Location | None:
+    while path:
+        if path in locs:
+            return locs[path]
+        path = path[:-1]
+    return None
+
+
+def _fill_defaults(merged: dict) -> None:
+    for key, schema in TRAIN_PROPS.items():
+        merged["train"].setdefault(key, copy.deepcopy(schema.get("default")))
+    es = merged["train"]["early_stopping"]
+    if es is not None:
+        es.setdefault("patience", 5)
+        es.setdefault("min_delta", 0)
+    data = merged["data"]
+    data.setdefault("dataset", DATA_PROPS["dataset"]["default"])
+    for key, schema in {**DATA_PROPS, **DATASETS[data["dataset"]].args}.items():
+        data.setdefault(key, copy.deepcopy(schema.get("default")))

@@ -1,0 +1,29 @@
+"""Errors of the runtime. A mistake in `data:`/`train:`, on the command line or in a
+checkpoint the user points at is a `ConfigError` (a `SpecError`: one located line, exit
+code 2). A run that fails on its own (a non-finite loss) raises `TrainingError` (exit 1).
+"""
+
+from __future__ import annotations
+
+from ..compiler.errors import Location, SpecError
+
+__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation"]
+
+
+class ConfigError(SpecError):
+    """The `data:`/`train:` sections, a config file or an override is wrong."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing, corrupt, or does not fit the spec."""
+
+
+class TrainingError(Exception):
+    """The run stopped on its own (non-finite loss); the last good checkpoint is kept."""
+
+
+class ArgLocation(Location):
+    """A value that came from the command line (`--set train.epochs=5`), not a file."""
+
+    def __str__(self) -> str:
+        return self.file

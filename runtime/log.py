@@ -1,0 +1,117 @@
+"""What a run tells the user and writes down: a progress bar on a terminal (plain lines
+when output is not a terminal), `metrics.csv`, and TensorBoard event files.
+
+Only rank 0 logs; other ranks get `NullLog`. On resume, rows of metrics.csv past the
+checkpoint's step are dropped, because the resumed run logs those steps again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import atomic_write
+from .tensorboard import EventWriter
+
+__all__ = ["RunLog", "NullLog", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    """83.2 -> '1:23'; 3725 -> '1:02:05'."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    h, m = divmod(s, 3600)
+    return f"{h}:{m // 60:02d}:{m % 60:02d}" if h else f"{m // 60}:{m % 60:02d}"
+
+
+class RunLog:
+    """Console, metrics.csv and TensorBoard for one run folder."""
+
+    def __init__(self, out: Path, columns: list[str], total_steps: int, *, resume_step: int = 0,
+                 stream=None, bar=None):  # fmt: skip
+        self.out, self.columns, self.total = out, ["step", "epoch", *columns, "time"], total_steps
+        self.stream = stream or sys.stdout
+        self.bar = sys.stderr.isatty() if bar is None else bar  # redraw one line, or print lines
+        self.csv_path = out / "metrics.csv"
+        self._keep_rows_until(resume_step)
+        self.tb = EventWriter(out / "tensorboard")
+        self.t0, self.step0, self._drawn = time.perf_counter(), resume_step, 0.0
+
+    def _keep_rows_until(self, step: int) -> None:
+        rows = []
+        if step and self.csv_path.exists():
+            with open(self.csv_path, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.csv_path, buf.getvalue().encode())
+
+    def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        """One row of metrics.csv and a scalar per value in TensorBoard."""
+        row = {"step": step, "epoch": epoch, "time": f"{time.time():.3f}",
+               **{k: f"{v:.6g}" for k, v in values.items()}}  # fmt: skip
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, self.columns, extrasaction="ignore", lineterminator="\n").writerow(row)
+        for key, value in values.items():
+            self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def progress(self, step: int, epoch: int, epochs: int, loss: float, line: bool = False) -> None:
+        """Redraw the bar (at most 10 times a second); off a terminal, print a line when
+        `line` is set (the logging cadence)."""
+        now = time.perf_counter()
+        if self.bar and now - self._drawn < 0.1 and step != self.total:
+            return
+        if not self.bar and not line:
+            return
+        self._drawn = now
+        rate = (step - self.step0) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        text = (f"epoch {epoch + 1}/{epochs} step {step}/{self.total} loss {loss:.4f} "
+                f"{rate:.1f} steps/s ETA {format_duration(eta)}")  # fmt: skip
+        if self.bar:
+            width = 24
+            done = int(width * step / max(self.total, 1))
+            sys.stderr.write(f"\r[{'=' * done}{' ' * (width - done)}] {text}\x1b[K")
+            sys.stderr.flush()
+        else:
+            self.say(text)
+
+    def say(self, text: str) -> None:
+        """A line of its own (clears the bar first)."""
+        if self.bar:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar:
+            sys.stderr.write("\r\x1b[K")
+        self.tb.close()
+
+
+class NullLog:
+    """What ranks other than 0 log: nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def write(self, *args, **kwargs) -> None:
+        pass
+
+    def progress(self, *args, **kwargs) -> None:
+        pass
+
+    def say(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+

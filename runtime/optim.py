@@ -1,0 +1,132 @@
+"""Optimizer, learning-rate schedule and loss, each by name from PyTorch itself:
+`torch.optim.NAME`, `torch.optim.lr_scheduler.NAME` (plus linear warmup) and
+`torch.nn.NAME` losses. Arguments are checked against the class's signature first, so
+a typo gets a located "did you mean" instead of a TypeError from deep inside.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..compiler.errors import did_you_mean
+from .data import check_kwargs
+from .errors import ConfigError
+
+__all__ = ["build_optimizer", "build_scheduler", "build_loss", "Schedule"]
+
+
+def _classes(module, base) -> dict[str, type]:
+    return {n: c for n, c in vars(module).items()
+            if isinstance(c, type) and issubclass(c, base) and c is not base and not n.startswith("_")}  # fmt: skip
+
+
+def _lookup(name: str, known: dict, what: str, path: str) -> type:
+    if name not in known:
+        raise ConfigError(f"unknown {what} '{name}'", path=f"{path}.name",
+                          hint=did_you_mean(name, known) or "choose from: " + ", ".join(sorted(known)))  # fmt: skip
+    return known[name]
+
+
+def _construct(cls, args: tuple, kwargs: dict, path: str):
+    check_kwargs(cls, kwargs, path)
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cls.__name__}: {err}", path=path) from None
+
+
+def _kwargs(item: dict, drop: tuple = ()) -> dict:
+    return {k: v for k, v in item.items() if k != "name" and k not in drop}
+
+
+def build_optimizer(item: dict, params) -> torch.optim.Optimizer:
+    """{name: AdamW, lr: 0.001, ...} over the trainable parameters."""
+    cls = _lookup(item["name"], _classes(torch.optim, torch.optim.Optimizer), "optimizer",
+                  "train.optimizer")  # fmt: skip
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (all frozen?)", path="train.optimizer")
+    return _construct(cls, (params,), _kwargs(item), "train.optimizer")
+
+
+class Schedule:
+    """The LR scheduler and when to step it: 'step' (every optimizer step), 'epoch', or
+    'val' (ReduceLROnPlateau, stepped with the monitored metric)."""
+
+    def __init__(self, scheduler, interval: str):
+        self.scheduler, self.interval = scheduler, interval
+
+    def step(self, when: str, metric: float | None = None) -> None:
+        if self.scheduler is None or when != self.interval:
+            return
+        if self.interval == "val":
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
+
+_FILL_TOTAL = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps", "PolynomialLR": "total_iters",
+               "LinearLR": "total_iters"}  # fmt: skip
+
+
+def build_scheduler(item: dict | None, optimizer, *, steps_per_epoch: int, total_steps: int) -> Schedule:
+    """{name: CosineAnnealingLR, warmup_steps: 100, interval: step, ...}.
+
+    Filled in when omitted: the schedule's length (T_max, total_steps, total_iters) as
+    the run's length in intervals, after warmup."""
+    if item is None:
+        return Schedule(None, "step")
+    path = "train.scheduler"
+    known = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    known["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
+    cls = _lookup(item["name"], known, "scheduler", path)
+    plateau = item["name"] == "ReduceLROnPlateau"
+    interval = item.get("interval", "val" if plateau else "step")
+    warmup = item.get("warmup_steps", 0)
+    _check_schedule(interval, warmup, plateau, path)
+    kwargs = _kwargs(item, drop=("interval", "warmup_steps"))
+    length = total_steps if interval == "step" else -(-total_steps // steps_per_epoch)
+    if item["name"] in _FILL_TOTAL:
+        kwargs.setdefault(_FILL_TOTAL[item["name"]], max(1, length - warmup))
+    if item["name"] == "OneCycleLR":
+        kwargs.setdefault("max_lr", optimizer.param_groups[0]["lr"])
+    main = _construct(cls, (optimizer,), kwargs, path)
+    if warmup:
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1),
+                                                 total_iters=warmup)  # fmt: skip
+        main = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+    return Schedule(main, interval)
+
+
+def _check_schedule(interval, warmup, plateau: bool, path: str) -> None:
+    allowed = ("val",) if plateau else ("step", "epoch")
+    if interval not in allowed:
+        raise ConfigError(f"interval must be {' or '.join(allowed)}, got {interval!r}",
+                          path=f"{path}.interval")  # fmt: skip
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ConfigError(f"warmup_steps must be a non-negative integer, got {warmup!r}",
+                          path=f"{path}.warmup_steps")  # fmt: skip
+    if warmup and interval != "step":
+        raise ConfigError("warmup_steps needs interval: step", path=f"{path}.warmup_steps")
+
+
+_TENSOR_ARGS = ("weight", "pos_weight")  # lists in YAML, tensors for the loss
+
+
+def build_loss(item: dict) -> torch.nn.Module:
+    """{name: CrossEntropyLoss, label_smoothing: 0.1} -> the torch.nn loss module."""
+    known = {n: c for n, c in _classes(torch.nn, torch.nn.Module).items() if n.endswith("Loss")}
+    cls = _lookup(item["name"], known, "loss", "train.loss")
+    kwargs = _kwargs(item)
+    for key in _TENSOR_ARGS:
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = torch.tensor(kwargs[key], dtype=torch.float32)
+    return _construct(cls, (), kwargs, "train.loss")
+

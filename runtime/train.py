@@ -1,0 +1,618 @@
+"""The training loop, top to bottom: setup -> data -> model -> optimizer -> one loop
+(accumulate, clip, step, log, validate, checkpoint).
+
+Exact resume is a property of the whole loop, so it is stated here once: everything
+that decides the next step is either in the checkpoint (weights, optimizer, scheduler,
+scaler, every RNG state, the position in the epoch, the best metric and early-stopping
+count, the partial sums of the logged loss) or a pure function of the seed and the
+epoch (sample order, augmentation, loader worker seeds). Checkpoints are taken only at
+optimizer-step boundaries, and nothing between two of them draws from the global RNG
+except the model itself (dropout). So a run resumed from any checkpoint performs the
+same float operations, in the same order, as the run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..compiler.compile import Compiled, compile_spec
+from ..compiler.errors import did_you_mean
+from ..compiler.load import load_spec_source
+from ..compiler.lockfile import lockfile_text
+from . import faults
+from .checkpoint import CheckpointDir, atomic_write, capture_rng, restore_rng, save_safetensors
+from .config import RunConfig, load_run_config, split_overrides
+from .data import Loaders, build_loaders
+from .distributed import Env, all_sum, setup_env
+from .errors import CheckpointError, ConfigError, TrainingError
+from .log import NullLog, RunLog, format_duration
+from .metrics import build_metrics, metric_mode
+from .optim import Schedule, build_loss, build_optimizer, build_scheduler
+
+__all__ = ["train", "TrainResult", "Position", "prepare", "Run", "evaluate_loader",
+           "resolve_out_dir", "EXIT_SIGNAL_BASE"]  # fmt: skip
+
+EXIT_SIGNAL_BASE = 128  # a run stopped by signal S exits with 128 + S, after saving
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: where the run is, how it ended, and its last metrics."""
+
+    out: Path
+    metrics: dict[str, float]
+    last: Path | None
+    best: Path | None
+    step: int
+    epoch: int
+    stopped: str  # finished | max_steps | early_stopping | SIGTERM | SIGINT
+
+    @property
+    def exit_code(self) -> int:
+        sig = getattr(signal.Signals, self.stopped, None) if self.stopped.startswith("SIG") else None
+        return EXIT_SIGNAL_BASE + int(sig) if sig else 0
+
+
+@dataclass
+class Position:
+    """Where the run is, and the loop state that must survive a restart."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs done
+    batch: int = 0  # micro-batches done in the current epoch
+    best: float | None = None
+    best_step: int = -1
+    stale: int = 0  # validations since the monitored metric last improved
+    loss_sum: float = 0.0  # training loss since the last logged row
+    loss_count: int = 0
+    skipped: int = 0  # non-finite micro-batches skipped (on_nonfinite: skip)
+    val_step: int = -1  # step of the last validation
+
+
+@dataclass
+class Run:
+    """Everything the loop works with, built by `prepare`."""
+
+    cfg: RunConfig
+    env: Env
+    compiled: Compiled
+    model: torch.nn.Module
+    forward: Any  # the model, or its torch.compile'd form
+    loaders: Loaders
+    loss_fn: torch.nn.Module
+    metrics: dict
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: Any
+    autocast: Any
+    out: Path
+    ckpts: CheckpointDir
+    input_index: int
+    output_index: int
+    monitor: str | None
+    mode: str
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    pos: Position = field(default_factory=Position)
+    log: Any = None
+
+
+def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
+          out: str | os.PathLike | None = None, resume: bool | str = False, force: bool = False,
+          plugins: tuple[str, ...] = (), stream=None, **overrides: Any) -> TrainResult:  # fmt: skip
+    """Train a spec from its `data:`/`train:` sections. Keyword overrides use `--set` keys:
+    dotted ones for the run (`**{"train.epochs": 3}`), plain names for variables.
+
+        >>> result = yamlnet.train("specs/digits_cnn.yaml", **{"train.epochs": 2})  # doctest: +SKIP
+        >>> result.metrics["val/accuracy"]                                          # doctest: +SKIP
+    """
+    run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
+                  overrides=overrides)  # fmt: skip
+    run.log = (RunLog if run.env.is_main else NullLog)(
+        run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+    try:
+        with _StopSignals() as stop:
+            return _loop(run, stop)
+    finally:
+        run.log.close()
+
+
+# -- setup -----------------------------------------------------------------------------
+
+
+def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: bool = False,
+            plugins=(), overrides=None) -> Run:  # fmt: skip
+    """Compile the spec, check the run config, build data, model and optimizer, and
+    restore a checkpoint when resuming."""
+    run_over, var_over = split_overrides(dict(overrides or {}))
+    source = load_spec_source(Path(spec) if not isinstance(spec, Path) else spec)
+    cfg = load_run_config(source.main, config, run_over)
+    tcfg = cfg.train
+    env = setup_env(tcfg["device"])
+    _seed_all(tcfg["seed"])
+    _set_determinism(tcfg["deterministic"], env)
+    compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+    model = compiled.module.to(env.device)
+    input_index = _input_index(compiled, cfg)
+    output_index = _output_index(compiled, cfg)
+    loaders = build_loaders(cfg.data, seed=tcfg["seed"], rank=env.rank, world=env.world_size,
+                            pin_memory=_pin_memory(cfg, env))  # fmt: skip
+    _check_sample(loaders, compiled, cfg, input_index)
+    batches = len(loaders.train)
+    steps_per_epoch = -(-batches // tcfg["grad_accum"])
+    total = tcfg["max_steps"] or tcfg["epochs"] * steps_per_epoch
+    optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
+    monitor, mode = _monitor(cfg, loaders)
+    run = Run(
+        cfg=cfg, env=env, compiled=compiled, model=model,
+        forward=torch.compile(model) if tcfg["compile"] else model,
+        loaders=loaders, loss_fn=build_loss(tcfg["loss"]).to(env.device),
+        metrics=build_metrics(tcfg["metrics"], cfg.error), optimizer=optimizer,
+        schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
+                                 total_steps=total),
+        scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
+        autocast=_autocast(tcfg["precision"], env), out=resolve_out_dir(out, compiled, resume),
+        ckpts=None, input_index=input_index, output_index=output_index, monitor=monitor,
+        mode=mode, batches_per_epoch=batches, steps_per_epoch=steps_per_epoch, total_steps=total,
+    )  # fmt: skip
+    run.ckpts = CheckpointDir(run.out / "checkpoints", keep=tcfg["keep_checkpoints"])
+    _start_or_resume(run, resume, force)
+    return run
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def _set_determinism(on: bool, env: Env) -> None:
+    if on and env.device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
+
+
+def _pin_memory(cfg: RunConfig, env: Env) -> bool:
+    pin = cfg.data["pin_memory"]
+    return env.device.type == "cuda" if pin is None else pin
+
+
+def _autocast(precision: str, env: Env):
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(env.device.type, dtype=dtype)
+
+
+def _input_index(compiled: Compiled, cfg: RunConfig) -> int:
+    names = [i.name for i in compiled.spec.inputs]
+    wanted = cfg.data["input"]
+    if wanted is None:
+        if len(names) != 1:
+            raise cfg.error(f"the spec has inputs {', '.join(names)}; say which one the data "
+                            "feeds", ("data", "input"), "set data.input")  # fmt: skip
+        return 0
+    if wanted not in names:
+        raise cfg.error(f"the spec has no input '{wanted}'", ("data", "input"),
+                        did_you_mean(wanted, names) or "inputs: " + ", ".join(names))  # fmt: skip
+    if len(names) != 1:
+        raise cfg.error("training feeds one input; this spec has several", ("data", "input"))
+    return names.index(wanted)
+
+
+def _output_index(compiled: Compiled, cfg: RunConfig) -> int:
+    names = [name for name, _ in compiled.spec.outputs]
+    wanted = cfg.train["output"]
+    if wanted is None:
+        return 0
+    if wanted not in names:
+        raise cfg.error(f"the spec has no output '{wanted}'", ("train", "output"),
+                        did_you_mean(wanted, names) or "outputs: " + ", ".join(names))  # fmt: skip
+    return names.index(wanted)
+
+
+def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: int) -> None:
+    """The data's samples must fit the spec's input, before any step runs."""
+    x, _ = loaders.train.dataset[(0, 0)]
+    inp = compiled.spec.inputs[index]
+    want = inp.shape[1:]  # without the batch dim
+    fits = len(want) == x.dim() and all(isinstance(w, str) or w == s for w, s in zip(want, x.shape))
+    if not fits:
+        raise cfg.error(f"samples of '{cfg.data['dataset']}' have shape {list(x.shape)}; the spec's "
+                        f"input '{inp.name}' takes [{', '.join(map(str, inp.shape))}]",
+                        ("data", "dataset"), "change the input shape or the data")  # fmt: skip
+    if x.is_floating_point() != inp.dtype.startswith(("float", "bfloat")):
+        raise cfg.error(f"samples are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}",
+                        ("data", "dataset"))  # fmt: skip
+
+
+def _monitor(cfg: RunConfig, loaders: Loaders) -> tuple[str | None, str]:
+    tcfg = cfg.train
+    names = ["val/loss", "train/loss"] + [f"val/{m}" for m in build_metrics(tcfg["metrics"], cfg.error)]
+    monitor = tcfg["monitor"] or ("val/accuracy" if "val/accuracy" in names else "val/loss")
+    if monitor not in names:
+        raise cfg.error(f"cannot monitor '{monitor}'", ("train", "monitor"),
+                        did_you_mean(monitor, names) or "measured: " + ", ".join(names))  # fmt: skip
+    if monitor.startswith("val/") and loaders.val is None:
+        if tcfg["early_stopping"] or tcfg["monitor"]:
+            raise cfg.error(f"'{monitor}' needs validation data; this dataset has none",
+                            ("train", "monitor"))  # fmt: skip
+        monitor = None
+    return monitor, tcfg["mode"] or (metric_mode(monitor) if monitor else "min")
+
+
+def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
+    """--out as given; by default runs/NAME/version_K (a new K, or the newest to resume).
+    A folder holding a run is never trained into again without --resume."""
+    if out is None:
+        base = Path("runs") / compiled.spec.name
+        versions = sorted((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()))
+        k = versions[-1] if (resume and versions) else (versions[-1] + 1 if versions else 0)
+        out = base / f"version_{k}"
+    out = Path(out)
+    if not resume and CheckpointDir(out / "checkpoints").exists():
+        raise ConfigError(f"{out} already holds a run", hint="pass --resume to continue it, "
+                          "or choose another --out")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _start_or_resume(run: Run, resume: bool | str, force: bool) -> None:
+    run.ckpts.clean_temporaries()
+    if not resume:
+        return
+    if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):
+        from .checkpoint import load_checkpoint
+
+        path, state = Path(resume), load_checkpoint(resume)
+    else:
+        found = run.ckpts.latest_good(_warn)
+        if found is None:
+            _warn(f"nothing to resume in {run.out}: starting from the beginning")
+            return
+        path, state = found
+    _restore(run, state, path, force)
+    print(f"resuming from {path} (step {run.pos.step}, epoch {run.pos.epoch + 1})", flush=True)
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", flush=True)
+
+
+def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
+    if state["spec"]["hash"] != run.compiled.hash and not force:
+        raise CheckpointError(f"the spec changed since {path} was written (hash "
+                              f"{state['spec']['hash'][:12]} -> {run.compiled.hash[:12]})",
+                              hint="pass --force to resume anyway")  # fmt: skip
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit the model: {str(err).splitlines()[0]}") from None
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        run.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    run.pos = Position(**state["position"])
+
+
+# -- the loop --------------------------------------------------------------------------
+
+
+def _loop(run: Run, stop: _StopSignals) -> TrainResult:
+    tcfg, pos, log = run.cfg.train, run.pos, run.log
+    _write_lock(run)
+    log.say(_banner(run))
+    batch_size = run.cfg.data["batch_size"]
+    ending = _ending(run)
+    while ending is None:
+        run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.batch * batch_size)
+        run.loaders.train.generator.manual_seed(tcfg["seed"] * 100_003 + pos.epoch)
+        for x, y in run.loaders.train:
+            _micro_step(run, x, y)
+            pos.batch += 1
+            if pos.batch % tcfg["grad_accum"] and pos.batch != run.batches_per_epoch:
+                continue  # accumulating
+            _optimizer_step(run)
+            ending = _after_step(run, stop)
+            if ending is not None:
+                break
+        else:
+            ending = _after_epoch(run)
+    return _finish(run, ending)
+
+
+def _ending(run: Run) -> str | None:
+    pos, tcfg = run.pos, run.cfg.train
+    if tcfg["max_steps"] and pos.step >= tcfg["max_steps"]:
+        return "max_steps"
+    if not tcfg["max_steps"] and pos.epoch >= tcfg["epochs"]:
+        return "finished"
+    return None
+
+
+def _to_device(run: Run, x, y):
+    nb = run.env.device.type == "cuda"
+    return x.to(run.env.device, non_blocking=nb), y.to(run.env.device, non_blocking=nb)
+
+
+def _outputs(run: Run, x) -> torch.Tensor:
+    out = run.forward(x)
+    return out[run.output_index] if isinstance(out, tuple) else out
+
+
+def _micro_step(run: Run, x, y) -> None:
+    """Forward and backward of one micro-batch; a non-finite loss stops or is skipped."""
+    x, y = _to_device(run, x, y)
+    with run.autocast():
+        loss = run.loss_fn(_outputs(run, x), y)
+    value = loss.item()
+    if not math.isfinite(value):
+        _non_finite(run, value)
+        return
+    run.pos.loss_sum += value
+    run.pos.loss_count += 1
+    run.scaler.scale(loss / run.cfg.train["grad_accum"]).backward()
+
+
+def _non_finite(run: Run, value: float) -> None:
+    pos = run.pos
+    where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"
+    if run.cfg.train["on_nonfinite"] == "skip":
+        pos.skipped += 1
+        run.log.say(f"warning: {where}: loss is {value}; skipping this batch")
+        return
+    last = run.ckpts.last if run.ckpts.last.exists() else None
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    raise TrainingError(f"{where}: loss is {value}; stopping ({kept}; set "
+                        "train.on_nonfinite: skip to skip such batches)")  # fmt: skip
+
+
+def _optimizer_step(run: Run) -> None:
+    clip = run.cfg.train["grad_clip"]
+    if clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.schedule.step("step")
+    run.pos.step += 1
+
+
+def _after_step(run: Run, stop: _StopSignals) -> str | None:
+    """Log, validate, checkpoint as due; the reason to stop, if any."""
+    pos, tcfg = run.pos, run.cfg.train
+    if faults.fault_at("kill_after_step", pos.step):
+        faults.die()
+    due = pos.step % tcfg["log_every_n_steps"] == 0
+    run.log.progress(pos.step, pos.epoch, tcfg["epochs"], pos.loss_sum / max(pos.loss_count, 1), due)
+    if due:
+        _log_train(run)
+    ending = None
+    if tcfg["val_every_n_steps"] and pos.step % tcfg["val_every_n_steps"] == 0:
+        ending = _validate(run)
+    ending = ending or _ending(run)
+    every = tcfg["checkpoint_every_n_steps"]
+    if stop.signum is not None:
+        ending = signal.Signals(stop.signum).name
+    if ending is None and every and pos.step % every == 0:
+        _checkpoint(run)
+    return ending
+
+
+def _after_epoch(run: Run) -> str | None:
+    pos, tcfg = run.pos, run.cfg.train
+    pos.epoch += 1
+    pos.batch = 0
+    run.schedule.step("epoch")
+    ending = None
+    every = tcfg["val_every_n_epochs"]
+    if every and pos.epoch % every == 0 and pos.val_step != pos.step:
+        ending = _validate(run)
+    ending = ending or _ending(run)
+    if ending is None:
+        _checkpoint(run)
+    return ending
+
+
+def _log_train(run: Run) -> None:
+    pos = run.pos
+    if pos.loss_count:
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.log.write(pos.step, pos.epoch, {"train/loss": pos.loss_sum / pos.loss_count, "lr": lr})
+    pos.loss_sum, pos.loss_count = 0.0, 0
+
+
+def _validate(run: Run) -> str | None:
+    """Evaluate, log, keep best.pt, step a plateau schedule; 'early_stopping' if due."""
+    pos = run.pos
+    pos.val_step = pos.step
+    if run.loaders.val is None:
+        return None
+    values = evaluate_loader(run, run.loaders.val)
+    run.log.write(pos.step, pos.epoch, values)
+    improved = _is_better(run, values.get(run.monitor)) if run.monitor else False
+    text = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+    run.log.say(f"epoch {pos.epoch + (pos.batch > 0)} step {pos.step}: {text}"
+                + (" (best)" if improved else ""))  # fmt: skip
+    if improved:
+        pos.best, pos.best_step, pos.stale = values[run.monitor], pos.step, 0
+        _save_best(run)
+    elif run.monitor:
+        pos.stale += 1
+    run.schedule.step("val", values.get(run.monitor))
+    es = run.cfg.train["early_stopping"]
+    return "early_stopping" if es and pos.stale >= es["patience"] else None
+
+
+def _is_better(run: Run, value: float | None) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    best = run.pos.best
+    if best is None:
+        return True
+    delta = (run.cfg.train["early_stopping"] or {}).get("min_delta", 0)
+    return value < best - delta if run.mode == "min" else value > best + delta
+
+
+@torch.no_grad()
+def evaluate_loader(run: Run, loader) -> dict[str, float]:
+    """Mean loss and metrics over a loader (summed on the device, reduced over ranks)."""
+    run.model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    try:
+        for x, y in loader:
+            x, y = _to_device(run, x, y)
+            with run.autocast():
+                pred = _outputs(run, x)
+                loss = run.loss_fn(pred, y)
+            parts = {"loss": (loss.float() * len(y), torch.tensor(float(len(y)), device=pred.device))}
+            parts.update({k: fn(pred.float(), y) for k, fn in run.metrics.items()})
+            for k, (s, n) in parts.items():
+                sums[k] = sums.get(k, 0) + torch.stack([s.float(), n.float()])
+    finally:
+        run.model.train()
+    reduced = {k: all_sum(v, run.env) for k, v in sums.items()}
+    return {f"val/{k}": float(v[0] / v[1]) for k, v in reduced.items()}
+
+
+# -- checkpoints and the end -----------------------------------------------------------
+
+
+def _state(run: Run) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.schedule.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": capture_rng(),
+        "position": asdict(run.pos),
+        "spec": {"name": run.compiled.spec.name, "hash": run.compiled.hash,
+                 "lock": lockfile_text(run.compiled)},
+        "config": {"data": run.cfg.data, "train": run.cfg.train},
+        "world_size": run.env.world_size,
+        "yamlnet_version": __version__,
+    }  # fmt: skip
+
+
+def _checkpoint(run: Run) -> Path | None:
+    if not run.env.is_main:
+        return None
+    return run.ckpts.save(_state(run), run.pos.step)
+
+
+def _save_best(run: Run) -> None:
+    if run.env.is_main:
+        run.ckpts.save_best(_state(run))
+        save_safetensors(run.model.state_dict(), run.out / "best.safetensors", _weights_meta(run))
+
+
+def _weights_meta(run: Run) -> dict[str, str]:
+    return {"spec_name": run.compiled.spec.name, "spec_hash": run.compiled.hash,
+            "step": str(run.pos.step)}  # fmt: skip
+
+
+def _finish(run: Run, ending: str) -> TrainResult:
+    pos = run.pos
+    if ending in ("finished", "max_steps") and pos.val_step != pos.step:
+        _validate(run)
+    if pos.loss_count:
+        _log_train(run)
+    last = _checkpoint(run)
+    if run.env.is_main:
+        save_safetensors(run.model.state_dict(), run.out / "last.safetensors", _weights_meta(run))
+    metrics = _last_metrics(run)
+    run.log.say(_summary(run, ending, metrics))
+    best = run.ckpts.best if run.ckpts.best.exists() else None
+    return TrainResult(run.out, metrics, last and run.ckpts.last, best, pos.step, pos.epoch, ending)
+
+
+def _last_metrics(run: Run) -> dict[str, float]:
+    """The newest value of each column of metrics.csv."""
+    import csv
+
+    out: dict[str, float] = {}
+    path = run.out / "metrics.csv"
+    if run.env.is_main and path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                out.update({k: float(v) for k, v in row.items() if v and k not in ("time",)})
+    return out
+
+
+def _write_lock(run: Run) -> None:
+    if not run.env.is_main:
+        return
+    sections = yaml.safe_dump({"data": run.cfg.data, "train": run.cfg.train}, sort_keys=False)
+    text = lockfile_text(run.compiled) + "# the run configuration, defaults filled in\n" + sections
+    atomic_write(run.out / "spec.lock.yaml", text.encode())
+
+
+def _columns(run: Run) -> list[str]:
+    cols = ["train/loss", "lr"]
+    if run.loaders.val is not None:
+        cols += ["val/loss"] + [f"val/{m}" for m in run.metrics]
+    return cols
+
+
+def _banner(run: Run) -> str:
+    n_train, n_val = run.loaders.sizes
+    t, spec = run.cfg.train, run.compiled.spec
+    params = sum(p.numel() for p in run.model.parameters())
+    return (f"run {run.out}: {spec.name} ({params:,} parameters, hash {run.compiled.hash[:12]})\n"
+            f"device {run.env.device}, precision {t['precision']}, {run.env.world_size} process(es); "
+            f"data {run.cfg.data['dataset']}: {n_train} train / {n_val} val, batch "
+            f"{run.cfg.data['batch_size']}; {run.total_steps} steps")  # fmt: skip
+
+
+def _summary(run: Run, ending: str, metrics: dict[str, float]) -> str:
+    took = format_duration(time.perf_counter() - run.log.t0) if hasattr(run.log, "t0") else "?"
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+    best = (f"; best {run.monitor} {run.pos.best:.4f} at step {run.pos.best_step}"
+            if run.pos.best is not None else "")  # fmt: skip
+    return f"{ending} at step {run.pos.step} in {took}: {shown}{best}; saved in {run.out}"
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT ask the loop to save and stop at the next step boundary; a second
+    SIGINT raises KeyboardInterrupt at once (a second SIGTERM terminates)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        again = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, again)
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+              "and stopping" + (" (again to abort now)" if signum == signal.SIGINT else ""),
+              flush=True)  # fmt: skip
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
