@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,27 @@ class RunConfig:
     def error(self, message: str, path: tuple, hint: str = "") -> ConfigError:
         return ConfigError(message, self.loc(path), format_path(path), hint)
 
+    @contextmanager
+    def located(self):
+        """Give a ConfigError raised inside (by a builder that knows only the spec path,
+        `train.optimizer.lrr`) the file:line:col or `--set` item of that path."""
+        try:
+            yield
+        except ConfigError as err:
+            d = err.diagnostics[0]
+            if d.loc is not None or not d.path or len(err.diagnostics) > 1:
+                raise
+            raise ConfigError(d.message, self.loc(parse_path(d.path)), d.path, d.hint) from None
+
+
+def parse_path(text: str) -> tuple:
+    """'data.transforms[0].name' -> ('data', 'transforms', 0, 'name')"""
+    out: list = []
+    for part in text.split("."):
+        name, *indices = part.replace("]", "").split("[")
+        out += ([name] if name else []) + [int(i) for i in indices if i.lstrip("-").isdigit()]
+    return tuple(out)
+
 
 def split_overrides(items: dict[str, Any]) -> tuple[dict, dict]:
     """{'train.epochs': 3, 'width': 64} -> ({'train.epochs': 3}, {'width': 64}):
@@ -162,7 +184,10 @@ def split_overrides(items: dict[str, Any]) -> tuple[dict, dict]:
 def load_run_config(spec_doc: Document, config_path: str | os.PathLike | None = None,
                     overrides: dict[str, Any] | None = None) -> RunConfig:  # fmt: skip
     """Merge the spec's sections, a config file and dotted overrides; check; fill defaults."""
-    merged: dict = {"data": {}, "train": {}}
+    # named defaults first, so `optimizer: {lr: 0.01}` or `--set train.optimizer.lr=0.01`
+    # adjusts the default optimizer instead of leaving one without a name
+    merged: dict = {"data": {}, "train": {k: copy.deepcopy(TRAIN_PROPS[k]["default"])
+                                          for k in ("optimizer", "loss")}}  # fmt: skip
     locs: dict = {}
     variables: dict = {}
     _merge_doc(merged, locs, spec_doc)

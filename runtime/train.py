@@ -107,6 +107,7 @@ class Run:
     batches_per_epoch: int
     steps_per_epoch: int
     total_steps: int
+    variables: dict = field(default_factory=dict)  # the spec's vars overridden for this run
     pos: Position = field(default_factory=Position)
     log: Any = None
 
@@ -141,11 +142,16 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
     run_over, var_over = split_overrides(dict(overrides or {}))
     source = load_spec_source(Path(spec) if not isinstance(spec, Path) else spec)
     cfg = load_run_config(source.main, config, run_over)
+    with cfg.located():  # builders name a spec path; this adds its file:line:col
+        env = setup_env(cfg.train["device"])
+        _seed_all(cfg.train["seed"])
+        _set_determinism(cfg.train["deterministic"], env)
+        compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+        return _build(cfg, env, compiled, out, resume, force, var_over)
+
+
+def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var_over) -> Run:
     tcfg = cfg.train
-    env = setup_env(tcfg["device"])
-    _seed_all(tcfg["seed"])
-    _set_determinism(tcfg["deterministic"], env)
-    compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
     model = compiled.module.to(env.device)
     input_index = _input_index(compiled, cfg)
     output_index = _output_index(compiled, cfg)
@@ -169,6 +175,7 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
         ckpts=None, input_index=input_index, output_index=output_index, monitor=monitor,
         mode=mode, batches_per_epoch=batches, steps_per_epoch=steps_per_epoch, total_steps=total,
     )  # fmt: skip
+    run.variables = {**cfg.vars, **var_over}
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=tcfg["keep_checkpoints"])
     _start_or_resume(run, resume, force)
     return run
@@ -507,7 +514,7 @@ def _state(run: Run) -> dict[str, Any]:
         "position": asdict(run.pos),
         "spec": {"name": run.compiled.spec.name, "hash": run.compiled.hash,
                  "lock": lockfile_text(run.compiled)},
-        "config": {"data": run.cfg.data, "train": run.cfg.train},
+        "config": {"data": run.cfg.data, "train": run.cfg.train, "vars": run.variables},
         "world_size": run.env.world_size,
         "yamlnet_version": __version__,
     }  # fmt: skip

@@ -16,7 +16,10 @@ from typing import Any
 from .compiler.errors import SpecError
 
 __version__ = "0.1.0"
-__all__ = ["compile", "build", "load_spec", "register_op", "SpecError", "__version__"]
+__all__ = [
+    "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict",
+    "published_schema", "SpecError", "__version__",
+]  # fmt: skip
 
 
 def compile(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **overrides: Any):
@@ -53,3 +56,40 @@ def register_op(name: str, target: Any, **kwargs: Any):
     from .compiler.registry import register_op as _register
 
     return _register(name, target, **kwargs)
+
+
+def train(spec: str | os.PathLike, **kwargs: Any):
+    """Train a spec from its `data:`/`train:` sections; returns a `TrainResult` (final
+    metrics, run folder, best and last checkpoints). Overrides use `--set` keys:
+    `yamlnet.train("digits.yaml", out="runs/d", **{"train.epochs": 3, "width": 64})`.
+    See `yamlnet.runtime.train.train` for every option."""
+    from .runtime.train import train as _train
+
+    return _train(spec, **kwargs)
+
+
+def evaluate(spec: str | os.PathLike, checkpoint: str | os.PathLike, **kwargs: Any) -> dict:
+    """Loss and metrics of a checkpoint (a file or a run folder) on the spec's data."""
+    from .runtime.evaluate import evaluate as _evaluate
+
+    return _evaluate(spec, checkpoint, **kwargs)
+
+
+def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str | os.PathLike,
+            **kwargs: Any):  # fmt: skip
+    """Outputs of a checkpoint on the samples of a .pt/.npz/.csv file or images."""
+    from .runtime.evaluate import predict as _predict
+
+    return _predict(spec, checkpoint, inputs, **kwargs)
+
+
+def published_schema() -> dict:
+    """The JSON Schema of a whole spec file, `data:` and `train:` included (for editors;
+    `yamlnet schema` prints it and specs/schema.json holds it)."""
+    from .compiler.schema import published_schema as model_schema
+    from .runtime.config import section_schemas
+
+    schema = model_schema()
+    for key, section in section_schemas().items():
+        schema["properties"][key] = {**section, "description": schema["properties"][key]["description"]}
+    return schema

@@ -138,6 +138,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, help="train.seed")
     c.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
 
+    c = command("eval", cmd_eval, "loss and metrics of a checkpoint on the spec's data", spec_opts)
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
+    c.add_argument("--split", choices=["val", "train"], default="val")
+    c.add_argument("--config", metavar="FILE", help="data:/train: overrides, as for train")
+    c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    c.add_argument("--format", choices=["text", "json"], default="text")
+
+    c = command("predict", cmd_predict, "run a checkpoint on inputs from a file", spec_opts)
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
+    c.add_argument("--input", required=True, metavar="FILE",
+                   help=".pt/.npz/.csv of inputs, an image, or a folder of images")  # fmt: skip
+    c.add_argument("--out", metavar="FILE", help="write predictions: .csv (rows), .pt or .npz "
+                   "(the raw outputs); default: CSV rows on stdout")  # fmt: skip
+    c.add_argument("--config", metavar="FILE", help="data:/train: overrides, as for train")
+    c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    c.add_argument("--batch-size", type=int, default=256)
+
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
     return p
@@ -160,7 +181,8 @@ def _compile(args, path: str, build: bool = False):
 
     from .compiler.compile import compile_spec
 
-    return compile_spec(Path(path), _overrides(args.set), build=build)  # a path, never YAML text
+    variables = {k: v for k, v in _overrides(args.set).items() if k.split(".")[0] not in ("data", "train")}
+    return compile_spec(Path(path), variables, build=build)  # a path, never YAML text
 
 
 def cmd_validate(args) -> int:
@@ -171,6 +193,7 @@ def cmd_validate(args) -> int:
     for path in args.specs:
         try:
             result = _compile(args, path)
+            _check_run_config(args, result)
         except SpecError as err:
             failed += 1
             if args.format == "json":
@@ -185,6 +208,15 @@ def cmd_validate(args) -> int:
     if args.format == "json":
         print(json.dumps(report, indent=2))
     return EXIT_USER if failed else EXIT_OK
+
+
+def _check_run_config(args, result) -> None:
+    """The data:/train: sections too, when the spec has them (the runtime checks them)."""
+    data = result.source.main.data
+    if isinstance(data, dict) and ("data" in data or "train" in data):
+        from .runtime.config import load_run_config, split_overrides
+
+        load_run_config(result.source.main, None, split_overrides(_overrides(args.set))[0])
 
 
 def cmd_expand(args) -> int:
@@ -250,8 +282,63 @@ def cmd_train(args) -> int:
     return result.exit_code
 
 
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from .runtime.evaluate import evaluate
+
+    values = evaluate(Path(args.spec), args.checkpoint, split=args.split, config=args.config,
+                      device=args.device, **_overrides(args.set))  # fmt: skip
+    if args.format == "json":
+        print(json.dumps(values, indent=2))
+    else:
+        for key, value in values.items():
+            print(f"{key}: {value:.6g}")
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    import csv
+    from pathlib import Path
+
+    from .runtime.evaluate import predict
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    result = predict(Path(args.spec), args.checkpoint, args.input, batch_size=args.batch_size,
+                     config=args.config, device=args.device, **_overrides(args.set))  # fmt: skip
+    if args.out and args.out.endswith((".pt", ".npz")):
+        _write_outputs(result.outputs, args.out)
+        print(f"wrote {len(result.outputs)} predictions ({result.output_name}) to {args.out}")
+        return EXIT_OK
+    rows = result.rows()
+    fh = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        writer = csv.DictWriter(fh, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if args.out:
+            fh.close()
+            print(f"wrote {len(rows)} predictions to {args.out}")
+    return EXIT_OK
+
+
+def _write_outputs(outputs, path: str) -> None:
+    if path.endswith(".pt"):
+        _atomic_save(outputs, path)
+    else:
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, outputs=outputs.numpy())
+        _atomic(path, lambda tmp: open(tmp, "wb").write(buf.getvalue()))
+
+
 def cmd_schema(args) -> int:
-    from .compiler.schema import published_schema
+    from . import published_schema
 
     text = json.dumps(published_schema(), indent=1, sort_keys=False) + "\n"
     if args.out:
