@@ -366,21 +366,28 @@ def _outputs(run: Run, x) -> torch.Tensor:
 def _micro_step(run: Run, x, y) -> None:
     """Forward and backward of one micro-batch; a non-finite loss stops or is skipped."""
     x, y = _to_device(run, x, y)
+    # a skipped batch must leave no trace, but its forward pass has already moved the
+    # BatchNorm running statistics (to NaN): keep the buffers to put them back
+    skip = run.cfg.train["on_nonfinite"] == "skip"
+    kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
     with run.autocast():
         loss = run.loss_fn(_outputs(run, x), y)
     value = loss.item()
     if not math.isfinite(value):
-        _non_finite(run, value)
+        _non_finite(run, value, kept)
         return
     run.pos.loss_sum += value
     run.pos.loss_count += 1
     run.scaler.scale(loss / run.cfg.train["grad_accum"]).backward()
 
 
-def _non_finite(run: Run, value: float) -> None:
+def _non_finite(run: Run, value: float, kept: list[torch.Tensor]) -> None:
     pos = run.pos
     where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"
     if run.cfg.train["on_nonfinite"] == "skip":
+        with torch.no_grad():
+            for buf, old in zip(run.model.buffers(), kept):
+                buf.copy_(old)
         pos.skipped += 1
         run.log.say(f"warning: {where}: loss is {value}; skipping this batch")
         return
@@ -561,7 +568,7 @@ def _last_metrics(run: Run) -> dict[str, float]:
     if run.env.is_main and path.exists():
         with open(path, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
-                out.update({k: float(v) for k, v in row.items() if v and k not in ("time",)})
+                out.update({k: float(v) for k, v in row.items() if v and k not in ("step", "epoch", "time")})
     return out
 
 

@@ -1,0 +1,300 @@
+"""Training end to end on CPU: the quick-start spec learns digits, the run folder holds
+what the README promises, eval/predict agree with the model, and the loop's pieces
+(accumulation, precision, schedules, early stopping) do what they say.
+
+Oracles: a hand-written evaluation of the saved weights, sklearn's digits labels,
+TensorBoard's own event reader, and a plain PyTorch loop for the update rule.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+import yamlnet
+from safetensors.torch import load_file
+from yamlnet.runtime.checkpoint import load_checkpoint
+
+from .conftest import ROOT, SPECS
+
+DIGITS = SPECS / "digits_cnn.yaml"
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One full quick-start run (10 epochs), shared by the tests that read its folder."""
+    out = tmp_path_factory.mktemp("run") / "digits"
+    return yamlnet.train(DIGITS, out=out, stream=_Sink())
+
+
+class _Sink:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, text):
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_quick_start_reaches_95_percent(digits_run):
+    assert digits_run.stopped == "finished"
+    assert digits_run.step == 230  # 10 epochs of ceil(1438 / 64) = 23 steps
+    assert digits_run.metrics["val/accuracy"] >= 0.95
+
+
+def test_run_folder_holds_what_the_readme_promises(digits_run):
+    out = digits_run.out
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "last.safetensors",
+                 "best.safetensors", "metrics.csv", "spec.lock.yaml"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    lock = yaml.safe_load((out / "spec.lock.yaml").read_text())
+    assert lock["train"]["optimizer"] == {"name": "AdamW", "lr": 0.002, "weight_decay": 0.01}
+    assert lock["train"]["keep_checkpoints"] == 2  # defaults filled in
+    assert lock["data"]["dataset"] == "digits" and "fc2" in lock["nodes"]
+
+
+def test_checkpoint_is_plain_data_and_matches_safetensors(digits_run):
+    raw = torch.load(digits_run.last, weights_only=True)  # never unpickles code
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "position", "spec"} <= set(raw)
+    assert raw["position"]["step"] == 230
+    weights = load_file(digits_run.out / "last.safetensors")
+    assert set(weights) == set(raw["model"])
+    assert all(torch.equal(weights[k], raw["model"][k]) for k in weights)
+    model = yamlnet.compile(DIGITS)
+    model.load_state_dict(raw["model"])  # strict: the keys are the spec's
+
+
+def test_best_checkpoint_is_the_best_validation(digits_run):
+    rows = _rows(digits_run.out / "metrics.csv")
+    val = [(int(r["step"]), float(r["val/accuracy"])) for r in rows if r["val/accuracy"]]
+    best_step, best_acc = max(val, key=lambda v: (v[1], -v[0]))  # first of the maxima
+    best = load_checkpoint(digits_run.best)
+    assert best["position"]["step"] == best_step
+    assert best["position"]["best"] == pytest.approx(best_acc, abs=1e-6)
+
+
+def test_metrics_csv_has_a_row_per_log_and_validation(digits_run):
+    rows = _rows(digits_run.out / "metrics.csv")
+    train_steps = [int(r["step"]) for r in rows if r["train/loss"]]
+    assert train_steps == list(range(10, 231, 10))
+    assert [int(r["step"]) for r in rows if r["val/loss"]] == list(range(23, 231, 23))
+    assert float([r for r in rows if r["lr"]][-1]["lr"]) < 1e-5  # cosine ends near zero
+
+
+def test_tensorboard_reader_sees_the_same_values(digits_run):
+    ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea_mod.EventAccumulator(str(digits_run.out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tb = {e.step: e.value for e in acc.Scalars("val/accuracy")}
+    rows = _rows(digits_run.out / "metrics.csv")
+    csv_vals = {int(r["step"]): float(r["val/accuracy"]) for r in rows if r["val/accuracy"]}
+    assert tb.keys() == csv_vals.keys()
+    assert all(tb[s] == pytest.approx(csv_vals[s], abs=1e-5) for s in tb)
+
+
+def test_evaluate_matches_a_hand_written_evaluation(digits_run):
+    from sklearn.datasets import load_digits
+
+    got = yamlnet.evaluate(DIGITS, digits_run.out)
+    model = yamlnet.compile(DIGITS)
+    model.load_state_dict(load_checkpoint(digits_run.best)["model"])
+    model.eval()
+    d = load_digits()
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0)).tolist()
+    val = sorted(order[:359])  # the documented fixed split: seed 0, 20%
+    x = torch.tensor(d.data[val], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(d.target[val])
+    with torch.no_grad():
+        logits = model(x)
+    assert got["val/accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-6)
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    assert got["val/loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_predict_agrees_with_the_model(digits_run, tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data[:50] / 16.0).reshape(-1, 1, 8, 8).astype("float32")
+    np.savez(tmp_path / "x.npz", x=x)
+    pred = yamlnet.predict(DIGITS, digits_run.best, tmp_path / "x.npz")
+    model = yamlnet.compile(DIGITS)
+    model.load_state_dict(load_checkpoint(digits_run.best)["model"])
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x))
+    assert torch.allclose(pred.outputs, expected, atol=1e-6)
+    assert [r["class"] for r in pred.rows()] == expected.argmax(1).tolist()
+
+
+def test_cli_eval_and_predict(digits_run, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 1, 8, 8), dtype="float32"))
+    cmd = [sys.executable, "-m", "yamlnet"]
+    r = subprocess.run([*cmd, "eval", str(DIGITS), "--checkpoint", str(digits_run.out), "--format",
+                        "json"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert '"val/accuracy"' in r.stdout
+    r = subprocess.run([*cmd, "predict", str(DIGITS), "--checkpoint", str(digits_run.out), "--input",
+                        str(tmp_path / "x.npz")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "index,class,probability" and len(lines) == 4
+    r = subprocess.run([*cmd, "predict", str(DIGITS), "--checkpoint", str(digits_run.out), "--input",
+                        str(tmp_path / "missing.npz")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip() == f"no such file: {tmp_path / 'missing.npz'}"
+
+
+def test_plain_progress_lines_off_a_terminal(digits_run):
+    out = subprocess.run(
+        [sys.executable, "-m", "yamlnet", "train", str(DIGITS), "--epochs", "1", "--out",
+         str(digits_run.out.parent / "lines")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    steps = [line for line in out.stdout.splitlines() if line.startswith("epoch 1/1 step")]
+    assert [s.split()[3] for s in steps] == ["10/23", "20/23"]  # every log_every_n_steps
+    assert "\r" not in out.stdout and "\x1b" not in out.stderr
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- the loop's pieces -------------------------------------------------------------------
+
+MLP = """\
+yamlnet: 1
+inputs:
+  x: [N, 64]
+nodes:
+  fc1: {op: Linear, out_features: 32}
+  act: {op: ReLU}
+  fc2: {op: Linear, out_features: 10}
+data: {dataset: digits, flatten: true, batch_size: 16, shuffle: false, val_fraction: 0.1}
+train: {epochs: 1, optimizer: {name: SGD, lr: 0.1}, checkpoint_every_n_steps: null}
+"""
+
+
+def _mlp(tmp_path, text=MLP):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(text)
+    return path
+
+
+def _final_weights(result):
+    return load_file(result.out / "last.safetensors")
+
+
+def test_sgd_steps_equal_a_plain_pytorch_loop(tmp_path):
+    """The update rule is PyTorch's: 10 SGD steps equal a hand-written loop's."""
+    from sklearn.datasets import load_digits
+
+    spec = _mlp(tmp_path)
+    result = yamlnet.train(spec, out=tmp_path / "r", stream=_Sink(), **{"train.max_steps": 10})
+    torch.manual_seed(0)  # the run seeds the same way before building the model
+    model = yamlnet.compile(spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    d = load_digits()
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0)).tolist()
+    train_idx = sorted(order[180:])  # val_fraction 0.1 -> 180 held out
+    x = torch.tensor(d.data[train_idx], dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target[train_idx])
+    for i in range(10):  # shuffle: false -> batches in order
+        loss = torch.nn.functional.cross_entropy(model(x[16 * i : 16 * i + 16]), y[16 * i : 16 * i + 16])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    got = _final_weights(result)
+    for k, v in model.state_dict().items():
+        assert torch.allclose(got[k], v, atol=1e-6), k
+
+
+def test_gradient_accumulation_equals_a_larger_batch(tmp_path):
+    """Without batch-dependent layers, 2 micro-batches of 16 == 1 batch of 32 (mean loss)."""
+    spec = _mlp(tmp_path)
+    a = yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(),
+                      **{"train.max_steps": 5, "train.grad_accum": 2})  # fmt: skip
+    b = yamlnet.train(spec, out=tmp_path / "b", stream=_Sink(),
+                      **{"train.max_steps": 5, "data.batch_size": 32})  # fmt: skip
+    wa, wb = _final_weights(a), _final_weights(b)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert not torch.equal(wa["fc1.weight"], yamlnet.compile(spec).state_dict()["fc1.weight"])
+
+
+def test_warmup_schedule_reaches_the_base_lr(tmp_path):
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / "w", stream=_Sink(), **{
+        "train.max_steps": 20, "train.log_every_n_steps": 1,
+        "train.scheduler": {"name": "ConstantLR", "factor": 1.0, "warmup_steps": 4}})  # fmt: skip
+    lrs = [float(r_["lr"]) for r_ in _rows(r.out / "metrics.csv") if r_["lr"]]
+    # logged after each step: the ramp 1/5 .. 5/5 of the base LR, then flat
+    assert lrs[:6] == pytest.approx([0.04, 0.06, 0.08, 0.1, 0.1, 0.1])
+
+
+def test_early_stopping_stops_and_says_why(tmp_path):
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / "e", stream=_Sink(), **{
+        "train.epochs": 50, "train.optimizer.lr": 0.0, "train.val_every_n_steps": 1,
+        "train.early_stopping": {"patience": 3}})  # fmt: skip
+    assert r.stopped == "early_stopping"
+    assert r.step == 4  # the first validation sets the best; three more without improvement
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_cpu(tmp_path, precision):
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / precision, stream=_Sink(),
+                      **{"train.max_steps": 20, "train.precision": precision})  # fmt: skip
+    w = _final_weights(r)
+    assert all(torch.isfinite(v).all() for v in w.values())
+    assert w["fc1.weight"].dtype == torch.float32  # weights stay fp32 under autocast
+    if precision == "16-mixed":
+        assert load_checkpoint(r.last)["scaler"]["scale"] > 0
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(tmp_path):
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / "c", stream=_Sink(),
+                      **{"train.max_steps": 5, "train.compile": True})  # fmt: skip
+    assert set(_final_weights(r)) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+
+
+def test_regression_with_mse(tmp_path):
+    text = """\
+yamlnet: 1
+inputs:
+  x: [N, 4]
+nodes:
+  fc: {op: Linear, out_features: 1}
+data: {dataset: synthetic, shape: [4], classes: null, size: 256, val_size: 64}
+train: {max_steps: 40, loss: MSELoss, metrics: [mse, mae], optimizer: {lr: 0.01}}
+"""
+    r = yamlnet.train(_mlp(tmp_path, text), out=tmp_path / "m", stream=_Sink())
+    assert {"val/mse", "val/mae", "val/loss"} <= set(r.metrics)
+    assert r.metrics["val/mse"] == pytest.approx(r.metrics["val/loss"], rel=1e-5)
+
+
+def test_device_cpu_flag_and_missing_cuda(tmp_path):
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / "cpu", stream=_Sink(),
+                      **{"train.max_steps": 2, "train.device": "cpu"})  # fmt: skip
+    assert r.step == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(yamlnet.SpecError, match="device 'cuda' is not available"):
+            yamlnet.train(spec, out=tmp_path / "gpu", **{"train.device": "cuda"})
+
+
+@pytest.mark.gpu
+def test_trains_on_cuda(tmp_path):
+    r = yamlnet.train(DIGITS, out=tmp_path / "cuda", stream=_Sink(),
+                      **{"train.epochs": 2, "train.device": "cuda"})  # fmt: skip
+    assert r.metrics["val/accuracy"] > 0.8
