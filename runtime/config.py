@@ -118,8 +118,21 @@ def data_schema(dataset: str | None = None) -> dict:
 
 
 def section_schemas() -> dict[str, dict]:
-    """`data:` and `train:` for the published (editor) schema."""
-    return {"data": data_schema(), "train": train_schema()}
+    """`data:` and `train:` for the published (editor) schema. Unlike the checks above,
+    which see the sections after bare names became mappings, it takes both spellings."""
+    train, data = copy.deepcopy(train_schema()), copy.deepcopy(data_schema())
+    for key in ("optimizer", "loss", "scheduler"):
+        train["properties"][key] = _or_bare_name(train["properties"][key])
+    for props, key in ((train["properties"], "metrics"), (data["properties"], "transforms"),
+                       (data["properties"], "val_transforms")):  # fmt: skip
+        props[key]["items"] = _or_bare_name(props[key]["items"])
+    return {"data": data, "train": train}
+
+
+def _or_bare_name(schema: dict) -> dict:
+    keep = {k: schema[k] for k in ("default", "description") if k in schema}
+    body = {k: v for k, v in schema.items() if k not in keep}
+    return {"anyOf": [_NAME, body], **keep}
 
 
 @dataclass(frozen=True)
@@ -209,7 +222,8 @@ def _load_config_file(path) -> Document:
         with open(path, "rb") as fh:
             doc = load_document(fh.read(1 << 20), os.fspath(path))
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+        raise ConfigError(f"cannot read the config file: {err.strerror or err}",
+                          ArgLocation(f"--config {path}", 0, 0)) from None  # fmt: skip
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
         raise LoadError("a config file is a mapping with data:, train: or vars:", doc.loc(()))
@@ -270,6 +284,7 @@ def _apply_override(merged: dict, locs: dict, key: str, value: Any) -> None:
         child = node.get(part)
         if child is None and i > 0:
             child = node[part] = {}
+            locs[parts[: i + 1]] = where  # the mapping is the override's, and so are its errors
         if not isinstance(child, dict):
             raise ConfigError(f"{format_path(parts[: i + 1])} is not a mapping", where)
         node = child
@@ -302,6 +317,7 @@ def _check(merged: dict, locs: dict) -> None:
 def _problems(body: dict, schema: dict, base: tuple, locs: dict) -> list[Diagnostic]:
     out = []
     for err in sorted(Draft202012Validator(schema).iter_errors(body), key=lambda e: list(e.path)):
+        err = _branch_error(err)
         path = base + tuple(err.absolute_path)
         message, hint = explain_schema_error(err)
         if err.validator == "additionalProperties":
@@ -309,6 +325,16 @@ def _problems(body: dict, schema: dict, base: tuple, locs: dict) -> list[Diagnos
             path += (extra[0],) if extra else ()
         out.append(Diagnostic(message, _loc(locs, path), format_path(path), hint))
     return out
+
+
+def _branch_error(err):
+    """For `scheduler: {step_size: 3}` (a mapping or null), the mapping branch's own error
+    ("missing required key 'name'"), not "is not valid under any of the given schemas"."""
+    if err.validator == "anyOf" and err.context:
+        inner = [e for e in err.context if e.validator != "type"]
+        if inner:
+            return inner[0]
+    return err
 
 
 def _loc(locs: dict, path: tuple) -> Location | None:

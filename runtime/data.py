@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import inspect
 import os
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,7 +223,11 @@ def read_tensor_file(path: str, args: dict, where: str) -> tuple[torch.Tensor, t
 
 
 def _read_pt(path: str, args: dict):
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text is many lines and suggests weights_only=False
+        raise ValueError("torch.load(weights_only=True) refused it: it holds more than tensors, "
+                         "or is not a torch file") from None  # fmt: skip
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return obj
     if isinstance(obj, dict):
@@ -248,11 +253,15 @@ def _read_csv(path: str, args: dict):
         rows = [r for r in csv.reader(fh) if r]
     header = rows[0] if rows and not _numeric(rows[0]) else None
     table = np.array(rows[1:] if header else rows, dtype=np.float64)
+    if table.ndim != 2 or not table.size:
+        raise ValueError("no rows of numbers")
     col = args["target_column"]
     if isinstance(col, str):
         if not header or col not in header:
             raise ValueError(f"no column named '{col}'")
         col = header.index(col)
+    if not -table.shape[1] <= col < table.shape[1]:
+        raise ValueError(f"no column {col}; the file has {table.shape[1]}")
     y = table[:, col]
     x = np.delete(table, col % table.shape[1], axis=1)
     return x, (y.astype(np.int64) if np.all(y == np.round(y)) else y)

@@ -76,11 +76,13 @@ _FILL_TOTAL = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps", "Polyn
                "LinearLR": "total_iters"}  # fmt: skip
 
 
-def build_scheduler(item: dict | None, optimizer, *, steps_per_epoch: int, total_steps: int) -> Schedule:
+def build_scheduler(item: dict | None, optimizer, *, steps_per_epoch: int, total_steps: int,
+                    mode: str = "min") -> Schedule:  # fmt: skip
     """{name: CosineAnnealingLR, warmup_steps: 100, interval: step, ...}.
 
     Filled in when omitted: the schedule's length (T_max, total_steps, total_iters) as
-    the run's length in intervals, after warmup."""
+    the run's length in intervals, after warmup; ReduceLROnPlateau's `mode` as the
+    monitored metric's (`mode`), or it would cut the LR while accuracy improves."""
     if item is None:
         return Schedule(None, "step")
     path = "train.scheduler"
@@ -95,6 +97,8 @@ def build_scheduler(item: dict | None, optimizer, *, steps_per_epoch: int, total
     length = total_steps if interval == "step" else -(-total_steps // steps_per_epoch)
     if item["name"] in _FILL_TOTAL:
         kwargs.setdefault(_FILL_TOTAL[item["name"]], max(1, length - warmup))
+    if plateau:
+        kwargs.setdefault("mode", mode)
     if item["name"] == "OneCycleLR":
         kwargs.setdefault("max_lr", optimizer.param_groups[0]["lr"])
     main = _construct(cls, (optimizer,), kwargs, path)

@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,15 +121,28 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
         >>> result = yamlnet.train("specs/digits_cnn.yaml", **{"train.epochs": 2})  # doctest: +SKIP
         >>> result.metrics["val/accuracy"]                                          # doctest: +SKIP
     """
-    run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
-                  overrides=overrides)  # fmt: skip
-    run.log = (RunLog if run.env.is_main else NullLog)(
-        run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+    with _torch_settings_restored():
+        run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
+                      overrides=overrides)  # fmt: skip
+        run.log = (RunLog if run.env.is_main else NullLog)(
+            run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+        try:
+            with _StopSignals() as stop:
+                return _loop(run, stop)
+        finally:
+            run.log.close()
+
+
+@contextmanager
+def _torch_settings_restored():
+    """A run sets torch's global determinism switches; a caller's are put back after."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)  # fmt: skip
     try:
-        with _StopSignals() as stop:
-            return _loop(run, stop)
+        yield
     finally:
-        run.log.close()
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
 
 
 # -- setup -----------------------------------------------------------------------------
@@ -169,7 +182,7 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
         loaders=loaders, loss_fn=build_loss(tcfg["loss"]).to(env.device),
         metrics=build_metrics(tcfg["metrics"], cfg.error), optimizer=optimizer,
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
-                                 total_steps=total),
+                                 total_steps=total, mode=mode),
         scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
         autocast=_autocast(tcfg["precision"], env), out=resolve_out_dir(out, compiled, resume),
         ckpts=None, input_index=input_index, output_index=output_index, monitor=monitor,
