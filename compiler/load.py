@@ -30,7 +30,7 @@ import yaml
 
 from .errors import LoadError, Location
 
-__all__ = ["Document", "SpecSource", "load_spec_source", "load_document", "LIMITS"]
+__all__ = ["Document", "SpecSource", "load_spec_source", "load_document", "nearest_loc", "LIMITS"]
 
 LIMITS = {
     "max_bytes": 1 << 20,  # 1 MiB of YAML is far beyond any hand-written spec
@@ -70,12 +70,17 @@ class Document:
 
     def loc(self, path: tuple) -> Location | None:
         """The location of `path`, or of its nearest located ancestor."""
-        path = tuple(path)
-        while path:
-            if path in self.locs:
-                return self.locs[path]
-            path = path[:-1]
-        return self.locs.get((), Location(self.file, 1, 1))
+        return nearest_loc(self.locs, path) or self.locs.get((), Location(self.file, 1, 1))
+
+
+def nearest_loc(locs: dict[tuple, Location], path: tuple) -> Location | None:
+    """The location of `path` or of its nearest ancestor in `locs` (None if none is)."""
+    path = tuple(path)
+    while path:
+        if path in locs:
+            return locs[path]
+        path = path[:-1]
+    return None
 
 
 @dataclass(frozen=True)

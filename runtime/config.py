@@ -21,7 +21,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from ..compiler.errors import Diagnostic, Location, did_you_mean
-from ..compiler.load import Document, load_document
+from ..compiler.load import Document, load_document, nearest_loc
 from ..compiler.validate import explain_schema_error, format_path
 from .data import DATASETS
 from .errors import ArgLocation, ConfigError
@@ -87,7 +87,7 @@ DATA_PROPS: dict[str, dict] = {
     "dataset": {"type": "string", "default": "digits", "description": "a registered source"},
     "batch_size": _int(64, doc="samples per batch on each process"),
     "val_batch_size": _int(None, null=True, doc="default: batch_size"),
-    "num_workers": _int(0, minimum=0, doc="DataLoader worker processes"),
+    "num_workers": {**_int(0, minimum=0, doc="DataLoader worker processes"), "maximum": 64},
     "pin_memory": {"type": ["boolean", "null"], "default": None, "description": "default: on CUDA"},
     "shuffle": {"type": "boolean", "default": True},
     "drop_last": {"type": "boolean", "default": False},
@@ -147,12 +147,7 @@ class RunConfig:
 
     def loc(self, path: tuple) -> Location | None:
         """Where `path` (or its nearest ancestor) was written."""
-        path = tuple(path)
-        while path:
-            if path in self.locs:
-                return self.locs[path]
-            path = path[:-1]
-        return None
+        return nearest_loc(self.locs, path)
 
     def error(self, message: str, path: tuple, hint: str = "") -> ConfigError:
         return ConfigError(message, self.loc(path), format_path(path), hint)
@@ -306,7 +301,7 @@ def _check(merged: dict, locs: dict) -> None:
     if dataset not in DATASETS:
         path = ("data", "dataset")
         hint = did_you_mean(str(dataset), DATASETS) or "sources: " + ", ".join(DATASETS)
-        problems.append(Diagnostic(f"unknown dataset '{dataset}'", _loc(locs, path), "data.dataset",
+        problems.append(Diagnostic(f"unknown dataset '{dataset}'", nearest_loc(locs, path), "data.dataset",
                                    hint))  # fmt: skip
     else:
         problems += _problems(merged["data"], data_schema(dataset), ("data",), locs)
@@ -323,7 +318,7 @@ def _problems(body: dict, schema: dict, base: tuple, locs: dict) -> list[Diagnos
         if err.validator == "additionalProperties":
             extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
             path += (extra[0],) if extra else ()
-        out.append(Diagnostic(message, _loc(locs, path), format_path(path), hint))
+        out.append(Diagnostic(message, nearest_loc(locs, path), format_path(path), hint))
     return out
 
 
@@ -335,14 +330,6 @@ def _branch_error(err):
         if inner:
             return inner[0]
     return err
-
-
-def _loc(locs: dict, path: tuple) -> Location | None:
-    while path:
-        if path in locs:
-            return locs[path]
-        path = path[:-1]
-    return None
 
 
 def _fill_defaults(merged: dict) -> None:

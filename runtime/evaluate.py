@@ -125,7 +125,7 @@ class Predictions:
             return [{"index": i, "output": v.tolist()} for i, v in enumerate(out)]
         probs = out.float().softmax(dim=1)
         p, k = probs.max(dim=1)
-        rows = [{"index": i, "class": int(c), "probability": round(float(q), 6)} for i, (c, q) in enumerate(zip(k, p))]
+        rows = [{"index": i, "class": int(c), "probability": round(float(q), 6)} for i, (c, q) in enumerate(zip(k, p, strict=True))]
         if self.class_names:
             for row in rows:
                 row["name"] = self.class_names[row["class"]]
@@ -156,7 +156,7 @@ def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str 
 
 def _check_inputs(x: torch.Tensor, inp) -> None:
     want = inp.shape[1:]
-    fits = x.dim() == len(inp.shape) and all(isinstance(w, str) or w == s for w, s in zip(want, x.shape[1:]))
+    fits = x.dim() == len(inp.shape) and all(isinstance(w, str) or w == s for w, s in zip(want, x.shape[1:], strict=True))
     if not fits:
         raise ConfigError(f"inputs have shape {list(x.shape)}; the spec's input '{inp.name}' takes "
                           f"[{', '.join(map(str, inp.shape))}]")  # fmt: skip

@@ -15,9 +15,10 @@ import sys
 import pytest
 import torch
 import yaml
-import yamlnet
 from safetensors.torch import load_file
 from yamlnet.runtime.checkpoint import load_checkpoint
+
+import yamlnet
 
 from .conftest import ROOT, SPECS
 
