@@ -28,8 +28,8 @@ OVERRIDES = {"data.val_fraction": 0.0, "train.scheduler": None, "train.metrics":
 
 def yamlnet_steps(steps: int) -> float:
     """Steps/s of yamlnet's loop (setup excluded)."""
-    from yamlnet.runtime.train import _loop, _StopSignals, prepare
     from yamlnet.runtime.log import RunLog
+    from yamlnet.runtime.train import _loop, _StopSignals, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare(SPEC, out=Path(tmp) / "run", overrides={**OVERRIDES, "train.max_steps": steps})

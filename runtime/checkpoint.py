@@ -30,8 +30,8 @@ import torch
 from . import faults
 from .errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "digest", "capture_rng", "restore_rng",
-           "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "digest", "capture_rng",
+           "restore_rng", "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
 
 FORMAT = "yamlnet-checkpoint"
 VERSION = 1
@@ -67,6 +67,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if expected != digest(payload):
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its content")
     return payload
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, path: str | os.PathLike) -> None:
+    """`model.load_state_dict(state_dict)` (strict), or one line saying what differs."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        # torch's first line is only "Error(s) in loading state_dict for X:"; the first
+        # mismatch below it says what differs
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["?"]
+        first = lines[1] if len(lines) > 1 else lines[0]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise CheckpointError(f"{path} does not fit the model: {first}{more}") from None
 
 
 def digest(obj: Any) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from ..compiler.compile import compile_spec
 from ..compiler.load import load_spec_source
-from .checkpoint import CheckpointDir, load_checkpoint
+from .checkpoint import CheckpointDir, load_checkpoint, load_weights
 from .config import load_run_config, split_overrides
 from .data import EpochSampler, build_loaders, build_transforms
 from .distributed import pick_device
@@ -55,10 +55,7 @@ def _session(spec, checkpoint, config, plugins, overrides, device: str | None):
     cfg = load_run_config(base, config, run_over)
     variables = {**saved.get("vars", {}), **cfg.vars, **var_over}
     compiled = compile_spec(source, variables, plugins=tuple(plugins))
-    try:
-        compiled.module.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit the model: {str(err).splitlines()[0]}") from None
+    load_weights(compiled.module, state["model"], path)
     dev = pick_device(device or "auto")
     return cfg, compiled, compiled.module.to(dev).eval(), dev, path
 

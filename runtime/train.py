@@ -33,7 +33,14 @@ from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
 from ..compiler.lockfile import lockfile_text
 from . import faults
-from .checkpoint import CheckpointDir, atomic_write, capture_rng, restore_rng, save_safetensors
+from .checkpoint import (
+    CheckpointDir,
+    atomic_write,
+    capture_rng,
+    load_weights,
+    restore_rng,
+    save_safetensors,
+)
 from .config import RunConfig, load_run_config, split_overrides
 from .data import Loaders, build_loaders
 from .distributed import Env, all_sum, setup_env
@@ -251,7 +258,8 @@ def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: i
     x, _ = loaders.train.dataset[(0, 0)]
     inp = compiled.spec.inputs[index]
     want = inp.shape[1:]  # without the batch dim
-    fits = len(want) == x.dim() and all(isinstance(w, str) or w == s for w, s in zip(want, x.shape))
+    fits = len(want) == x.dim() and all(
+        isinstance(w, str) or w == s for w, s in zip(want, x.shape, strict=True))
     if not fits:
         raise cfg.error(f"samples of '{cfg.data['dataset']}' have shape {list(x.shape)}; the spec's "
                         f"input '{inp.name}' takes [{', '.join(map(str, inp.shape))}]",
@@ -281,7 +289,7 @@ def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
     A folder holding a run is never trained into again without --resume."""
     if out is None:
         base = Path("runs") / compiled.spec.name
-        versions = sorted((int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()))
+        versions = sorted(int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit())
         k = versions[-1] if (resume and versions) else (versions[-1] + 1 if versions else 0)
         out = base / f"version_{k}"
     out = Path(out)
@@ -310,6 +318,18 @@ def _start_or_resume(run: Run, resume: bool | str, force: bool) -> None:
     print(f"resuming from {path} (step {run.pos.step}, epoch {run.pos.epoch + 1})", flush=True)
 
 
+def _note_changes(saved: dict, run: Run) -> None:
+    """Say which data:/train: settings differ from the checkpoint's (allowed, but the
+    resumed run is then no longer the same run)."""
+    changed = [f"{sec}.{k} ({saved[sec].get(k)!r} -> {v!r})" for sec, now in
+               (("data", run.cfg.data), ("train", run.cfg.train)) if sec in saved
+               for k, v in now.items() if saved[sec].get(k) != v]  # fmt: skip
+    if changed:
+        note = "; the LR schedule keeps the length it was built with" \
+            if run.cfg.train["scheduler"] else ""  # fmt: skip
+        _warn(f"resuming with changed settings: {', '.join(changed)}{note}")
+
+
 def _warn(text: str) -> None:
     print(f"warning: {text}", flush=True)
 
@@ -319,10 +339,8 @@ def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
         raise CheckpointError(f"the spec changed since {path} was written (hash "
                               f"{state['spec']['hash'][:12]} -> {run.compiled.hash[:12]})",
                               hint="pass --force to resume anyway")  # fmt: skip
-    try:
-        run.model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit the model: {str(err).splitlines()[0]}") from None
+    load_weights(run.model, state["model"], path)
+    _note_changes(state.get("config", {}), run)
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["scheduler"])
     if state["scaler"]:
@@ -399,7 +417,7 @@ def _non_finite(run: Run, value: float, kept: list[torch.Tensor]) -> None:
     where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"
     if run.cfg.train["on_nonfinite"] == "skip":
         with torch.no_grad():
-            for buf, old in zip(run.model.buffers(), kept):
+            for buf, old in zip(run.model.buffers(), kept, strict=True):
                 buf.copy_(old)
         pos.skipped += 1
         run.log.say(f"warning: {where}: loss is {value}; skipping this batch")

@@ -5,6 +5,7 @@ import json
 import jsonschema
 import pytest
 from yamlnet.compiler.load import load_spec_source
+
 from yamlnet import published_schema
 
 from .conftest import SPECS, all_specs
