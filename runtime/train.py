@@ -629,7 +629,8 @@ def _banner(run: Run) -> str:
 
 
 def _summary(run: Run, ending: str, metrics: dict[str, float]) -> str:
-    took = format_duration(time.perf_counter() - run.log.t0) if hasattr(run.log, "t0") else "?"
+    seconds = time.perf_counter() - run.log.t0 if hasattr(run.log, "t0") else float("nan")
+    took = f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
     best = (f"; best {run.monitor} {run.pos.best:.4f} at step {run.pos.best_step}"
             if run.pos.best is not None else "")  # fmt: skip

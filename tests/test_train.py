@@ -299,3 +299,20 @@ def test_trains_on_cuda(tmp_path):
     r = yamlnet.train(DIGITS, out=tmp_path / "cuda", stream=_Sink(),
                       **{"train.epochs": 2, "train.device": "cuda"})  # fmt: skip
     assert r.metrics["val/accuracy"] > 0.8
+
+
+def test_second_sigint_aborts_at_once():
+    """The first SIGINT asks for a save-and-stop; a second one raises KeyboardInterrupt
+    wherever the process is; handlers are put back afterwards."""
+    import os
+    import signal
+
+    from yamlnet.runtime.train import _StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    with _StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
