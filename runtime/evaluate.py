@@ -8,27 +8,93 @@ the checkpoint), and the checkpoint's `data:`/`train:` sections are the defaults
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..compiler.compile import compile_spec
+from ..compiler.compile import Compiled, compile_spec
+from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
 from .checkpoint import CheckpointDir, load_checkpoint, load_weights
 from .config import load_run_config, split_overrides
-from .data import EpochSampler, build_loaders, build_transforms
-from .distributed import pick_device
+from .data import EpochSampler, Transformed, build_datasets, build_transforms
+from .distributed import Env, all_sum, pick_device
 from .errors import CheckpointError, ConfigError
 from .metrics import build_metrics
 from .optim import build_loss
 
-__all__ = ["evaluate", "predict", "resolve_checkpoint", "Predictions", "IMAGE_EXTENSIONS"]
+__all__ = ["Evaluator", "evaluate", "predict", "resolve_checkpoint", "Predictions", "autocast_for",
+           "pick_output", "output_index", "IMAGE_EXTENSIONS"]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A model with its loss and metrics: mean loss and metrics over a loader (summed on
+    the device, reduced over ranks). The training loop and `yamlnet eval` share it."""
+
+    model: torch.nn.Module
+    forward: Any  # the model, or its torch.compile'd form
+    loss_fn: torch.nn.Module
+    metrics: dict
+    autocast: Any
+    output_index: int
+    env: Env
+
+    @torch.no_grad()
+    def __call__(self, loader, prefix: str = "val") -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        try:
+            for x, y in loader:
+                for k, pair in self._batch(x, y).items():
+                    sums[k] = sums.get(k, 0) + pair
+        finally:
+            self.model.train()
+        reduced = {k: all_sum(v, self.env) for k, v in sums.items()}
+        return {f"{prefix}/{k}": float(v[0] / v[1]) for k, v in reduced.items()}
+
+    def _batch(self, x, y) -> dict[str, torch.Tensor]:
+        """{name: [sum, count]} for one batch."""
+        nb = self.env.device.type == "cuda"
+        x, y = x.to(self.env.device, non_blocking=nb), y.to(self.env.device, non_blocking=nb)
+        with self.autocast():
+            pred = pick_output(self.forward(x), self.output_index)
+            loss = self.loss_fn(pred, y)
+        n = torch.tensor(float(len(y)), device=pred.device)
+        parts = {"loss": (loss.float() * n, n)}
+        parts.update({k: fn(pred.float(), y) for k, fn in self.metrics.items()})
+        return {k: torch.stack([s.float(), c.float()]) for k, (s, c) in parts.items()}
+
+
+def pick_output(out, index: int) -> torch.Tensor:
+    """The output the loss reads, from a model that returns one tensor or a tuple."""
+    return out[index] if isinstance(out, tuple) else out
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A context factory: autocast for the mixed precisions, a no-op for 32."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def output_index(compiled: Compiled, cfg) -> int:
+    """Which of the spec's outputs `train.output` names (default: the first)."""
+    names = [name for name, _ in compiled.spec.outputs]
+    wanted = cfg.train["output"]
+    if wanted is None:
+        return 0
+    if wanted not in names:
+        raise cfg.error(f"the spec has no output '{wanted}'", ("train", "output"),
+                        did_you_mean(wanted, names) or "outputs: " + ", ".join(names))  # fmt: skip
+    return names.index(wanted)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
@@ -79,31 +145,29 @@ def evaluate(spec: str | os.PathLike, checkpoint: str | os.PathLike, *, split: s
         >>> yamlnet.evaluate("specs/digits_cnn.yaml", "runs/digits")  # doctest: +SKIP
         {'val/loss': 0.08, 'val/accuracy': 0.98}
     """
-    from .train import _autocast, evaluate_loader
-
+    if split not in ("val", "train"):
+        raise ConfigError(f"unknown split '{split}'", hint="use val or train")
     cfg, compiled, model, dev, _ = _session(spec, checkpoint, config, plugins, overrides, device)
-    loaders = build_loaders(cfg.data, seed=cfg.train["seed"])
-    loader = loaders.val if split == "val" else _ordered(loaders.train)
-    if loader is None:
+    with cfg.located():
+        loader = _split_loader(cfg, split)
+        evaluator = Evaluator(model, model, build_loss(cfg.train["loss"]).to(dev),
+                              build_metrics(cfg.train["metrics"], cfg.error),
+                              autocast_for(cfg.train["precision"], dev), output_index(compiled, cfg),
+                              Env(0, 1, 0, dev))  # fmt: skip
+    return evaluator(loader, prefix=split)
+
+
+def _split_loader(cfg, split: str):
+    """The split in order, with the validation transforms (no augmentation)."""
+    train, val = build_datasets(cfg.data)
+    ds = val if split == "val" else train
+    if ds is None:
         raise ConfigError(f"dataset '{cfg.data['dataset']}' has no validation split",
-                          path="data", hint="use --split train")  # fmt: skip
-    names = [n for n, _ in compiled.spec.outputs]
-    out_name = cfg.train["output"]
-    ctx = SimpleNamespace(
-        model=model, forward=model, env=SimpleNamespace(device=dev, world_size=1),
-        autocast=_autocast(cfg.train["precision"], SimpleNamespace(device=dev)),
-        loss_fn=build_loss(cfg.train["loss"]).to(dev),
-        metrics=build_metrics(cfg.train["metrics"], cfg.error),
-        output_index=names.index(out_name) if out_name else 0,
-    )  # fmt: skip
-    values = evaluate_loader(ctx, loader)
-    return {k.replace("val/", f"{split}/", 1): v for k, v in values.items()}
-
-
-def _ordered(loader):
-    """The same loader over its dataset in order (evaluation needs no shuffling)."""
-    sampler = EpochSampler(len(loader.dataset), shuffle=False, seed=0)
-    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler)
+                          path="data.dataset", hint="use --split train")  # fmt: skip
+    tf = build_transforms(cfg.data["val_transforms"], "data.val_transforms")
+    sampler = EpochSampler(len(ds), shuffle=False, seed=0)
+    size = cfg.data["val_batch_size"] or cfg.data["batch_size"]
+    return torch.utils.data.DataLoader(Transformed(ds, tf, 0), batch_size=size, sampler=sampler)
 
 
 @dataclass(frozen=True)
@@ -112,21 +176,26 @@ class Predictions:
 
     outputs: torch.Tensor  # (samples, ...) of the chosen output
     output_name: str
+    classifier: bool  # outputs are class scores (the run's loss is a classification loss)
     class_names: list[str] | None
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per sample: class index, its probability and name when the output is
-        (samples, classes) logits; the raw values otherwise."""
+        """One dict per sample: for a classifier the class, its probability (softmax) and
+        its name when the spec's meta has class_names; otherwise the raw output values."""
         out = self.outputs
-        if out.dim() != 2:
+        if not (self.classifier and out.dim() == 2):
             return [{"index": i, "output": v.tolist()} for i, v in enumerate(out)]
-        probs = out.float().softmax(dim=1)
-        p, k = probs.max(dim=1)
-        rows = [{"index": i, "class": int(c), "probability": round(float(q), 6)} for i, (c, q) in enumerate(zip(k, p, strict=True))]
-        if self.class_names:
+        p, k = out.float().softmax(dim=1).max(dim=1)
+        rows = [{"index": i, "class": int(c), "probability": round(float(q), 6)}
+                for i, (c, q) in enumerate(zip(k, p, strict=True))]  # fmt: skip
+        names = self.class_names
+        if names and len(names) == out.shape[1]:
             for row in rows:
-                row["name"] = self.class_names[row["class"]]
+                row["name"] = str(names[row["class"]])
         return rows
+
+
+CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss", "MultiMarginLoss")
 
 
 def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str | os.PathLike, *,
@@ -135,28 +204,30 @@ def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str 
     """Run a checkpoint on the samples in `inputs`: a .pt/.npz/.csv file of inputs (one per
     row, with or without the batch dim), an image, or a folder of images."""
     cfg, compiled, model, dev, _ = _session(spec, checkpoint, config, plugins, overrides, device)
+    with cfg.located():
+        index = output_index(compiled, cfg)
     inp = compiled.spec.inputs[0]
     x = read_inputs(Path(inputs), cfg, channels=inp.shape[1] if len(inp.shape) == 4 else None)
     if x.dim() == len(inp.shape) - 1:
         x = x.unsqueeze(0)  # a single sample
     _check_inputs(x, inp)
-    names = [n for n, _ in compiled.spec.outputs]
-    index = names.index(cfg.train["output"]) if cfg.train["output"] else 0
-    chunks = []
     with torch.no_grad():
-        for part in x.split(batch_size):
-            out = model(part.to(dev))
-            chunks.append((out[index] if isinstance(out, tuple) else out).float().cpu())
+        chunks = [pick_output(model(part.to(dev)), index).float().cpu() for part in x.split(batch_size)]
     meta = compiled.spec.meta or {}
-    return Predictions(torch.cat(chunks), names[index], meta.get("class_names"))
+    names = [n for n, _ in compiled.spec.outputs]
+    return Predictions(torch.cat(chunks), names[index],
+                       cfg.train["loss"]["name"] in CLASSIFICATION_LOSSES, meta.get("class_names"))  # fmt: skip
 
 
 def _check_inputs(x: torch.Tensor, inp) -> None:
     want = inp.shape[1:]
-    fits = x.dim() == len(inp.shape) and all(isinstance(w, str) or w == s for w, s in zip(want, x.shape[1:], strict=True))
-    if not fits:
+    fits = x.dim() == len(inp.shape) and all(
+        isinstance(w, str) or w == s for w, s in zip(want, x.shape[1:], strict=True))
+    if not fits or len(x) == 0:
         raise ConfigError(f"inputs have shape {list(x.shape)}; the spec's input '{inp.name}' takes "
                           f"[{', '.join(map(str, inp.shape))}]")  # fmt: skip
+    if x.is_floating_point() != inp.dtype.startswith(("float", "bfloat")):
+        raise ConfigError(f"inputs are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}")
 
 
 def read_inputs(path: Path, cfg, channels: int | str | None = None) -> torch.Tensor:
@@ -166,23 +237,23 @@ def read_inputs(path: Path, cfg, channels: int | str | None = None) -> torch.Ten
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
     ext = path.suffix.lower()
+    if ext not in (".pt", ".pth", ".npz", ".csv"):
+        raise ConfigError(f"cannot read '{ext}' files", hint="use .pt, .npz, .csv or images")
     try:
-        if ext in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            x = obj["x"] if isinstance(obj, dict) else obj
-        elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                x = arrays["x"] if "x" in arrays.files else arrays[arrays.files[0]]
-        elif ext == ".csv":
-            x = np.loadtxt(path, delimiter=",", ndmin=2)
-        else:
-            raise ConfigError(f"cannot read '{ext}' files", hint="use .pt, .npz, .csv or images")
-    except ConfigError:
-        raise
+        x = torch.as_tensor(_read_array(path, ext))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from None
-    x = torch.as_tensor(x)
+        raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
     return x.float() if x.is_floating_point() else x
+
+
+def _read_array(path: Path, ext: str):
+    if ext in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return obj["x"] if isinstance(obj, dict) else obj
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays["x"] if "x" in arrays.files else arrays[arrays.files[0]]
+    return np.loadtxt(path, delimiter=",", ndmin=2)
 
 
 def _read_images(path: Path, cfg, channels) -> torch.Tensor:
@@ -201,5 +272,7 @@ def _read_images(path: Path, cfg, channels) -> torch.Tensor:
         except (RuntimeError, OSError) as err:
             raise ConfigError(f"cannot read image {f}: {err}") from None
         out.append(transform(img) if transform else img)
+    if len({tuple(t.shape) for t in out}) > 1:
+        raise ConfigError(f"the images in {path} differ in size",
+                          hint="add a Resize to data.val_transforms")  # fmt: skip
     return torch.stack(out)
-

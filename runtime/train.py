@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +43,14 @@ from .checkpoint import (
 )
 from .config import RunConfig, load_run_config, split_overrides
 from .data import Loaders, build_loaders
-from .distributed import Env, all_sum, setup_env
+from .distributed import Env, setup_env
 from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import Evaluator, autocast_for, output_index, pick_output
 from .log import NullLog, RunLog, format_duration
 from .metrics import build_metrics, metric_mode
 from .optim import Schedule, build_loss, build_optimizer, build_scheduler
 
-__all__ = ["train", "TrainResult", "Position", "prepare", "Run", "evaluate_loader",
+__all__ = ["train", "TrainResult", "Position", "prepare", "Run",
            "resolve_out_dir", "EXIT_SIGNAL_BASE"]  # fmt: skip
 
 EXIT_SIGNAL_BASE = 128  # a run stopped by signal S exits with 128 + S, after saving
@@ -174,7 +175,7 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
     tcfg = cfg.train
     model = compiled.module.to(env.device)
     input_index = _input_index(compiled, cfg)
-    output_index = _output_index(compiled, cfg)
+    out_index = output_index(compiled, cfg)
     loaders = build_loaders(cfg.data, seed=tcfg["seed"], rank=env.rank, world=env.world_size,
                             pin_memory=_pin_memory(cfg, env))  # fmt: skip
     _check_sample(loaders, compiled, cfg, input_index)
@@ -191,8 +192,8 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
                                  total_steps=total, mode=mode),
         scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
-        autocast=_autocast(tcfg["precision"], env), out=resolve_out_dir(out, compiled, resume),
-        ckpts=None, input_index=input_index, output_index=output_index, monitor=monitor,
+        autocast=autocast_for(tcfg["precision"], env.device), out=resolve_out_dir(out, compiled, resume),
+        ckpts=None, input_index=input_index, output_index=out_index, monitor=monitor,
         mode=mode, batches_per_epoch=batches, steps_per_epoch=steps_per_epoch, total_steps=total,
     )  # fmt: skip
     run.variables = {**cfg.vars, **var_over}
@@ -219,13 +220,6 @@ def _pin_memory(cfg: RunConfig, env: Env) -> bool:
     return env.device.type == "cuda" if pin is None else pin
 
 
-def _autocast(precision: str, env: Env):
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    if dtype is None:
-        return nullcontext
-    return lambda: torch.autocast(env.device.type, dtype=dtype)
-
-
 def _input_index(compiled: Compiled, cfg: RunConfig) -> int:
     names = [i.name for i in compiled.spec.inputs]
     wanted = cfg.data["input"]
@@ -239,17 +233,6 @@ def _input_index(compiled: Compiled, cfg: RunConfig) -> int:
                         did_you_mean(wanted, names) or "inputs: " + ", ".join(names))  # fmt: skip
     if len(names) != 1:
         raise cfg.error("training feeds one input; this spec has several", ("data", "input"))
-    return names.index(wanted)
-
-
-def _output_index(compiled: Compiled, cfg: RunConfig) -> int:
-    names = [name for name, _ in compiled.spec.outputs]
-    wanted = cfg.train["output"]
-    if wanted is None:
-        return 0
-    if wanted not in names:
-        raise cfg.error(f"the spec has no output '{wanted}'", ("train", "output"),
-                        did_you_mean(wanted, names) or "outputs: " + ", ".join(names))  # fmt: skip
     return names.index(wanted)
 
 
@@ -271,7 +254,7 @@ def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: i
 
 def _monitor(cfg: RunConfig, loaders: Loaders) -> tuple[str | None, str]:
     tcfg = cfg.train
-    names = ["val/loss", "train/loss"] + [f"val/{m}" for m in build_metrics(tcfg["metrics"], cfg.error)]
+    names = ["val/loss"] + [f"val/{m}" for m in build_metrics(tcfg["metrics"], cfg.error)]
     monitor = tcfg["monitor"] or ("val/accuracy" if "val/accuracy" in names else "val/loss")
     if monitor not in names:
         raise cfg.error(f"cannot monitor '{monitor}'", ("train", "monitor"),
@@ -360,7 +343,7 @@ def _loop(run: Run, stop: _StopSignals) -> TrainResult:
     ending = _ending(run)
     while ending is None:
         run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.batch * batch_size)
-        run.loaders.train.generator.manual_seed(tcfg["seed"] * 100_003 + pos.epoch)
+        run.loaders.train.generator.manual_seed((tcfg["seed"] * 100_003 + pos.epoch) % 2**63)
         for x, y in run.loaders.train:
             _micro_step(run, x, y)
             pos.batch += 1
@@ -389,11 +372,6 @@ def _to_device(run: Run, x, y):
     return x.to(run.env.device, non_blocking=nb), y.to(run.env.device, non_blocking=nb)
 
 
-def _outputs(run: Run, x) -> torch.Tensor:
-    out = run.forward(x)
-    return out[run.output_index] if isinstance(out, tuple) else out
-
-
 def _micro_step(run: Run, x, y) -> None:
     """Forward and backward of one micro-batch; a non-finite loss stops or is skipped."""
     x, y = _to_device(run, x, y)
@@ -402,14 +380,22 @@ def _micro_step(run: Run, x, y) -> None:
     skip = run.cfg.train["on_nonfinite"] == "skip"
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
     with run.autocast():
-        loss = run.loss_fn(_outputs(run, x), y)
+        loss = run.loss_fn(pick_output(run.forward(x), run.output_index), y)
     value = loss.item()
     if not math.isfinite(value):
         _non_finite(run, value, kept)
         return
     run.pos.loss_sum += value
     run.pos.loss_count += 1
-    run.scaler.scale(loss / run.cfg.train["grad_accum"]).backward()
+    run.scaler.scale(loss / _group_size(run)).backward()
+
+
+def _group_size(run: Run) -> int:
+    """Micro-batches in the current accumulation group (the epoch's last may be short),
+    so the step's gradient is the mean over the batches it saw."""
+    accum = run.cfg.train["grad_accum"]
+    first = run.pos.batch // accum * accum
+    return min(accum, run.batches_per_epoch - first)
 
 
 def _non_finite(run: Run, value: float, kept: list[torch.Tensor]) -> None:
@@ -456,7 +442,8 @@ def _after_step(run: Run, stop: _StopSignals) -> str | None:
     every = tcfg["checkpoint_every_n_steps"]
     if stop.signum is not None:
         ending = signal.Signals(stop.signum).name
-    if ending is None and every and pos.step % every == 0:
+    epoch_end = pos.batch == run.batches_per_epoch  # _after_epoch validates, then saves
+    if ending is None and every and pos.step % every == 0 and not epoch_end:
         _checkpoint(run)
     return ending
 
@@ -490,7 +477,7 @@ def _validate(run: Run) -> str | None:
     pos.val_step = pos.step
     if run.loaders.val is None:
         return None
-    values = evaluate_loader(run, run.loaders.val)
+    values = _evaluator(run)(run.loaders.val)
     run.log.write(pos.step, pos.epoch, values)
     improved = _is_better(run, values.get(run.monitor)) if run.monitor else False
     text = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
@@ -506,6 +493,11 @@ def _validate(run: Run) -> str | None:
     return "early_stopping" if es and pos.stale >= es["patience"] else None
 
 
+def _evaluator(run: Run) -> Evaluator:
+    return Evaluator(run.model, run.forward, run.loss_fn, run.metrics, run.autocast,
+                     run.output_index, run.env)  # fmt: skip
+
+
 def _is_better(run: Run, value: float | None) -> bool:
     if value is None or not math.isfinite(value):
         return False
@@ -516,33 +508,10 @@ def _is_better(run: Run, value: float | None) -> bool:
     return value < best - delta if run.mode == "min" else value > best + delta
 
 
-@torch.no_grad()
-def evaluate_loader(run: Run, loader) -> dict[str, float]:
-    """Mean loss and metrics over a loader (summed on the device, reduced over ranks)."""
-    run.model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    try:
-        for x, y in loader:
-            x, y = _to_device(run, x, y)
-            with run.autocast():
-                pred = _outputs(run, x)
-                loss = run.loss_fn(pred, y)
-            parts = {"loss": (loss.float() * len(y), torch.tensor(float(len(y)), device=pred.device))}
-            parts.update({k: fn(pred.float(), y) for k, fn in run.metrics.items()})
-            for k, (s, n) in parts.items():
-                sums[k] = sums.get(k, 0) + torch.stack([s.float(), n.float()])
-    finally:
-        run.model.train()
-    reduced = {k: all_sum(v, run.env) for k, v in sums.items()}
-    return {f"val/{k}": float(v[0] / v[1]) for k, v in reduced.items()}
-
-
 # -- checkpoints and the end -----------------------------------------------------------
 
 
 def _state(run: Run) -> dict[str, Any]:
-    from .. import __version__
-
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -554,8 +523,17 @@ def _state(run: Run) -> dict[str, Any]:
                  "lock": lockfile_text(run.compiled)},
         "config": {"data": run.cfg.data, "train": run.cfg.train, "vars": run.variables},
         "world_size": run.env.world_size,
-        "yamlnet_version": __version__,
+        "yamlnet_version": _version(),
     }  # fmt: skip
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("yamlnet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _checkpoint(run: Run) -> Path | None:
@@ -579,7 +557,7 @@ def _finish(run: Run, ending: str) -> TrainResult:
     pos = run.pos
     if ending in ("finished", "max_steps") and pos.val_step != pos.step:
         _validate(run)
-    if pos.loss_count:
+    if pos.loss_count and not ending.startswith("SIG"):  # a resumed run logs these itself
         _log_train(run)
     last = _checkpoint(run)
     if run.env.is_main:
