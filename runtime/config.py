@@ -73,7 +73,8 @@ TRAIN_PROPS: dict[str, dict] = {
                        "description": "stop when the monitored metric stops improving"},
     "on_nonfinite": {"enum": ["stop", "skip"], "default": "stop",
                      "description": "a NaN/inf loss stops the run, or skips that step"},
-    "seed": {"type": "integer", "default": 0, "description": "seeds weights, shuffling, dropout"},
+    "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 0,
+             "description": "seeds weights, shuffling, dropout"},
     "device": {"type": "string", "pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", "default": "auto",
                "description": "auto picks cuda, then mps, then cpu"},
     "precision": {"enum": list(PRECISIONS), "default": "32",
@@ -202,7 +203,10 @@ def load_run_config(spec_doc: Document, config_path: str | os.PathLike | None = 
     if config_path is not None:
         doc = _load_config_file(config_path)
         _merge_doc(merged, locs, doc)
-        variables.update((doc.data or {}).get("vars") or {})
+        file_vars = (doc.data or {}).get("vars") or {}
+        if not isinstance(file_vars, dict):
+            raise ConfigError("expected a mapping of variables", doc.loc(("vars",)), "vars")
+        variables.update(file_vars)
     for key, value in (overrides or {}).items():
         _apply_override(merged, locs, key, value)
     _check(merged, locs)

@@ -215,11 +215,14 @@ def read_tensor_file(path: str, args: dict, where: str) -> tuple[torch.Tensor, t
         raise ConfigError(f"cannot read '{ext}' files", path=where, hint="use .pt, .npz or .csv")
     try:
         x, y = readers[ext](path, args)
+        x, y = _as_float32(torch.as_tensor(x)), _target(torch.as_tensor(y))
+        if x.dim() == 0 or y.dim() == 0:
+            raise ValueError("inputs and targets need a first (sample) dimension")
     except ConfigError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError, IndexError) as err:
         raise ConfigError(f"cannot read {path}: {err}", path=where) from None
-    return _as_float32(torch.as_tensor(x)), _target(torch.as_tensor(y))
+    return x, y
 
 
 def _read_pt(path: str, args: dict):
@@ -264,7 +267,9 @@ def _read_csv(path: str, args: dict):
         raise ValueError(f"no column {col}; the file has {table.shape[1]}")
     y = table[:, col]
     x = np.delete(table, col % table.shape[1], axis=1)
-    return x, (y.astype(np.int64) if np.all(y == np.round(y)) else y)
+    # whole numbers are class labels (N,); other values regression targets (N, 1), the
+    # shape of a one-unit output
+    return x, (y.astype(np.int64) if np.all(y == np.round(y)) else y[:, None])
 
 
 def _numeric(row: list[str]) -> bool:
@@ -341,7 +346,9 @@ class Transformed(Dataset):
         if self.transform is None:
             return x, y
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
+            # the CPU generator only: torch.manual_seed would also reseed every GPU's,
+            # which fork_rng(devices=[]) does not restore
+            torch.default_generator.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
             return self.transform(x), y
 
 

@@ -19,6 +19,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import default_collate
 
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
@@ -106,8 +108,8 @@ class Run:
     schedule: Schedule
     scaler: Any
     autocast: Any
-    out: Path
-    ckpts: CheckpointDir
+    out: Path | None
+    ckpts: CheckpointDir | None
     input_index: int
     output_index: int
     monitor: str | None
@@ -192,11 +194,13 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
                                  total_steps=total, mode=mode),
         scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
-        autocast=autocast_for(tcfg["precision"], env.device), out=resolve_out_dir(out, compiled, resume),
+        autocast=autocast_for(tcfg["precision"], env.device), out=None,
         ckpts=None, input_index=input_index, output_index=out_index, monitor=monitor,
         mode=mode, batches_per_epoch=batches, steps_per_epoch=steps_per_epoch, total_steps=total,
     )  # fmt: skip
     run.variables = {**cfg.vars, **var_over}
+    _preflight(run)  # before the run folder exists: a run that cannot start leaves none
+    run.out = resolve_out_dir(out, compiled, resume)
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=tcfg["keep_checkpoints"])
     _start_or_resume(run, resume, force)
     return run
@@ -238,7 +242,11 @@ def _input_index(compiled: Compiled, cfg: RunConfig) -> int:
 
 def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: int) -> None:
     """The data's samples must fit the spec's input, before any step runs."""
-    x, _ = loaders.train.dataset[(0, 0)]
+    try:
+        x, _ = loaders.train.dataset[(0, 0)]
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise cfg.error(f"cannot load a training sample: {_first_line(err)}", ("data", "transforms"),
+                        "do the transforms fit the samples?") from None  # fmt: skip
     inp = compiled.spec.inputs[index]
     want = inp.shape[1:]  # without the batch dim
     fits = len(want) == x.dim() and all(
@@ -250,6 +258,41 @@ def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: i
     if x.is_floating_point() != inp.dtype.startswith(("float", "bfloat")):
         raise cfg.error(f"samples are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}",
                         ("data", "dataset"))  # fmt: skip
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _preflight(run: Run) -> None:
+    """One forward pass and loss on two training samples before any step, so a loss that
+    does not fit the outputs or the targets is reported up front, not at step 1. (Eval
+    mode: no dropout draws, no BatchNorm statistics touched.)"""
+    ds = run.loaders.train.dataset
+    x, y = default_collate([ds[(0, i)] for i in range(min(2, len(ds)))])
+    x, y = x.to(run.env.device), y.to(run.env.device)
+    name = run.cfg.train["loss"]["name"]
+    pred = None
+    run.model.eval()
+    try:
+        with torch.no_grad(), run.autocast(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pred = pick_output(run.model(x), run.output_index)
+            loss = run.loss_fn(pred, y)
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        raise run.cfg.error(f"{name} cannot take outputs {list(pred.shape) if pred is not None else '?'} "
+                            f"and targets {list(y.shape)} {y.dtype}: {_first_line(err)}",
+                            ("train", "loss")) from None  # fmt: skip
+    finally:
+        run.model.train()
+    if any("target size" in str(w.message) for w in caught):
+        raise run.cfg.error(f"{name} got outputs {list(pred.shape)} but targets {list(y.shape)}; it "
+                            "would broadcast them", ("train", "loss"),
+                            "make the targets the output's shape") from None  # fmt: skip
+    if loss.dim() != 0:
+        raise run.cfg.error(f"{name} gives a tensor of shape {list(loss.shape)}, not one number",
+                            ("train", "loss"), "use reduction: mean or sum")  # fmt: skip
 
 
 def _monitor(cfg: RunConfig, loaders: Loaders) -> tuple[str | None, str]:
@@ -268,8 +311,11 @@ def _monitor(cfg: RunConfig, loaders: Loaders) -> tuple[str | None, str]:
 
 
 def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
-    """--out as given; by default runs/NAME/version_K (a new K, or the newest to resume).
-    A folder holding a run is never trained into again without --resume."""
+    """--out as given; resuming from a checkpoint path, that checkpoint's run folder; by
+    default runs/NAME/version_K (a new K, or the newest to resume). A folder holding a
+    run is never trained into again without --resume."""
+    if out is None and _is_path(resume):
+        out = run_folder_of(Path(resume))
     if out is None:
         base = Path("runs") / compiled.spec.name
         versions = sorted(int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit())
@@ -279,26 +325,51 @@ def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
     if not resume and CheckpointDir(out / "checkpoints").exists():
         raise ConfigError(f"{out} already holds a run", hint="pass --resume to continue it, "
                           "or choose another --out")  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot use {out} as the run folder: {err.strerror or err}") from None
     return out
 
 
-def _start_or_resume(run: Run, resume: bool | str, force: bool) -> None:
+def _is_path(resume) -> bool:
+    return isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool)
+
+
+def run_folder_of(path: Path) -> Path:
+    """The run folder of a checkpoint file, a checkpoints/ folder or a run folder."""
+    if path.is_dir():
+        return path.parent if path.name == "checkpoints" else path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def _start_or_resume(run: Run, resume: bool | str | os.PathLike, force: bool) -> None:
     run.ckpts.clean_temporaries()
     if not resume:
         return
-    if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):
-        from .checkpoint import load_checkpoint
-
-        path, state = Path(resume), load_checkpoint(resume)
-    else:
-        found = run.ckpts.latest_good(_warn)
-        if found is None:
-            _warn(f"nothing to resume in {run.out}: starting from the beginning")
-            return
-        path, state = found
+    found = _resume_source(run, Path(resume) if _is_path(resume) else None)
+    if found is None:
+        _warn(f"nothing to resume in {run.out}: starting from the beginning")
+        return
+    path, state = found
     _restore(run, state, path, force)
     print(f"resuming from {path} (step {run.pos.step}, epoch {run.pos.epoch + 1})", flush=True)
+
+
+def _resume_source(run: Run, path: Path | None) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from: the newest good one of the run (or of the folder
+    given), or the file given. A run whose every checkpoint is damaged is an error, not
+    a fresh start."""
+    from .checkpoint import load_checkpoint
+
+    if path is not None and not path.is_dir():
+        return path, load_checkpoint(path)
+    ckpts = run.ckpts if path is None else CheckpointDir(run_folder_of(path) / "checkpoints")
+    found = ckpts.latest_good(_warn)
+    if found is None and ckpts.exists():
+        raise CheckpointError(f"no checkpoint in {ckpts.folder} verifies",
+                              hint="move the folder aside to start afresh")  # fmt: skip
+    return found
 
 
 def _note_changes(saved: dict, run: Run) -> None:
@@ -308,9 +379,7 @@ def _note_changes(saved: dict, run: Run) -> None:
                (("data", run.cfg.data), ("train", run.cfg.train)) if sec in saved
                for k, v in now.items() if saved[sec].get(k) != v]  # fmt: skip
     if changed:
-        note = "; the LR schedule keeps the length it was built with" \
-            if run.cfg.train["scheduler"] else ""  # fmt: skip
-        _warn(f"resuming with changed settings: {', '.join(changed)}{note}")
+        _warn(f"resuming with changed settings: {', '.join(changed)}")
 
 
 def _warn(text: str) -> None:
@@ -324,6 +393,11 @@ def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
                               hint="pass --force to resume anyway")  # fmt: skip
     load_weights(run.model, state["model"], path)
     _note_changes(state.get("config", {}), run)
+    saved_total = state.get("total_steps", run.total_steps)
+    if run.cfg.train["scheduler"] and saved_total != run.total_steps and not force:
+        raise CheckpointError(f"the run's length changed since {path} ({saved_total} -> "
+                              f"{run.total_steps} steps), and its LR schedule was built for "
+                              f"{saved_total}", hint="pass --force to resume anyway")  # fmt: skip
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["scheduler"])
     if state["scaler"]:
@@ -523,6 +597,7 @@ def _state(run: Run) -> dict[str, Any]:
                  "lock": lockfile_text(run.compiled)},
         "config": {"data": run.cfg.data, "train": run.cfg.train, "vars": run.variables},
         "world_size": run.env.world_size,
+        "total_steps": run.total_steps,
         "yamlnet_version": _version(),
     }  # fmt: skip
 

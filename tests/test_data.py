@@ -152,7 +152,8 @@ def test_tensors_csv_with_and_without_header(tmp_path):
         check_pairs(*read_tensor_file(str(path), {**TENSOR_ARGS, "target_column": column},
                                       "data.train"), x_ref)  # fmt: skip
     x, y = read_tensor_file(str(plain), TENSOR_ARGS, "data.train")  # last column: floats
-    assert y.dtype == torch.float32 and torch.equal(y, torch.tensor(X[:, 3], dtype=torch.float32))
+    # regression targets come as (N, 1), the shape of a one-unit output
+    assert y.dtype == torch.float32 and torch.equal(y, torch.tensor(X[:, 3:4], dtype=torch.float32))
     assert x.shape == (6, 4)
 
 

@@ -316,3 +316,75 @@ def test_second_sigint_aborts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# -- review fixes: each was a crash or a silent wrong answer -------------------------------
+
+REGRESSION = """\
+yamlnet: 1
+inputs:
+  x: [N, 4]
+nodes:
+  fc: {op: Linear, out_features: 1}
+data: {dataset: tensors, train: reg.npz}
+train: {max_steps: 3, loss: MSELoss, metrics: [mse]}
+"""
+
+
+def _regression(tmp_path, y_shape):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "reg.npz", x=g.normal(size=(40, 4)).astype("float32"),
+             y=g.normal(size=y_shape).astype("float32"))  # fmt: skip
+    return _mlp(tmp_path, REGRESSION)
+
+
+def test_a_loss_that_would_broadcast_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = _regression(tmp_path, (40,))
+    with pytest.raises(yamlnet.SpecError) as err:
+        yamlnet.train(spec, out=tmp_path / "r")
+    assert str(err.value) == (f"{spec}:7:23: train.loss: MSELoss got outputs [2, 1] but targets "
+                              "[2]; it would broadcast them (make the targets the output's shape)")  # fmt: skip
+    assert not (tmp_path / "r").exists()  # a run that cannot start leaves no folder
+
+
+def test_predict_gives_raw_outputs_for_regression(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    spec = _regression(tmp_path, (40, 1))
+    r = yamlnet.train(spec, out=tmp_path / "r", stream=_Sink())
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 4), dtype="float32"))
+    rows = yamlnet.predict(spec, r.last, tmp_path / "x.npz").rows()
+    assert set(rows[0]) == {"index", "output"} and len(rows[0]["output"]) == 1
+
+
+def test_resume_from_a_checkpoint_stays_in_its_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = _mlp(tmp_path)
+    first = yamlnet.train(spec, stream=_Sink(), **{"train.max_steps": 2})
+    yamlnet.train(spec, stream=_Sink(), **{"train.max_steps": 2})  # a newer version_1
+    again = yamlnet.train(spec, resume=first.last, stream=_Sink(), force=True,
+                          **{"train.max_steps": 4})  # fmt: skip
+    assert first.out.name == "version_0" and again.out == first.out and again.step == 4
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_is_not_restarted(tmp_path):
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / "r", stream=_Sink(), **{"train.max_steps": 2})
+    for p in (r.out / "checkpoints").glob("step-*.pt"):
+        p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(yamlnet.SpecError, match="no checkpoint in .* verifies"):
+        yamlnet.train(spec, out=r.out, resume=True, stream=_Sink())
+
+
+def test_evaluate_refuses_an_unknown_split(digits_run):
+    with pytest.raises(yamlnet.SpecError, match="unknown split 'test'"):
+        yamlnet.evaluate(DIGITS, digits_run.out, split="test")
+
+
+def test_seed_out_of_range_is_a_located_error(tmp_path):
+    with pytest.raises(yamlnet.SpecError, match=r"--set train.seed=.*: train.seed: "):
+        yamlnet.train(_mlp(tmp_path), out=tmp_path / "s", **{"train.seed": 10**15})

@@ -42,7 +42,9 @@ SPEC = SPECS / "digits_cnn.yaml"
 STEPS_PER_EPOCH = 23  # 1438 training digits at batch 64
 RUN = ("--out", "run", "--epochs", "2", "--set", "train.checkpoint_every_n_steps=5")
 ACCUM = (*RUN, "--set", "train.grad_accum=3")  # 8 optimizer steps per epoch
-LONG = ("--out", "run", "--epochs", "500", "--set", "train.checkpoint_every_n_steps=5")
+# no LR schedule: its resume changes the run's length, refused under a schedule
+LONG = ("--out", "run", "--epochs", "500", "--set", "train.checkpoint_every_n_steps=5",
+        "--set", "train.scheduler=null")  # fmt: skip
 TIMEOUT = 180  # seconds for one process; a hang fails its scenario instead of the suite
 WORKERS = 2
 
@@ -324,6 +326,8 @@ CHANGES = {  # scenario -> extra arguments of a resume from the finished referen
     "spec_changed": ("--resume", "--set", "width=16"),
     "spec_changed_forced": ("--resume", "--force", "--set", "width=16"),
     "more_epochs": ("--resume", "--epochs", "3"),
+    "more_epochs_forced": ("--resume", "--force", "--epochs", "3"),
+    "grad_clip_added": ("--resume", "--set", "train.grad_clip=1.0"),
     "no_resume": (),
 }
 
@@ -544,11 +548,29 @@ def test_forced_resume_with_weights_that_do_not_fit_is_refused(outcome):
 
 
 @scenarios("more_epochs")
-def test_resume_with_changed_train_section_is_accepted(outcome):
+def test_resume_with_a_longer_run_under_a_schedule_is_refused(outcome):
+    (proc,) = outcome.procs
+    expect(proc, 2)
+    line = _one_line(proc.stderr)
+    assert "the run's length changed since" in line and "(46 -> 69 steps)" in line
+    assert "pass --force" in line
+
+
+@scenarios("more_epochs_forced")
+def test_resume_with_a_longer_run_is_accepted_with_force(outcome):
     (proc,) = outcome.procs
     expect(proc, 0)
     assert resumed_from("step-00000046.pt") in proc.stdout
+    assert "warning: resuming with changed settings: train.epochs (2 -> 3)" in proc.stdout
     assert position(outcome.run / "checkpoints" / "last.pt")["step"] == 3 * STEPS_PER_EPOCH
+
+
+@scenarios("grad_clip_added")
+def test_resume_with_a_changed_setting_warns(outcome):
+    (proc,) = outcome.procs
+    expect(proc, 0)
+    assert "warning: resuming with changed settings: train.grad_clip (None -> 1.0)" in proc.stdout
+    assert resumed_from("step-00000046.pt") in proc.stdout
 
 
 @scenarios("no_resume")

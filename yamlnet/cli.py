@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     spec_opts = argparse.ArgumentParser(add_help=False)
     spec_opts.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                            help="override a variable from the spec's vars: (repeatable)")  # fmt: skip
+    run_opts = argparse.ArgumentParser(add_help=False)
+    run_opts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a variable (width=64) or a data:/train: setting "
+                          "(train.optimizer.lr=0.01); repeatable")  # fmt: skip
 
     p = argparse.ArgumentParser(prog="yamlnet", description=DESCRIPTION, parents=[common],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -122,15 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="FILE", help="save the initialised state_dict (torch.save)")
     c.add_argument("--seed", type=int, default=0, help="seed for the initial weights (default 0)")
 
-    c = command("train", cmd_train, "train a spec from its data: and train: sections", spec_opts)
+    c = command("train", cmd_train, "train a spec from its data: and train: sections", run_opts)
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--config", metavar="FILE", help="a YAML file with data:, train: and vars: "
                    "that override the spec's")  # fmt: skip
     c.add_argument("--out", metavar="DIR", help="the run folder (default: runs/NAME/version_K)")
-    c.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out from its newest good checkpoint (or from "
-                   "CHECKPOINT); starts afresh if there is none")  # fmt: skip
-    c.add_argument("--force", action="store_true", help="resume even if the spec changed")
+    c.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default: the newest runs/NAME/version_K) "
+                   "from its newest good checkpoint; starts afresh if it has none")  # fmt: skip
+    c.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file or "
+                   "run folder (the run folder is also --out unless given)")  # fmt: skip
+    c.add_argument("--force", action="store_true", help="resume even if the network, or the "
+                   "run's length under an LR schedule, changed since the checkpoint")  # fmt: skip
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (train.device)")
     c.add_argument("--precision", help="32, bf16-mixed or 16-mixed (train.precision)")
     c.add_argument("--epochs", type=int, help="train.epochs")
@@ -138,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, help="train.seed")
     c.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
 
-    c = command("eval", cmd_eval, "loss and metrics of a checkpoint on the spec's data", spec_opts)
+    c = command("eval", cmd_eval, "loss and metrics of a checkpoint on the spec's data", run_opts)
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
@@ -147,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--format", choices=["text", "json"], default="text")
 
-    c = command("predict", cmd_predict, "run a checkpoint on inputs from a file", spec_opts)
+    c = command("predict", cmd_predict, "run a checkpoint on inputs from a file", run_opts)
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
@@ -272,7 +279,7 @@ def cmd_train(args) -> int:
     from .runtime.errors import TrainingError
     from .runtime.train import train
 
-    resume = args.resume if args.resume is True or args.resume is False else Path(args.resume)
+    resume = Path(args.resume_from) if args.resume_from else args.resume
     try:
         result = train(Path(args.spec), config=args.config, out=args.out, resume=resume,
                        force=args.force, **_run_overrides(args))  # fmt: skip
@@ -299,6 +306,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     import csv
+    import io
     from pathlib import Path
 
     from .runtime.evaluate import predict
@@ -312,15 +320,15 @@ def cmd_predict(args) -> int:
         print(f"wrote {len(result.outputs)} predictions ({result.output_name}) to {args.out}")
         return EXIT_OK
     rows = result.rows()
-    fh = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
-    try:
-        writer = csv.DictWriter(fh, list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    finally:
-        if args.out:
-            fh.close()
-            print(f"wrote {len(rows)} predictions to {args.out}")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.out:
+        _write(args.out, buf.getvalue())
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    else:
+        sys.stdout.write(buf.getvalue())
     return EXIT_OK
 
 
@@ -334,7 +342,12 @@ def _write_outputs(outputs, path: str) -> None:
 
         buf = io.BytesIO()
         np.savez(buf, outputs=outputs.numpy())
-        _atomic(path, lambda tmp: open(tmp, "wb").write(buf.getvalue()))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(buf.getvalue())
+
+        _atomic(path, write)
 
 
 def cmd_schema(args) -> int:
