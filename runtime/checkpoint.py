@@ -151,7 +151,14 @@ def restore_rng(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            import warnings
+
+            warnings.warn(f"the checkpoint has RNG states of {len(state['cuda'])} GPUs, this "
+                          f"machine {torch.cuda.device_count()}: GPU random draws will differ",
+                          stacklevel=2)  # fmt: skip
+            return
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -56,7 +56,7 @@ class RunLog:
     def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
         """One row of metrics.csv and a scalar per value in TensorBoard."""
         row = {"step": step, "epoch": epoch, "time": f"{time.time():.3f}",
-               **{k: f"{v:.6g}" for k, v in values.items()}}  # fmt: skip
+               **{k: f"{v:.9g}" for k, v in values.items()}}  # fmt: skip  float32-exact
         with open(self.csv_path, "a", newline="", encoding="utf-8") as fh:
             csv.DictWriter(fh, self.columns, extrasaction="ignore", lineterminator="\n").writerow(row)
         for key, value in values.items():

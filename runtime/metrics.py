@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -73,7 +74,7 @@ def build_metrics(items: list[dict], error) -> dict[str, Callable]:
         if name == "top_k_accuracy" and not (isinstance(kwargs.get("k", 5), int) and kwargs.get("k", 5) >= 1):
             raise error("k must be a positive integer", ("train", "metrics", i, "k"))
         label = f"top{kwargs.get('k', 5)}_accuracy" if name == "top_k_accuracy" else name
-        out[label] = (lambda fn, kw: lambda p, t: fn(p, t, **kw))(mdef.fn, kwargs)
+        out[label] = partial(mdef.fn, **kwargs)
     return out
 
 

@@ -39,10 +39,20 @@ def _kwargs(item: dict, drop: tuple = ()) -> dict:
     return {k: v for k, v in item.items() if k != "name" and k not in drop}
 
 
+_UNSUPPORTED_OPTIMIZERS = {
+    "LBFGS": "needs a closure that re-evaluates the loss; the loop takes one step per batch",
+    "SparseAdam": "needs sparse gradients (Embedding(sparse=True) only)",
+}
+
+
 def build_optimizer(item: dict, params) -> torch.optim.Optimizer:
     """{name: AdamW, lr: 0.001, ...} over the trainable parameters."""
-    cls = _lookup(item["name"], _classes(torch.optim, torch.optim.Optimizer), "optimizer",
-                  "train.optimizer")  # fmt: skip
+    known = {n: c for n, c in _classes(torch.optim, torch.optim.Optimizer).items()
+             if n not in _UNSUPPORTED_OPTIMIZERS}  # fmt: skip
+    if item["name"] in _UNSUPPORTED_OPTIMIZERS:
+        raise ConfigError(f"optimizer {item['name']} {_UNSUPPORTED_OPTIMIZERS[item['name']]}",
+                          path="train.optimizer.name")  # fmt: skip
+    cls = _lookup(item["name"], known, "optimizer", "train.optimizer")
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (all frozen?)", path="train.optimizer")

@@ -692,7 +692,8 @@ def _summary(run: Run, ending: str, metrics: dict[str, float]) -> str:
 
 class _StopSignals:
     """SIGTERM/SIGINT ask the loop to save and stop at the next step boundary; a second
-    SIGINT raises KeyboardInterrupt at once (a second SIGTERM terminates)."""
+    SIGINT raises KeyboardInterrupt at once (a second SIGTERM terminates). Python lets only
+    the main thread set handlers: `train` called from another thread leaves them alone."""
 
     def __init__(self):
         self.signum: int | None = None

@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, help="train.epochs")
     c.add_argument("--max-steps", type=int, help="train.max_steps")
     c.add_argument("--seed", type=int, help="train.seed")
-    c.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model, or not (train.compile)")  # fmt: skip
 
     c = command("eval", cmd_eval, "loss and metrics of a checkpoint on the spec's data", run_opts)
     c.add_argument("spec", metavar="SPEC")
