@@ -6,9 +6,10 @@ same work: the same compiled model, the same digits samples, batch size, optimiz
     python benchmarks/train_speed.py --steps 460 --rounds 5
 
 The yamlnet side is the real loop (`prepare` + the loop `train` runs), with its
-progress, metrics.csv/TensorBoard rows every 10 steps, a checkpoint every 50 steps and
-the final checkpoint and safetensors file; only validation is off (no held-out split),
-because the plain loop does none. Both sides run in this one process, interleaved,
+progress, metrics.csv/TensorBoard rows every 10 steps and the final checkpoint and
+safetensors file, once with the default checkpoints (every 50 steps and every epoch)
+and once without them; only validation is off (no held-out split), because the plain
+loop does none. Both sides run in this one process, interleaved,
 after a warm-up of each. Timings on shared machines are noisy: compare the ratio.
 """
 
@@ -26,13 +27,16 @@ SPEC = ROOT / "specs" / "digits_cnn.yaml"
 OVERRIDES = {"data.val_fraction": 0.0, "train.scheduler": None, "train.metrics": []}
 
 
-def yamlnet_steps(steps: int) -> float:
-    """Steps/s of yamlnet's loop (setup excluded)."""
+def yamlnet_steps(steps: int, checkpoints: bool = True) -> float:
+    """Steps/s of yamlnet's loop (setup excluded); without checkpoints but the last one."""
     from yamlnet.runtime.log import RunLog
     from yamlnet.runtime.train import _loop, _StopSignals, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = prepare(SPEC, out=Path(tmp) / "run", overrides={**OVERRIDES, "train.max_steps": steps})
+        off = {} if checkpoints else {"train.checkpoint_every_n_steps": None,
+                                      "train.checkpoint_every_n_epochs": None}  # fmt: skip
+        run = prepare(SPEC, out=Path(tmp) / "run",
+                      overrides={**OVERRIDES, **off, "train.max_steps": steps})  # fmt: skip
         run.log = RunLog(run.out, [], run.total_steps, stream=io.StringIO(), bar=False)
         t0 = time.perf_counter()
         with _StopSignals() as stop:
@@ -79,16 +83,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     yamlnet_steps(20), plain_steps(20)  # warm-up: imports, allocator, kernels
-    ours, plain = [], []
+    ours, bare, plain = [], [], []
     for _ in range(args.rounds):
         ours.append(yamlnet_steps(args.steps))
+        bare.append(yamlnet_steps(args.steps, checkpoints=False))
         plain.append(plain_steps(args.steps))
     print(f"{args.rounds} rounds of {args.steps} steps, digits_cnn, batch 64, CPU threads "
           f"{__import__('torch').get_num_threads()}")  # fmt: skip
     print("| side | min | median | max (steps/s) |\n|---|---|---|---|")
-    for name, xs in (("yamlnet train", ours), ("plain PyTorch loop", plain)):
+    sides = (("yamlnet train (default checkpoints)", ours),
+             ("yamlnet train (only the final checkpoint)", bare), ("plain PyTorch loop", plain))  # fmt: skip
+    for name, xs in sides:
         print(f"| {name} | {min(xs):.1f} | {statistics.median(xs):.1f} | {max(xs):.1f} |")
-    print(f"ratio yamlnet / plain (medians): {statistics.median(ours) / statistics.median(plain):.3f}")
+    for name, xs in sides[:2]:
+        print(f"ratio {name} / plain (medians): {statistics.median(xs) / statistics.median(plain):.3f}")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ class Run:
     variables: dict = field(default_factory=dict)  # the spec's vars overridden for this run
     pos: Position = field(default_factory=Position)
     log: Any = None
+    lock: str | None = None  # lockfile text of the network, made on first use
 
 
 def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -461,7 +462,8 @@ def _micro_step(run: Run, x, y) -> None:
         return
     run.pos.loss_sum += value
     run.pos.loss_count += 1
-    run.scaler.scale(loss / _group_size(run)).backward()
+    group = _group_size(run)
+    run.scaler.scale(loss / group if group > 1 else loss).backward()
 
 
 def _group_size(run: Run) -> int:
@@ -516,8 +518,9 @@ def _after_step(run: Run, stop: _StopSignals) -> str | None:
     every = tcfg["checkpoint_every_n_steps"]
     if stop.signum is not None:
         ending = signal.Signals(stop.signum).name
-    epoch_end = pos.batch == run.batches_per_epoch  # _after_epoch validates, then saves
-    if ending is None and every and pos.step % every == 0 and not epoch_end:
+    # at an epoch's last step, _after_epoch validates first and then saves (if due)
+    deferred = pos.batch == run.batches_per_epoch and _epoch_checkpoint_due(run, pos.epoch + 1)
+    if ending is None and every and pos.step % every == 0 and not deferred:
         _checkpoint(run)
     return ending
 
@@ -532,9 +535,14 @@ def _after_epoch(run: Run) -> str | None:
     if every and pos.epoch % every == 0 and pos.val_step != pos.step:
         ending = _validate(run)
     ending = ending or _ending(run)
-    if ending is None:
+    if ending is None and _epoch_checkpoint_due(run, pos.epoch):
         _checkpoint(run)
     return ending
+
+
+def _epoch_checkpoint_due(run: Run, epochs_done: int) -> bool:
+    every = run.cfg.train["checkpoint_every_n_epochs"]
+    return bool(every) and epochs_done % every == 0
 
 
 def _log_train(run: Run) -> None:
@@ -594,12 +602,19 @@ def _state(run: Run) -> dict[str, Any]:
         "rng": capture_rng(),
         "position": asdict(run.pos),
         "spec": {"name": run.compiled.spec.name, "hash": run.compiled.hash,
-                 "lock": lockfile_text(run.compiled)},
+                 "lock": _lock_text(run)},
         "config": {"data": run.cfg.data, "train": run.cfg.train, "vars": run.variables},
         "world_size": run.env.world_size,
         "total_steps": run.total_steps,
         "yamlnet_version": _version(),
     }  # fmt: skip
+
+
+def _lock_text(run: Run) -> str:
+    """The resolved network as text (the same for the whole run: made once)."""
+    if run.lock is None:
+        run.lock = lockfile_text(run.compiled)
+    return run.lock
 
 
 def _version() -> str:
@@ -660,7 +675,7 @@ def _write_lock(run: Run) -> None:
     if not run.env.is_main:
         return
     sections = yaml.safe_dump({"data": run.cfg.data, "train": run.cfg.train}, sort_keys=False)
-    text = lockfile_text(run.compiled) + "# the run configuration, defaults filled in\n" + sections
+    text = _lock_text(run) + "# the run configuration, defaults filled in\n" + sections
     atomic_write(run.out / "spec.lock.yaml", text.encode())
 
 
