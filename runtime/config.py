@@ -244,8 +244,21 @@ def _merge_doc(merged: dict, locs: dict, doc: Document) -> None:
         if not isinstance(body, dict):
             raise ConfigError(f"expected a mapping, got {type(body).__name__}", doc.loc((section,)),
                               section)  # fmt: skip
+        if section == "data":
+            _switch_dataset(merged["data"], locs, body.get("dataset"))
         _deep_merge(merged[section], _normalise(section, body))
         locs.update({p: loc for p, loc in doc.locs.items() if p[:1] == (section,)})
+
+
+def _switch_dataset(data: dict, locs: dict, new: Any) -> None:
+    """A later source naming another dataset replaces the source: the earlier dataset's
+    own keys (digits' flatten, say) go with it; the loader keys stay."""
+    old = data.get("dataset", DATA_PROPS["dataset"]["default"])
+    if new is None or new == old or old not in DATASETS:
+        return
+    for key in set(DATASETS[old].args) - set(DATA_PROPS):
+        if data.pop(key, None) is not None:
+            locs.pop(("data", key), None)
 
 
 _NAMED_KEYS = {"train": ("optimizer", "scheduler", "loss"), "data": ()}
@@ -288,6 +301,8 @@ def _apply_override(merged: dict, locs: dict, key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"{format_path(parts[: i + 1])} is not a mapping", where)
         node = child
+    if parts[:2] == ("data", "dataset"):
+        _switch_dataset(merged["data"], locs, value)
     section_value = _normalise(parts[0], {parts[1]: value})[parts[1]] if len(parts) == 2 else value
     node[parts[-1]] = section_value
     for p in [p for p in locs if p[: len(parts)] == parts]:

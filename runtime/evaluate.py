@@ -102,9 +102,13 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
     path = Path(path)
     if path.is_dir():
         ckpts = CheckpointDir(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+        warn = lambda text: print(f"warning: {text}", flush=True)  # noqa: E731
         if ckpts.best.exists():
-            return ckpts.best, load_checkpoint(ckpts.best)
-        found = ckpts.latest_good(lambda text: print(f"warning: {text}", flush=True))
+            try:
+                return ckpts.best, load_checkpoint(ckpts.best)
+            except CheckpointError as err:
+                warn(f"refusing {err}; using the newest good checkpoint instead")
+        found = ckpts.latest_good(warn)
         if found is None:
             raise CheckpointError(f"no checkpoint in {path}")
         return found

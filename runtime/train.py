@@ -420,7 +420,7 @@ def _loop(run: Run, stop: _StopSignals) -> TrainResult:
         run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.batch * batch_size)
         run.loaders.train.generator.manual_seed((tcfg["seed"] * 100_003 + pos.epoch) % 2**63)
         for x, y in run.loaders.train:
-            _micro_step(run, x, y)
+            _guarded_micro_step(run, x, y)
             pos.batch += 1
             if pos.batch % tcfg["grad_accum"] and pos.batch != run.batches_per_epoch:
                 continue  # accumulating
@@ -445,6 +445,22 @@ def _ending(run: Run) -> str | None:
 def _to_device(run: Run, x, y):
     nb = run.env.device.type == "cuda"
     return x.to(run.env.device, non_blocking=nb), y.to(run.env.device, non_blocking=nb)
+
+
+def _guarded_micro_step(run: Run, x, y) -> None:
+    """A failure inside PyTorch at some step (a label out of range for the head, say) ends
+    the run with one line naming the step; the last good checkpoint stays."""
+    try:
+        _micro_step(run, x, y)
+    except (RuntimeError, IndexError, ValueError) as err:
+        pos = run.pos
+        raise TrainingError(f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1}): "
+                            f"{_first_line(err).rstrip('.')}; {_kept(run)}") from err  # fmt: skip
+
+
+def _kept(run: Run) -> str:
+    last = run.ckpts.last if run.ckpts.last.exists() else None
+    return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
 
 
 def _micro_step(run: Run, x, y) -> None:
@@ -484,9 +500,7 @@ def _non_finite(run: Run, value: float, kept: list[torch.Tensor]) -> None:
         pos.skipped += 1
         run.log.say(f"warning: {where}: loss is {value}; skipping this batch")
         return
-    last = run.ckpts.last if run.ckpts.last.exists() else None
-    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-    raise TrainingError(f"{where}: loss is {value}; stopping ({kept}; set "
+    raise TrainingError(f"{where}: loss is {value}; stopping ({_kept(run)}; set "
                         "train.on_nonfinite: skip to skip such batches)")  # fmt: skip
 
 

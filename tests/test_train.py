@@ -388,3 +388,21 @@ def test_evaluate_refuses_an_unknown_split(digits_run):
 def test_seed_out_of_range_is_a_located_error(tmp_path):
     with pytest.raises(yamlnet.SpecError, match=r"--set train.seed=.*: train.seed: "):
         yamlnet.train(_mlp(tmp_path), out=tmp_path / "s", **{"train.seed": 10**15})
+
+
+def test_a_failure_inside_pytorch_names_the_step_and_keeps_the_checkpoint(tmp_path):
+    import numpy as np
+    from yamlnet.runtime.errors import TrainingError
+
+    g = np.random.default_rng(0)
+    y = g.integers(0, 10, 96)
+    y[40] = 12  # beyond the 10-way head: only PyTorch notices, in the step that sees it
+    np.savez(tmp_path / "d.npz", x=g.random((96, 64)).astype("float32"), y=y)
+    spec = _mlp(tmp_path, MLP.replace("dataset: digits, flatten: true", "dataset: tensors, "
+                                      f"train: {tmp_path / 'd.npz'}").replace("0.1}", "0.0}"))
+    with pytest.raises(TrainingError) as err:
+        yamlnet.train(spec, out=tmp_path / "r", stream=_Sink(),
+                      **{"train.checkpoint_every_n_steps": 1})  # fmt: skip
+    assert str(err.value) == ("step 3 (epoch 1, batch 3): Target 12 is out of bounds; the last "
+                              f"good checkpoint is {tmp_path / 'r' / 'checkpoints' / 'last.pt'}")  # fmt: skip
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["position"]["step"] == 2

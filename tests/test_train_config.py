@@ -520,3 +520,15 @@ def test_loss_tensor_arguments():
     assert torch.equal(loss.weight, torch.tensor([1.0, 3.0]))
     logits, target = torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1])
     assert float(loss(logits, target)) == pytest.approx(math.log(2))
+
+
+def test_naming_another_dataset_drops_the_old_ones_keys(tmp_path):
+    spec = load_spec_source(
+        "yamlnet: 1\nnodes: {fc: {op: Linear, out_features: 2}}\ninputs: {x: [N, 4]}\n"
+        "data: {dataset: digits, flatten: true, batch_size: 8}\n").main
+    cfg = load_run_config(spec, None, {"data.dataset": "synthetic", "data.shape": [4]})
+    assert "flatten" not in cfg.data and cfg.data["batch_size"] == 8
+    assert cfg.data["shape"] == [4] and cfg.data["dataset"] == "synthetic"
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {dataset: synthetic, shape: [4]}\n")
+    assert "flatten" not in load_run_config(spec, config, {}).data
