@@ -21,6 +21,7 @@ import io
 import os
 import random
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from . import faults
 from .errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "digest", "capture_rng",
+__all__ = ["save_checkpoint", "serialize_checkpoint", "load_checkpoint", "load_weights", "digest", "capture_rng",
            "restore_rng", "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
 
 FORMAT = "yamlnet-checkpoint"
@@ -41,13 +42,20 @@ _writes = 0  # checkpoint files written by this process (for fault injection)
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write `state` (plain data) atomically, with a checksum over its content."""
+    data, fault = serialize_checkpoint(state)
+    atomic_write(path, data, fault=fault)
+
+
+def serialize_checkpoint(state: dict[str, Any]) -> tuple[bytes, bool]:
+    """The file's bytes (a snapshot: later changes to `state` do not reach them), and
+    whether the crash tests want this write to die half-way."""
     global _writes
     payload = {**state, "format": FORMAT, "version": VERSION}
     payload["checksum"] = digest(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     _writes += 1
-    atomic_write(path, buf.getvalue(), fault=faults.fault_at("kill_in_checkpoint", _writes))
+    return buf.getvalue(), faults.fault_at("kill_in_checkpoint", _writes)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -172,10 +180,36 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
 
 
 class CheckpointDir:
-    """The checkpoints of one run: step files, `last.pt`, `best.pt`."""
+    """The checkpoints of one run: step files, `last.pt`, `best.pt`.
+
+    `save` and `save_best` snapshot the state to bytes on the caller's thread, then write,
+    fsync and rename on a writer thread while training goes on: the disk's part of a
+    checkpoint costs the loop nothing. One write is in flight at a time; `wait()` (also
+    called by the next save and by `close()`) returns when it is on disk and raises its
+    error, if any. A crash mid-write is the same as ever: a temp file, old names intact."""
 
     def __init__(self, folder: str | os.PathLike, keep: int = 2):
         self.folder, self.keep = Path(folder), keep
+        self._pending: Future | None = None
+        self._writer: ThreadPoolExecutor | None = None
+
+    def _submit(self, fn, *args) -> None:
+        self.wait()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = self._writer.submit(fn, *args)
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written is on disk."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
 
     @property
     def last(self) -> Path:
@@ -200,18 +234,22 @@ class CheckpointDir:
         """Write the step file, point last.pt at it, drop the oldest beyond `keep`."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step-{step:08d}.pt"
-        save_checkpoint(state, path)
+        self._submit(self._write_step, *serialize_checkpoint(state), path)
+        return path
+
+    def _write_step(self, data: bytes, fault: bool, path: Path) -> None:
+        atomic_write(path, data, fault=fault)
         tmp = self.folder / f".last.pt.tmp{os.getpid()}"
         tmp.unlink(missing_ok=True)
         os.link(path, tmp)
         os.replace(tmp, self.last)
         for _, old in self.steps()[self.keep :]:
             old.unlink(missing_ok=True)
-        return path
 
     def save_best(self, state: dict) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(state, self.best)
+        data, fault = serialize_checkpoint(state)
+        self._submit(lambda: atomic_write(self.best, data, fault=fault))
         return self.best
 
     def latest_good(self, warn) -> tuple[Path, dict] | None:

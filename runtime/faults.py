@@ -2,7 +2,8 @@
 test can land a SIGKILL mid-epoch or in the middle of a checkpoint write every time.
 
 Set `YAMLNET_FAULTS` to a comma-separated list of `name=N`:
-- `kill_after_step=N`: SIGKILL right after optimizer step N (before any checkpoint of it);
+- `kill_after_step=N`: SIGKILL right after optimizer step N, once the checkpoints before
+  it are on disk (before any checkpoint of step N itself);
 - `kill_in_checkpoint=N`: SIGKILL half-way through writing the N-th checkpoint file.
 
 Unset (the normal case) nothing happens. Not a user feature: it exists for tests.

@@ -142,6 +142,7 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
                 return _loop(run, stop)
         finally:
             run.log.close()
+            run.ckpts.close()  # whatever happened, a checkpoint being written gets finished
 
 
 @contextmanager
@@ -459,6 +460,7 @@ def _guarded_micro_step(run: Run, x, y) -> None:
 
 
 def _kept(run: Run) -> str:
+    run.ckpts.wait()  # the newest checkpoint may still be on its way to the disk
     last = run.ckpts.last if run.ckpts.last.exists() else None
     return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
 
@@ -520,6 +522,7 @@ def _after_step(run: Run, stop: _StopSignals) -> str | None:
     """Log, validate, checkpoint as due; the reason to stop, if any."""
     pos, tcfg = run.pos, run.cfg.train
     if faults.fault_at("kill_after_step", pos.step):
+        run.ckpts.wait()  # the fault point: after step N, every earlier checkpoint on disk
         faults.die()
     due = pos.step % tcfg["log_every_n_steps"] == 0
     run.log.progress(pos.step, pos.epoch, tcfg["epochs"], pos.loss_sum / max(pos.loss_count, 1), due)
@@ -664,6 +667,7 @@ def _finish(run: Run, ending: str) -> TrainResult:
     if pos.loss_count and not ending.startswith("SIG"):  # a resumed run logs these itself
         _log_train(run)
     last = _checkpoint(run)
+    run.ckpts.close()
     if run.env.is_main:
         save_safetensors(run.model.state_dict(), run.out / "last.safetensors", _weights_meta(run))
     metrics = _last_metrics(run)
