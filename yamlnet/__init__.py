@@ -17,7 +17,7 @@ from .compiler.errors import SpecError
 
 __version__ = "0.1.0"
 __all__ = [
-    "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict",
+    "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict", "export",
     "published_schema", "SpecError", "__version__",
 ]  # fmt: skip
 
@@ -81,6 +81,14 @@ def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str 
     from .runtime.evaluate import predict as _predict
 
     return _predict(spec, checkpoint, inputs, **kwargs)
+
+
+def export(spec: str | os.PathLike, *, format: str, **kwargs: Any):
+    """Export a spec (optionally with `checkpoint=` weights) to "onnx", "torchscript" or
+    "pt2", verified in a fresh process by default; returns an `ExportResult`."""
+    from .runtime.export import export as _export
+
+    return _export(spec, format=format, **kwargs)
 
 
 def published_schema() -> dict:

@@ -167,6 +167,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--batch-size", type=int, default=256)
 
+    c = command("export", cmd_export, "export for deployment (onnx, torchscript, pt2), verified "
+                "in a fresh process", spec_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--format", required=True, choices=["onnx", "torchscript", "pt2"])
+    c.add_argument("--checkpoint", metavar="CKPT", help="weights from a checkpoint file or run "
+                   "folder (default: the freshly initialised model)")  # fmt: skip
+    c.add_argument("--out", metavar="FILE", help="the artifact (default: NAME.onnx/.ts/.pt2)")
+    c.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    c.add_argument("--onnx-exporter", choices=["dynamo", "legacy"], default="dynamo",
+                   help="torch.onnx.export(dynamo=True) (default) or the legacy exporter")  # fmt: skip
+    c.add_argument("--trace", action="store_true", help="TorchScript by tracing, not scripting")
+    c.add_argument("--no-verify", action="store_true", help="skip the fresh-process check")
+    c.add_argument("--atol", type=float, default=1e-5, help="verification tolerance (1e-5)")
+    c.add_argument("--rtol", type=float, default=1e-4, help="verification tolerance (1e-4)")
+    c.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE",
+                   help="example size of a symbolic dim (default: batch 2, others 16)")  # fmt: skip
+
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
     return p
@@ -349,6 +366,38 @@ def _write_outputs(outputs, path: str) -> None:
                 fh.write(buf.getvalue())
 
         _atomic(path, write)
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from .runtime.export import TS_DEPRECATION, ExportError, export, format_checks
+
+    dims = {}
+    for item in args.dim:
+        name, sep, size = item.partition("=")
+        if not sep or not size.isdigit() or int(size) < 1:
+            raise UserError(f"--dim expects SYMBOL=SIZE, got '{item}'")
+        dims[name.strip()] = int(size)
+    if args.format == "torchscript":
+        print(TS_DEPRECATION)
+    try:
+        result = export(Path(args.spec), format=args.format, out=args.out, checkpoint=args.checkpoint,
+                        verify=not args.no_verify, opset=args.opset, onnx_exporter=args.onnx_exporter,
+                        trace=args.trace, atol=args.atol, rtol=args.rtol, dims=dims,
+                        **_overrides(args.set))  # fmt: skip
+    except ExportError as err:
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {result.path} ({args.format}, {result.seconds:.1f} s)")
+    if result.checks:
+        print(format_checks(result.checks))
+        if not result.ok:
+            print(f"error: outputs differ beyond atol {args.atol} / rtol {args.rtol}", file=sys.stderr)
+            return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_schema(args) -> int:

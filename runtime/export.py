@@ -1,0 +1,269 @@
+"""Export a compiled spec for deployment — ONNX, TorchScript or a torch.export archive
+(.pt2) — with metadata in the artifact, verified by default in a fresh process against
+the eager model's outputs at several batch sizes.
+
+One exporter per format, registered in `EXPORTERS`. Every exporter mode is pinned
+explicitly (ONNX: `dynamo=True` with `dynamic_shapes`, or the legacy TorchScript-based
+exporter only when asked), never left to a library default. Symbolic dims of the spec's
+inputs (`N`, `T`, `H`...) stay dynamic in the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..compiler.compile import Compiled, compile_spec
+from ..compiler.load import load_spec_source
+from .checkpoint import load_weights
+from .errors import ConfigError
+
+__all__ = ["export", "ExportResult", "Check", "EXPORTERS", "FORMATS", "VERIFY_BATCHES"]
+
+VERIFY_BATCHES = (1, 2, 5)  # 5: a size never used while exporting
+TS_DEPRECATION = ("note: TorchScript is deprecated upstream; it keeps working here, but "
+                  "prefer --format pt2 or onnx")  # fmt: skip
+
+
+class ExportError(Exception):
+    """An exporter could not handle the model (exit 1): the message names the spec node
+    when it can be found."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verified output at one batch size."""
+
+    output: str
+    batch: int
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    metadata: dict
+    seconds: float
+    checks: list[Check] = field(default_factory=list)  # empty when not verified
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | None = None,
+           checkpoint: str | os.PathLike | None = None, verify: bool = True, opset: int = 18,
+           onnx_exporter: str = "dynamo", trace: bool = False, atol: float = 1e-5,
+           rtol: float = 1e-4, dims: dict[str, int] | None = None, plugins=(),
+           **overrides: Any) -> ExportResult:  # fmt: skip
+    """Export `spec` (freshly initialised, or with a checkpoint's weights) to `format`.
+
+        >>> r = yamlnet.export("specs/resnet18.yaml", format="onnx")  # doctest: +SKIP
+        >>> r.path, r.ok                                              # doctest: +SKIP
+    """
+    if format not in EXPORTERS:
+        raise ConfigError(f"unknown format '{format}'", hint="use " + ", ".join(FORMATS))
+    compiled, ckpt = _model(spec, checkpoint, plugins, overrides)
+    model = compiled.module.eval()
+    examples = example_inputs(compiled, dims or {}, batch=2)
+    meta = metadata(compiled, ckpt)
+    path = Path(out or f"{compiled.spec.name}.{SUFFIX[format]}")
+    t0 = time.perf_counter()
+    options = {"opset": opset, "onnx_exporter": onnx_exporter, "trace": trace}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporters warn at length; failures raise
+        try:
+            EXPORTERS[format](model, examples, compiled, path, meta, options)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as err:
+            raise ExportError(_explain(err, compiled, format)) from err
+    seconds = time.perf_counter() - t0
+    checks = verify_artifact(path, format, model, compiled, dims or {}, atol, rtol) if verify else []
+    return ExportResult(path, format, meta, seconds, checks)
+
+
+def _model(spec, checkpoint, plugins, overrides) -> tuple[Compiled, str | None]:
+    """The compiled spec, with a checkpoint's variables and weights when given."""
+    if checkpoint is None:
+        torch.manual_seed(0)
+        return compile_spec(load_spec_source(Path(spec)), dict(overrides), plugins=tuple(plugins)), None
+    from .evaluate import resolve_checkpoint
+
+    path, state = resolve_checkpoint(checkpoint)
+    variables = {**state.get("config", {}).get("vars", {}), **overrides}
+    compiled = compile_spec(load_spec_source(Path(spec)), variables, plugins=tuple(plugins))
+    load_weights(compiled.module, state["model"], path)
+    return compiled, str(path)
+
+
+def example_inputs(compiled: Compiled, dims: dict[str, int], batch: int) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the spec's shapes: the first dim of each input (the batch) is
+    `batch`, other symbolic dims come from `dims` (default 16)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for inp in compiled.spec.inputs:
+        shape = [_size(d, i, dims, batch) for i, d in enumerate(inp.shape)]
+        dtype = getattr(torch, inp.dtype)
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=g).to(dtype))
+        else:
+            out.append(torch.randint(0, 2, shape, generator=g).to(dtype))  # valid ids for any vocab
+    return tuple(out)
+
+
+def _size(dim, axis: int, dims: dict[str, int], batch: int) -> int:
+    if isinstance(dim, int):
+        return dim
+    if axis == 0 and dim not in dims:
+        return batch
+    return dims.get(dim, 16)
+
+
+def _dynamic_shapes(compiled: Compiled) -> dict[str, dict[int, Any]]:
+    """{input: {axis: Dim}} for every symbolic dim, one Dim per symbol name."""
+    made: dict[str, Any] = {}
+    spec = {}
+    for inp in compiled.spec.inputs:
+        axes = {}
+        for axis, d in enumerate(inp.shape):
+            if isinstance(d, str) and d.isidentifier():
+                axes[axis] = made.setdefault(d, torch.export.Dim(d, min=1))
+        spec[inp.name] = axes
+    return spec
+
+
+def metadata(compiled: Compiled, checkpoint: str | None) -> dict[str, Any]:
+    """What travels inside every artifact (as JSON under the key 'yamlnet')."""
+    from .train import _version
+
+    spec = compiled.spec
+    meta = {
+        "yamlnet_version": _version(),
+        "spec_name": spec.name,
+        "spec_hash": compiled.hash,
+        "inputs": [{"name": i.name, "shape": [str(d) for d in i.shape], "dtype": i.dtype}
+                   for i in spec.inputs],
+        "outputs": [name for name, _ in spec.outputs],
+        "checkpoint": checkpoint,
+    }  # fmt: skip
+    for key in ("class_names", "preprocessing"):
+        if key in (spec.meta or {}):
+            meta[key] = spec.meta[key]
+    return meta
+
+
+# -- the exporters ---------------------------------------------------------------------
+
+
+def _onnx(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:
+    import onnx
+
+    names = [i.name for i in compiled.spec.inputs]
+    outputs = [name for name, _ in compiled.spec.outputs]
+    if options["onnx_exporter"] == "dynamo":
+        torch.onnx.export(model, examples, str(path), dynamo=True, input_names=names,
+                          output_names=outputs, dynamic_shapes=_dynamic_shapes(compiled),
+                          opset_version=options["opset"], verbose=False, external_data=False)  # fmt: skip
+    else:
+        axes = {n: {a: str(d) for a, d in enumerate(i.shape) if isinstance(d, str)}
+                for n, i in zip(names, compiled.spec.inputs, strict=True)}  # fmt: skip
+        torch.onnx.export(model, examples, str(path), dynamo=False, input_names=names,
+                          output_names=outputs, dynamic_axes=axes,
+                          opset_version=options["opset"])  # fmt: skip
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "yamlnet", json.dumps(meta)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def _torchscript(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:
+    scripted = torch.jit.trace(model, examples) if options["trace"] else torch.jit.script(model)
+    torch.jit.save(scripted, str(path), _extra_files={"yamlnet.json": json.dumps(meta)})
+
+
+def _pt2(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:
+    program = torch.export.export(model, examples, dynamic_shapes=_dynamic_shapes(compiled))
+    torch.export.save(program, str(path), extra_files={"yamlnet.json": json.dumps(meta)})
+
+
+EXPORTERS: dict[str, Callable] = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+FORMATS = tuple(EXPORTERS)
+SUFFIX = {"onnx": "onnx", "torchscript": "ts", "pt2": "pt2"}
+
+
+def _explain(err: BaseException, compiled: Compiled, format: str) -> str:
+    """The exporter's first line, and the spec node it names, with its file:line."""
+    text = str(err)
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    for node in compiled.spec.nodes:
+        attr = node.name.replace(".", "_")
+        if node.name in text or attr in text:
+            return f"{node.loc}: nodes.{node.name}: cannot export to {format}: {first}"
+    return f"cannot export {compiled.spec.name} to {format}: {first} (run with --verbose for the exporter's trace)"
+
+
+# -- verification ----------------------------------------------------------------------
+
+
+def verify_artifact(path: Path, format: str, model, compiled: Compiled, dims: dict[str, int],
+                    atol: float, rtol: float) -> list[Check]:  # fmt: skip
+    """Reload the artifact in a fresh process, run it at every batch size of
+    VERIFY_BATCHES, and compare with the eager model."""
+    names = [i.name for i in compiled.spec.inputs]
+    outputs = [name for name, _ in compiled.spec.outputs]
+    with tempfile.TemporaryDirectory() as tmp:
+        feeds, expected = {}, {}
+        for b in VERIFY_BATCHES:
+            xs = example_inputs(compiled, dims, batch=b)
+            with torch.no_grad():
+                ys = model(*xs)
+            ys = ys if isinstance(ys, tuple) else (ys,)
+            feeds.update({f"{b}/{n}": x.numpy() for n, x in zip(names, xs, strict=True)})
+            expected.update({f"{b}/{n}": y.numpy() for n, y in zip(outputs, ys, strict=True)})
+        np.savez(Path(tmp) / "in.npz", **feeds)
+        got = _run_fresh(path, format, Path(tmp), names, outputs)
+    return [_check(o, b, expected[f"{b}/{o}"], got[f"{b}/{o}"], atol, rtol)
+            for b in VERIFY_BATCHES for o in outputs]  # fmt: skip
+
+
+def _check(output: str, batch: int, want: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> Check:
+    if want.shape != got.shape:
+        return Check(output, batch, float("inf"), float("inf"), False)
+    diff = np.abs(want.astype(np.float64) - got.astype(np.float64))
+    rel = diff / np.maximum(np.abs(want.astype(np.float64)), 1e-12)
+    ok = bool(np.all(diff <= atol + rtol * np.abs(want)))
+    return Check(output, batch, float(diff.max(initial=0)), float(rel.max(initial=0)), ok)
+
+
+def _run_fresh(path: Path, format: str, tmp: Path, names: list[str], outputs: list[str]) -> dict:
+    args = [sys.executable, "-m", "yamlnet.runtime.reload", format, str(path), str(tmp / "in.npz"),
+            str(tmp / "out.npz"), ",".join(names), ",".join(outputs)]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["(no output)"]
+        raise ExportError(f"reloading {path} in a fresh process failed: {lines[-1]}")
+    with np.load(tmp / "out.npz", allow_pickle=False) as got:
+        return {k: got[k] for k in got.files}
+
+
+def format_checks(checks: list[Check]) -> str:
+    """The verification table, one row per output and batch size."""
+    rows = ["| output | batch | max abs error | max rel error | ok |", "|---|---|---|---|---|"]
+    rows += [f"| {c.output} | {c.batch} | {c.max_abs:.3g} | {c.max_rel:.3g} | {'yes' if c.ok else 'NO'} |"
+             for c in checks]  # fmt: skip
+    return "\n".join(rows)
