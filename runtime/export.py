@@ -177,18 +177,25 @@ def _onnx(model, examples, compiled, path: Path, meta: dict, options: dict) -> N
     if options["onnx_exporter"] == "dynamo":
         torch.onnx.export(model, examples, str(path), dynamo=True, input_names=names,
                           output_names=outputs, dynamic_shapes=_dynamic_shapes(compiled),
-                          opset_version=options["opset"], verbose=False, external_data=False)  # fmt: skip
+                          opset_version=options["opset"], verbose=False,
+                          external_data=_needs_external_data(model))  # fmt: skip
     else:
         axes = {n: {a: str(d) for a, d in enumerate(i.shape) if isinstance(d, str)}
                 for n, i in zip(names, compiled.spec.inputs, strict=True)}  # fmt: skip
         torch.onnx.export(model, examples, str(path), dynamo=False, input_names=names,
                           output_names=outputs, dynamic_axes=axes,
                           opset_version=options["opset"])  # fmt: skip
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
     entry = proto.metadata_props.add()
     entry.key, entry.value = "yamlnet", json.dumps(meta)
-    onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)  # by path: works past 2 GB too
+
+
+def _needs_external_data(model) -> bool:
+    """Weights beside the .onnx file once they near protobuf's 2 GB limit."""
+    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    return size > 1_800_000_000
 
 
 def _torchscript(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:

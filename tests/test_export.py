@@ -79,6 +79,19 @@ def test_trained_checkpoint_onnx_agrees_without_torch(tmp_path):
     assert (np.load(tmp_path / "y.npy") == eager).all()  # 359 samples, a batch never exported
 
 
+def test_resnet18_onnx_runs_a_new_batch_size_without_torch(tmp_path):
+    r = export(SPECS / "resnet18.yaml", format="onnx", out=tmp_path / "r18.onnx", verify=False)
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, onnxruntime as ort
+        s = ort.InferenceSession({str(r.path)!r}, providers=["CPUExecutionProvider"])
+        (y,) = s.run(None, {{"image": np.random.rand(3, 3, 224, 224).astype("float32")}})
+        assert y.shape == (3, 1000), y.shape
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "yamlnet")]
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_cli_export_prints_the_check_table(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "yamlnet", "export", str(DIGITS), "--format",
                            "torchscript", "--out", str(tmp_path / "d.ts")],
