@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -213,10 +214,17 @@ FORMATS = tuple(EXPORTERS)
 SUFFIX = {"onnx": "onnx", "torchscript": "ts", "pt2": "pt2"}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _explain(err: BaseException, compiled: Compiled, format: str) -> str:
     """The exporter's first line, and the spec node it names, with its file:line."""
-    text = str(err)
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    text = _ANSI.sub("", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(err).__name__
+    # the exporters' first line is often generic; the line naming the aten op says why
+    why = next((line for line in lines[1:] if "aten." in line or "aten::" in line), "")
+    first = f"{first} {why}".strip()[:400]
     for node in compiled.spec.nodes:
         attr = node.name.replace(".", "_")
         if node.name in text or attr in text:

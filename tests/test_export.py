@@ -8,6 +8,7 @@ eager compiled module.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -108,6 +109,30 @@ def test_unexportable_dynamic_length_is_one_line_exit_1(tmp_path):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot export lstm_classifier to pt2")
+
+
+def test_legacy_onnx_exporter_on_request(tmp_path):
+    r = export(DIGITS, format="onnx", onnx_exporter="legacy", out=tmp_path / "l.onnx")
+    assert r.ok and _read_metadata(r.path, "onnx")["spec_name"] == "digits_cnn"
+
+
+def test_an_unexportable_op_is_named_with_its_spec_line(tmp_path):
+    (tmp_path / "eig_ops.py").write_text(textwrap.dedent("""
+        import torch, yamlnet
+        class Eig(torch.nn.Module):  # no ONNX function for aten._linalg_eigh
+            def forward(self, x):
+                return torch.linalg.eigvalsh(x.unsqueeze(-1) * x.unsqueeze(-2))
+        yamlnet.register_op("Eig", Eig)
+    """))
+    (tmp_path / "g.yaml").write_text("yamlnet: 1\ninputs:\n  x: [N, 4]\nnodes:\n"
+                                     "  fc: {op: Linear, out_features: 4}\n  eig: {op: Eig}\n")
+    proc = subprocess.run([sys.executable, "-m", "yamlnet", "--plugin", "eig_ops", "export", "g.yaml",
+                           "--format", "onnx", "--out", "g.onnx"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: g.yaml:6:3: nodes.eig: cannot export to onnx")
+    assert "aten._linalg_eigh" in lines[0] and "\x1b" not in lines[0]
 
 
 @pytest.mark.slow
