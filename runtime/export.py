@@ -70,8 +70,8 @@ class ExportResult:
 def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | None = None,
            checkpoint: str | os.PathLike | None = None, verify: bool = True, opset: int = 18,
            onnx_exporter: str = "dynamo", trace: bool = False, atol: float = 1e-5,
-           rtol: float = 1e-4, dims: dict[str, int] | None = None, plugins=(),
-           **overrides: Any) -> ExportResult:  # fmt: skip
+           rtol: float = 1e-4, dims: dict[str, int] | None = None, static: tuple[str, ...] = (),
+           plugins=(), **overrides: Any) -> ExportResult:  # fmt: skip
     """Export `spec` (freshly initialised, or with a checkpoint's weights) to `format`.
 
         >>> r = yamlnet.export("specs/resnet18.yaml", format="onnx")  # doctest: +SKIP
@@ -82,10 +82,11 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
     compiled, ckpt = _model(spec, checkpoint, plugins, overrides)
     model = compiled.module.eval()
     examples = example_inputs(compiled, dims or {}, batch=2)
-    meta = metadata(compiled, ckpt)
+    fixed = {name: _size(name, 1, dims or {}, 2) for name in static}  # symbol -> its size
+    meta = metadata(compiled, ckpt, fixed)
     path = Path(out or f"{compiled.spec.name}.{SUFFIX[format]}")
     t0 = time.perf_counter()
-    options = {"opset": opset, "onnx_exporter": onnx_exporter, "trace": trace}
+    options = {"opset": opset, "onnx_exporter": onnx_exporter, "trace": trace, "static": fixed}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporters warn at length; failures raise
         try:
@@ -134,21 +135,22 @@ def _size(dim, axis: int, dims: dict[str, int], batch: int) -> int:
     return dims.get(dim, 16)
 
 
-def _dynamic_shapes(compiled: Compiled) -> dict[str, dict[int, Any]]:
-    """{input: {axis: Dim}} for every symbolic dim, one Dim per symbol name."""
+def _dynamic_shapes(compiled: Compiled, static: dict[str, int]) -> dict[str, dict[int, Any]]:
+    """{input: {axis: Dim}} for every symbolic dim not held `static`, one Dim per symbol."""
     made: dict[str, Any] = {}
     spec = {}
     for inp in compiled.spec.inputs:
         axes = {}
         for axis, d in enumerate(inp.shape):
-            if isinstance(d, str) and d.isidentifier():
+            if isinstance(d, str) and d.isidentifier() and d not in static:
                 axes[axis] = made.setdefault(d, torch.export.Dim(d, min=1))
         spec[inp.name] = axes
     return spec
 
 
-def metadata(compiled: Compiled, checkpoint: str | None) -> dict[str, Any]:
-    """What travels inside every artifact (as JSON under the key 'yamlnet')."""
+def metadata(compiled: Compiled, checkpoint: str | None, fixed: dict[str, int]) -> dict[str, Any]:
+    """What travels inside every artifact (as JSON under the key 'yamlnet'); dims held
+    static appear as their sizes."""
     from .train import _version
 
     spec = compiled.spec
@@ -156,7 +158,7 @@ def metadata(compiled: Compiled, checkpoint: str | None) -> dict[str, Any]:
         "yamlnet_version": _version(),
         "spec_name": spec.name,
         "spec_hash": compiled.hash,
-        "inputs": [{"name": i.name, "shape": [str(d) for d in i.shape], "dtype": i.dtype}
+        "inputs": [{"name": i.name, "shape": [str(fixed.get(d, d)) for d in i.shape], "dtype": i.dtype}
                    for i in spec.inputs],
         "outputs": [name for name, _ in spec.outputs],
         "checkpoint": checkpoint,
@@ -177,11 +179,12 @@ def _onnx(model, examples, compiled, path: Path, meta: dict, options: dict) -> N
     outputs = [name for name, _ in compiled.spec.outputs]
     if options["onnx_exporter"] == "dynamo":
         torch.onnx.export(model, examples, str(path), dynamo=True, input_names=names,
-                          output_names=outputs, dynamic_shapes=_dynamic_shapes(compiled),
+                          output_names=outputs, dynamic_shapes=_dynamic_shapes(compiled, options["static"]),
                           opset_version=options["opset"], verbose=False,
                           external_data=_needs_external_data(model))  # fmt: skip
     else:
-        axes = {n: {a: str(d) for a, d in enumerate(i.shape) if isinstance(d, str)}
+        axes = {n: {a: str(d) for a, d in enumerate(i.shape)
+                    if isinstance(d, str) and d not in options["static"]}
                 for n, i in zip(names, compiled.spec.inputs, strict=True)}  # fmt: skip
         torch.onnx.export(model, examples, str(path), dynamo=False, input_names=names,
                           output_names=outputs, dynamic_axes=axes,
@@ -205,7 +208,8 @@ def _torchscript(model, examples, compiled, path: Path, meta: dict, options: dic
 
 
 def _pt2(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:
-    program = torch.export.export(model, examples, dynamic_shapes=_dynamic_shapes(compiled))
+    program = torch.export.export(model, examples,
+                                  dynamic_shapes=_dynamic_shapes(compiled, options["static"]))
     torch.export.save(program, str(path), extra_files={"yamlnet.json": json.dumps(meta)})
 
 
@@ -229,7 +233,9 @@ def _explain(err: BaseException, compiled: Compiled, format: str) -> str:
         attr = node.name.replace(".", "_")
         if node.name in text or attr in text:
             return f"{node.loc}: nodes.{node.name}: cannot export to {format}: {first}"
-    return f"cannot export {compiled.spec.name} to {format}: {first} (run with --verbose for the exporter's trace)"
+    hint = "keep that dim fixed with --static NAME" if "Constraints violated" in text \
+        else "run with --verbose for the exporter's trace"  # fmt: skip
+    return f"cannot export {compiled.spec.name} to {format}: {first} ({hint})"
 
 
 # -- verification ----------------------------------------------------------------------

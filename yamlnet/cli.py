@@ -183,6 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=1e-4, help="verification tolerance (1e-4)")
     c.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE",
                    help="example size of a symbolic dim (default: batch 2, others 16)")  # fmt: skip
+    c.add_argument("--static", action="append", default=[], metavar="SYMBOL",
+                   help="keep a symbolic dim fixed at its example size in the artifact")  # fmt: skip
 
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
@@ -385,7 +387,7 @@ def cmd_export(args) -> int:
         result = export(Path(args.spec), format=args.format, out=args.out, checkpoint=args.checkpoint,
                         verify=not args.no_verify, opset=args.opset, onnx_exporter=args.onnx_exporter,
                         trace=args.trace, atol=args.atol, rtol=args.rtol, dims=dims,
-                        **_overrides(args.set))  # fmt: skip
+                        static=tuple(args.static), **_overrides(args.set))  # fmt: skip
     except ExportError as err:
         if args.verbose:
             raise
