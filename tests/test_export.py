@@ -144,3 +144,23 @@ def test_every_spec_exports(tmp_path, path, fmt):
     static = ("T",) if (path.stem, fmt) == ("lstm_classifier", "pt2") else ()
     r = export(path, format=fmt, out=tmp_path / f"m.{fmt}", static=static)
     assert r.ok, r.checks
+
+
+def test_verification_fails_past_the_tolerance(tmp_path):
+    r = export(DIGITS, format="onnx", out=tmp_path / "d.onnx", atol=0.0, rtol=0.0)
+    assert not r.ok  # onnxruntime's float sums differ from eager's by ~1e-8
+    proc = subprocess.run([sys.executable, "-m", "yamlnet", "export", str(DIGITS), "--format", "onnx",
+                           "--out", str(tmp_path / "e.onnx"), "--atol", "0", "--rtol", "0"],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 1 and "outputs differ beyond atol 0.0 / rtol 0.0" in proc.stderr
+    assert "| NO |" in proc.stdout
+
+
+def test_class_names_from_meta_travel_in_the_artifact(tmp_path):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("yamlnet: 1\ninputs:\n  x: [N, 4]\nnodes:\n  fc: {op: Linear, out_features: 2}\n"
+                    "meta: {class_names: [cat, dog], preprocessing: scale to 0..1}\n")
+    r = export(spec, format="torchscript", out=tmp_path / "m.ts", verify=False)
+    meta = _read_metadata(r.path, "torchscript")
+    assert meta["class_names"] == ["cat", "dog"] and meta["preprocessing"] == "scale to 0..1"
+    assert r.checks == []  # --no-verify
