@@ -23,7 +23,7 @@ from .schema import NODE_KEYS, PARAM_TYPES, document_schema, iter_nodes
 
 __all__ = [
     "validate", "check_args", "collect_blocks", "format_path", "param_decl", "ParamDecl",
-    "explain_schema_error",
+    "explain_schema_error", "schema_error_path",
 ]  # fmt: skip
 
 
@@ -73,10 +73,8 @@ def _schema_problems(doc: Document) -> list[Diagnostic]:
                            doc.loc(()))]  # fmt: skip
     out = []
     for err in (leaf for top in _validator().iter_errors(doc.data) for leaf in _leaves(top)):
-        path = tuple(err.absolute_path)
+        path = schema_error_path(err)
         message, hint = explain_schema_error(err)
-        if err.validator in ("additionalProperties", "required") and _key(err):
-            path = path + (_key(err),)
         out.append(Diagnostic(message, doc.loc(path), format_path(path), hint))
     return out
 
@@ -103,6 +101,13 @@ def _leaves(err) -> list:
 
 def _node_kinds(node: dict) -> int:
     return sum(k in node for k in ("op", "block", "nodes"))
+
+
+def schema_error_path(err) -> tuple:
+    """Where a jsonschema error points: its path, plus the unknown key for an
+    additionalProperties error (so the message is located at the key itself)."""
+    key = _key(err)
+    return tuple(err.absolute_path) + ((key,) if key else ())
 
 
 def _key(err) -> str | None:

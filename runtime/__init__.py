@@ -7,4 +7,15 @@ metrics.csv), `tensorboard` (event files), `train` (the loop), `evaluate` (eval 
 predict). The runtime imports the compiler; the compiler never imports the runtime.
 """
 
-__all__: list[str] = []
+__all__ = ["package_version"]
+
+
+def package_version() -> str:
+    """yamlnet's installed version, for checkpoints and artifacts (read from the package
+    metadata, so the runtime need not import the face)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("yamlnet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 
 from ..compiler.errors import Diagnostic, Location, did_you_mean
 from ..compiler.load import Document, load_document, nearest_loc
-from ..compiler.validate import explain_schema_error, format_path
+from ..compiler.validate import explain_schema_error, format_path, schema_error_path
 from .data import DATASETS
 from .errors import ArgLocation, ConfigError
 
@@ -333,11 +333,8 @@ def _problems(body: dict, schema: dict, base: tuple, locs: dict) -> list[Diagnos
     out = []
     for err in sorted(Draft202012Validator(schema).iter_errors(body), key=lambda e: list(e.path)):
         err = _branch_error(err)
-        path = base + tuple(err.absolute_path)
+        path = base + schema_error_path(err)
         message, hint = explain_schema_error(err)
-        if err.validator == "additionalProperties":
-            extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
-            path += (extra[0],) if extra else ()
         out.append(Diagnostic(message, nearest_loc(locs, path), format_path(path), hint))
     return out
 

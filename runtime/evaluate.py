@@ -18,7 +18,7 @@ import torch
 
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
-from ..compiler.load import load_spec_source
+from ..compiler.load import SpecSource, load_spec_source
 from .checkpoint import CheckpointDir, load_checkpoint, load_weights
 from .config import load_run_config, split_overrides
 from .data import EpochSampler, Transformed, build_datasets, build_transforms
@@ -27,8 +27,9 @@ from .errors import CheckpointError, ConfigError
 from .metrics import build_metrics
 from .optim import build_loss
 
-__all__ = ["Evaluator", "evaluate", "predict", "resolve_checkpoint", "Predictions", "autocast_for",
-           "pick_output", "output_index", "IMAGE_EXTENSIONS"]  # fmt: skip
+__all__ = ["Evaluator", "evaluate", "predict", "resolve_checkpoint", "compile_checkpoint",
+           "Predictions", "autocast_for", "pick_output", "output_index", "to_device", "fits_input",
+           "is_float_input", "IMAGE_EXTENSIONS"]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -61,8 +62,7 @@ class Evaluator:
 
     def _batch(self, x, y) -> dict[str, torch.Tensor]:
         """{name: [sum, count]} for one batch."""
-        nb = self.env.device.type == "cuda"
-        x, y = x.to(self.env.device, non_blocking=nb), y.to(self.env.device, non_blocking=nb)
+        x, y = to_device(self.env.device, x, y)
         with self.autocast():
             pred = pick_output(self.forward(x), self.output_index)
             loss = self.loss_fn(pred, y)
@@ -70,6 +70,24 @@ class Evaluator:
         parts = {"loss": (loss.float() * n, n)}
         parts.update({k: fn(pred.float(), y) for k, fn in self.metrics.items()})
         return {k: torch.stack([s.float(), c.float()]) for k, (s, c) in parts.items()}
+
+
+def to_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Tensors moved to `device` (asynchronously to CUDA: the loaders pin memory there)."""
+    nb = device.type == "cuda"
+    return tuple(t.to(device, non_blocking=nb) for t in tensors)
+
+
+def fits_input(sample_shape: tuple, inp) -> bool:
+    """Whether samples of `sample_shape` (no batch dim) fit spec input `inp`; its
+    symbolic dims take any size."""
+    want = inp.shape[1:]
+    return len(want) == len(sample_shape) and all(
+        isinstance(w, str) or w == s for w, s in zip(want, sample_shape, strict=True))
+
+
+def is_float_input(inp) -> bool:
+    return inp.dtype.startswith(("float", "bfloat"))
 
 
 def pick_output(out, index: int) -> torch.Tensor:
@@ -115,17 +133,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
     return path, load_checkpoint(path)
 
 
+def compile_checkpoint(source: SpecSource, path: Path, state: dict, variables: dict,
+                       plugins=()) -> Compiled:  # fmt: skip
+    """The spec compiled with the variables the checkpoint was trained with (`variables`
+    win over them), holding the checkpoint's weights."""
+    saved = state.get("config", {}).get("vars", {})
+    compiled = compile_spec(source, {**saved, **variables}, plugins=tuple(plugins))
+    load_weights(compiled.module, state["model"], path)
+    return compiled
+
+
 def _session(spec, checkpoint, config, plugins, overrides, device: str | None):
     """Config, compiled model with the checkpoint's weights, device."""
     path, state = resolve_checkpoint(checkpoint)
     run_over, var_over = split_overrides(dict(overrides))
     source = load_spec_source(Path(spec))
-    saved = state.get("config", {})
-    base = _with_saved_sections(source.main, saved)
-    cfg = load_run_config(base, config, run_over)
-    variables = {**saved.get("vars", {}), **cfg.vars, **var_over}
-    compiled = compile_spec(source, variables, plugins=tuple(plugins))
-    load_weights(compiled.module, state["model"], path)
+    cfg = load_run_config(_with_saved_sections(source.main, state.get("config", {})), config,
+                          run_over)  # fmt: skip
+    compiled = compile_checkpoint(source, path, state, {**cfg.vars, **var_over}, plugins)
     dev = pick_device(device or "auto")
     return cfg, compiled, compiled.module.to(dev).eval(), dev, path
 
@@ -224,13 +249,11 @@ def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str 
 
 
 def _check_inputs(x: torch.Tensor, inp) -> None:
-    want = inp.shape[1:]
-    fits = x.dim() == len(inp.shape) and all(
-        isinstance(w, str) or w == s for w, s in zip(want, x.shape[1:], strict=True))
+    fits = x.dim() == len(inp.shape) and fits_input(tuple(x.shape[1:]), inp)
     if not fits or len(x) == 0:
         raise ConfigError(f"inputs have shape {list(x.shape)}; the spec's input '{inp.name}' takes "
                           f"[{', '.join(map(str, inp.shape))}]")  # fmt: skip
-    if x.is_floating_point() != inp.dtype.startswith(("float", "bfloat")):
+    if x.is_floating_point() != is_float_input(inp):
         raise ConfigError(f"inputs are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}")
 
 

@@ -28,7 +28,7 @@ import torch
 
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.load import load_spec_source
-from .checkpoint import load_weights
+from . import package_version
 from .errors import ConfigError
 
 __all__ = ["export", "ExportResult", "Check", "EXPORTERS", "FORMATS", "VERIFY_BATCHES"]
@@ -103,13 +103,11 @@ def _model(spec, checkpoint, plugins, overrides) -> tuple[Compiled, str | None]:
     if checkpoint is None:
         torch.manual_seed(0)
         return compile_spec(load_spec_source(Path(spec)), dict(overrides), plugins=tuple(plugins)), None
-    from .evaluate import resolve_checkpoint
+    from .evaluate import compile_checkpoint, resolve_checkpoint
 
     path, state = resolve_checkpoint(checkpoint)
-    variables = {**state.get("config", {}).get("vars", {}), **overrides}
-    compiled = compile_spec(load_spec_source(Path(spec)), variables, plugins=tuple(plugins))
-    load_weights(compiled.module, state["model"], path)
-    return compiled, str(path)
+    source = load_spec_source(Path(spec))
+    return compile_checkpoint(source, path, state, dict(overrides), plugins), str(path)
 
 
 def example_inputs(compiled: Compiled, dims: dict[str, int], batch: int) -> tuple[torch.Tensor, ...]:
@@ -151,11 +149,9 @@ def _dynamic_shapes(compiled: Compiled, static: dict[str, int]) -> dict[str, dic
 def metadata(compiled: Compiled, checkpoint: str | None, fixed: dict[str, int]) -> dict[str, Any]:
     """What travels inside every artifact (as JSON under the key 'yamlnet'); dims held
     static appear as their sizes."""
-    from .train import _version
-
     spec = compiled.spec
     meta = {
-        "yamlnet_version": _version(),
+        "yamlnet_version": package_version(),
         "spec_name": spec.name,
         "spec_hash": compiled.hash,
         "inputs": [{"name": i.name, "shape": [str(fixed.get(d, d)) for d in i.shape], "dtype": i.dtype}

@@ -34,11 +34,12 @@ from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
 from ..compiler.lockfile import lockfile_text
-from . import faults
+from . import faults, package_version
 from .checkpoint import (
     CheckpointDir,
     atomic_write,
     capture_rng,
+    load_checkpoint,
     load_weights,
     restore_rng,
     save_safetensors,
@@ -47,7 +48,15 @@ from .config import RunConfig, load_run_config, split_overrides
 from .data import Loaders, build_loaders
 from .distributed import Env, setup_env
 from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import Evaluator, autocast_for, output_index, pick_output
+from .evaluate import (
+    Evaluator,
+    autocast_for,
+    fits_input,
+    is_float_input,
+    output_index,
+    pick_output,
+    to_device,
+)
 from .log import NullLog, RunLog, format_duration
 from .metrics import build_metrics, metric_mode
 from .optim import Schedule, build_loss, build_optimizer, build_scheduler
@@ -110,12 +119,10 @@ class Run:
     autocast: Any
     out: Path | None
     ckpts: CheckpointDir | None
-    input_index: int
     output_index: int
     monitor: str | None
     mode: str
     batches_per_epoch: int
-    steps_per_epoch: int
     total_steps: int
     variables: dict = field(default_factory=dict)  # the spec's vars overridden for this run
     pos: Position = field(default_factory=Position)
@@ -187,20 +194,20 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
     steps_per_epoch = -(-batches // tcfg["grad_accum"])
     total = tcfg["max_steps"] or tcfg["epochs"] * steps_per_epoch
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
-    monitor, mode = _monitor(cfg, loaders)
+    metrics = build_metrics(tcfg["metrics"], cfg.error)
+    monitor, mode = _monitor(cfg, loaders, metrics)
     run = Run(
         cfg=cfg, env=env, compiled=compiled, model=model,
         forward=torch.compile(model) if tcfg["compile"] else model,
         loaders=loaders, loss_fn=build_loss(tcfg["loss"]).to(env.device),
-        metrics=build_metrics(tcfg["metrics"], cfg.error), optimizer=optimizer,
+        metrics=metrics, optimizer=optimizer,
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
                                  total_steps=total, mode=mode),
         scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
         autocast=autocast_for(tcfg["precision"], env.device), out=None,
-        ckpts=None, input_index=input_index, output_index=out_index, monitor=monitor,
-        mode=mode, batches_per_epoch=batches, steps_per_epoch=steps_per_epoch, total_steps=total,
+        ckpts=None, output_index=out_index, monitor=monitor, mode=mode,
+        batches_per_epoch=batches, total_steps=total, variables={**cfg.vars, **var_over},
     )  # fmt: skip
-    run.variables = {**cfg.vars, **var_over}
     _preflight(run)  # before the run folder exists: a run that cannot start leaves none
     run.out = resolve_out_dir(out, compiled, resume)
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=tcfg["keep_checkpoints"])
@@ -250,14 +257,11 @@ def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: i
         raise cfg.error(f"cannot load a training sample: {_first_line(err)}", ("data", "transforms"),
                         "do the transforms fit the samples?") from None  # fmt: skip
     inp = compiled.spec.inputs[index]
-    want = inp.shape[1:]  # without the batch dim
-    fits = len(want) == x.dim() and all(
-        isinstance(w, str) or w == s for w, s in zip(want, x.shape, strict=True))
-    if not fits:
+    if not fits_input(tuple(x.shape), inp):
         raise cfg.error(f"samples of '{cfg.data['dataset']}' have shape {list(x.shape)}; the spec's "
                         f"input '{inp.name}' takes [{', '.join(map(str, inp.shape))}]",
                         ("data", "dataset"), "change the input shape or the data")  # fmt: skip
-    if x.is_floating_point() != inp.dtype.startswith(("float", "bfloat")):
+    if x.is_floating_point() != is_float_input(inp):
         raise cfg.error(f"samples are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}",
                         ("data", "dataset"))  # fmt: skip
 
@@ -273,7 +277,7 @@ def _preflight(run: Run) -> None:
     mode: no dropout draws, no BatchNorm statistics touched.)"""
     ds = run.loaders.train.dataset
     x, y = default_collate([ds[(0, i)] for i in range(min(2, len(ds)))])
-    x, y = x.to(run.env.device), y.to(run.env.device)
+    x, y = to_device(run.env.device, x, y)
     name = run.cfg.train["loss"]["name"]
     pred = None
     run.model.eval()
@@ -297,9 +301,9 @@ def _preflight(run: Run) -> None:
                             ("train", "loss"), "use reduction: mean or sum")  # fmt: skip
 
 
-def _monitor(cfg: RunConfig, loaders: Loaders) -> tuple[str | None, str]:
+def _monitor(cfg: RunConfig, loaders: Loaders, metrics: dict) -> tuple[str | None, str]:
     tcfg = cfg.train
-    names = ["val/loss"] + [f"val/{m}" for m in build_metrics(tcfg["metrics"], cfg.error)]
+    names = ["val/loss"] + [f"val/{m}" for m in metrics]
     monitor = tcfg["monitor"] or ("val/accuracy" if "val/accuracy" in names else "val/loss")
     if monitor not in names:
         raise cfg.error(f"cannot monitor '{monitor}'", ("train", "monitor"),
@@ -362,8 +366,6 @@ def _resume_source(run: Run, path: Path | None) -> tuple[Path, dict] | None:
     """The checkpoint to resume from: the newest good one of the run (or of the folder
     given), or the file given. A run whose every checkpoint is damaged is an error, not
     a fresh start."""
-    from .checkpoint import load_checkpoint
-
     if path is not None and not path.is_dir():
         return path, load_checkpoint(path)
     ckpts = run.ckpts if path is None else CheckpointDir(run_folder_of(path) / "checkpoints")
@@ -443,11 +445,6 @@ def _ending(run: Run) -> str | None:
     return None
 
 
-def _to_device(run: Run, x, y):
-    nb = run.env.device.type == "cuda"
-    return x.to(run.env.device, non_blocking=nb), y.to(run.env.device, non_blocking=nb)
-
-
 def _guarded_micro_step(run: Run, x, y) -> None:
     """A failure inside PyTorch at some step (a label out of range for the head, say) ends
     the run with one line naming the step; the last good checkpoint stays."""
@@ -467,7 +464,7 @@ def _kept(run: Run) -> str:
 
 def _micro_step(run: Run, x, y) -> None:
     """Forward and backward of one micro-batch; a non-finite loss stops or is skipped."""
-    x, y = _to_device(run, x, y)
+    x, y = to_device(run.env.device, x, y)
     # a skipped batch must leave no trace, but its forward pass has already moved the
     # BatchNorm running statistics (to NaN): keep the buffers to put them back
     skip = run.cfg.train["on_nonfinite"] == "skip"
@@ -623,7 +620,7 @@ def _state(run: Run) -> dict[str, Any]:
         "config": {"data": run.cfg.data, "train": run.cfg.train, "vars": run.variables},
         "world_size": run.env.world_size,
         "total_steps": run.total_steps,
-        "yamlnet_version": _version(),
+        "yamlnet_version": package_version(),
     }  # fmt: skip
 
 
@@ -632,15 +629,6 @@ def _lock_text(run: Run) -> str:
     if run.lock is None:
         run.lock = lockfile_text(run.compiled)
     return run.lock
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("yamlnet")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 def _checkpoint(run: Run) -> Path | None:

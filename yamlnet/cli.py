@@ -207,8 +207,9 @@ def _compile(args, path: str, build: bool = False):
     from pathlib import Path
 
     from .compiler.compile import compile_spec
+    from .runtime.config import split_overrides
 
-    variables = {k: v for k, v in _overrides(args.set).items() if k.split(".")[0] not in ("data", "train")}
+    _, variables = split_overrides(_overrides(args.set))  # data./train. keys are the runtime's
     return compile_spec(Path(path), variables, build=build)  # a path, never YAML text
 
 
@@ -362,12 +363,7 @@ def _write_outputs(outputs, path: str) -> None:
 
         buf = io.BytesIO()
         np.savez(buf, outputs=outputs.numpy())
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                fh.write(buf.getvalue())
-
-        _atomic(path, write)
+        _write(path, buf.getvalue())
 
 
 def cmd_export(args) -> int:
@@ -413,10 +409,10 @@ def cmd_schema(args) -> int:
     return EXIT_OK
 
 
-def _write(path: str, text: str) -> None:
+def _write(path: str, data: str | bytes) -> None:
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
     _atomic(path, write)
 
