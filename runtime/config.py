@@ -83,6 +83,15 @@ TRAIN_PROPS: dict[str, dict] = {
     "compile": {"type": "boolean", "default": False, "description": "torch.compile the model"},
     "deterministic": {"type": "boolean", "default": True,
                       "description": "deterministic kernels (exact resume; may be slower)"},
+    "dist_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 300,
+                     "description": "seconds a process waits for the others (joining, each "
+                                    "collective) before it fails with an error"},
+    "find_unused_parameters": {"type": ["boolean", "null"], "default": None,
+                               "description": "DDP's find_unused_parameters (default: on for "
+                                              "specs with several outputs)"},
+    "sync_batchnorm": {"type": "boolean", "default": False,
+                       "description": "on several processes, BatchNorm statistics over the "
+                                      "global batch (SyncBatchNorm; CUDA)"},
 }  # fmt: skip
 
 DATA_PROPS: dict[str, dict] = {

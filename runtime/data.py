@@ -353,18 +353,24 @@ class Transformed(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index): shuffled by (seed, epoch), split across ranks like
-    `DistributedSampler` (padded so every rank gets as many samples), and able to start
-    `start` samples into the epoch, for an exact resume."""
+    """Yields (epoch, index): shuffled by (seed, epoch) and dealt out across ranks like
+    `DistributedSampler` (rank r takes every world-th sample from the r-th; padded by
+    wrapping around so every rank gets as many), and able to start `start` samples into
+    the epoch's order, for an exact resume.
+
+    `start` counts the samples of all ranks together, so a run can resume with another
+    number of processes: the epoch goes on from the same sample. (Dealt out this way, the
+    ranks' k-th batches together are samples [k*B*W, (k+1)*B*W) of the order, whatever W
+    is.) With `pad=False` (validation) ranks get uneven shares and no sample twice."""
 
     def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1,
-                 drop_last: bool = False):  # fmt: skip
+                 drop_last: bool = False, pad: bool = True):  # fmt: skip
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
-        self.per_rank = n // world if drop_last else -(-n // world)
+        self.drop_last, self.pad = drop_last, pad
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
+        self.epoch, self.start = epoch, min(start, self.n)
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -372,15 +378,25 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        total = self.per_rank * self.world
-        order = (order * (-(-total // self.n)))[:total]  # pad by wrapping around, or trim
-        return order[self.rank : total : self.world]
+        left = order[self.start :]
+        if not self.pad:
+            return left[self.rank :: self.world]
+        total = self._per_rank() * self.world
+        if total > len(left):  # pad by wrapping around the epoch's order
+            left += (order * (-(-(total - len(left)) // self.n)))[: total - len(left)]
+        return left[self.rank : total : self.world]
+
+    def _per_rank(self) -> int:
+        left = self.n - self.start
+        if not self.pad:
+            return len(range(self.rank, left, self.world))
+        return left // self.world if self.drop_last else -(-left // self.world)
 
     def __iter__(self):
-        return iter([(self.epoch, i) for i in self.indices()[self.start :]])
+        return iter([(self.epoch, i) for i in self.indices()])
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return self._per_rank()
 
 
 # -- loaders ---------------------------------------------------------------------------
@@ -416,7 +432,8 @@ def build_loaders(data: dict, *, seed: int, rank: int = 0, world: int = 1,
     val_loader = None
     if val is not None and len(val):
         val_tf = build_transforms(data["val_transforms"], "data.val_transforms")
-        val_sampler = EpochSampler(len(val), shuffle=False, seed=seed, rank=rank, world=world)
+        val_sampler = EpochSampler(len(val), shuffle=False, seed=seed, rank=rank, world=world,
+                                   pad=False)  # fmt: skip
         val_loader = _loader(Transformed(val, val_tf, seed), val_sampler, data,
                              data["val_batch_size"] or data["batch_size"], pin_memory, False)  # fmt: skip
     return Loaders(train_loader, val_loader, sampler, (len(train), len(val) if val else 0))

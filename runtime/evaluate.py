@@ -50,11 +50,12 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, loader, prefix: str = "val") -> dict[str, float]:
         self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
+        # every rank sums every key (a rank may have no batches: all-reduce zeros)
+        sums = {k: torch.zeros(2, device=self.env.device) for k in ("loss", *self.metrics)}
         try:
             for x, y in loader:
                 for k, pair in self._batch(x, y).items():
-                    sums[k] = sums.get(k, 0) + pair
+                    sums[k] += pair
         finally:
             self.model.train()
         reduced = {k: all_sum(v, self.env) for k, v in sums.items()}

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from .checkpoint import (
     CheckpointDir,
     atomic_write,
     capture_rng,
+    digest,
     load_checkpoint,
     load_weights,
     restore_rng,
@@ -46,7 +47,19 @@ from .checkpoint import (
 )
 from .config import RunConfig, load_run_config, split_overrides
 from .data import Loaders, build_loaders
-from .distributed import Env, setup_env
+from .distributed import (
+    Env,
+    all_sum,
+    barrier,
+    broadcast,
+    gather,
+    is_comm_error,
+    launched_world,
+    comm_failure,
+    same_everywhere,
+    setup_env,
+    shutdown,
+)
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import (
     Evaluator,
@@ -61,7 +74,7 @@ from .log import NullLog, RunLog, format_duration
 from .metrics import build_metrics, metric_mode
 from .optim import Schedule, build_loss, build_optimizer, build_scheduler
 
-__all__ = ["train", "TrainResult", "Position", "prepare", "Run",
+__all__ = ["train", "TrainResult", "Position", "prepare", "plan", "Run",
            "resolve_out_dir", "EXIT_SIGNAL_BASE"]  # fmt: skip
 
 EXIT_SIGNAL_BASE = 128  # a run stopped by signal S exits with 128 + S, after saving
@@ -99,6 +112,7 @@ class Position:
     loss_count: int = 0
     skipped: int = 0  # non-finite micro-batches skipped (on_nonfinite: skip)
     val_step: int = -1  # step of the last validation
+    samples: int = 0  # samples of this epoch consumed by all ranks together
 
 
 @dataclass
@@ -109,7 +123,8 @@ class Run:
     env: Env
     compiled: Compiled
     model: torch.nn.Module
-    forward: Any  # the model, or its torch.compile'd form
+    forward: Any  # what trains: the model, compiled or not, wrapped in DDP on several ranks
+    evaluate: Any  # what validates: the model, compiled or not (no DDP: no collectives)
     loaders: Loaders
     loss_fn: torch.nn.Module
     metrics: dict
@@ -122,12 +137,14 @@ class Run:
     output_index: int
     monitor: str | None
     mode: str
-    batches_per_epoch: int
+    epoch_batches: int  # micro-batches of this rank in the current epoch
     total_steps: int
     variables: dict = field(default_factory=dict)  # the spec's vars overridden for this run
     pos: Position = field(default_factory=Position)
     log: Any = None
     lock: str | None = None  # lockfile text of the network, made on first use
+    stop: Any = None  # the _StopSignals of the run
+    stopping: str | None = None  # a stop signal every rank has seen (SIGTERM, SIGINT)
 
 
 def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -139,17 +156,19 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
         >>> result = yamlnet.train("specs/digits_cnn.yaml", **{"train.epochs": 2})  # doctest: +SKIP
         >>> result.metrics["val/accuracy"]                                          # doctest: +SKIP
     """
-    with _torch_settings_restored():
+    with _torch_settings_restored(), _StopSignals() as stop:
         run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
                       overrides=overrides)  # fmt: skip
-        run.log = (RunLog if run.env.is_main else NullLog)(
-            run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+        run.stop = stop
         try:
-            with _StopSignals() as stop:
-                return _loop(run, stop)
+            run.log = (RunLog if run.env.is_main else NullLog)(
+                run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+            return _loop(run)
         finally:
-            run.log.close()
+            if run.log is not None:
+                run.log.close()
             run.ckpts.close()  # whatever happened, a checkpoint being written gets finished
+            shutdown(run.env)
 
 
 @contextmanager
@@ -175,16 +194,50 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
     source = load_spec_source(Path(spec) if not isinstance(spec, Path) else spec)
     cfg = load_run_config(source.main, config, run_over)
     with cfg.located():  # builders name a spec path; this adds its file:line:col
-        env = setup_env(cfg.train["device"])
-        _seed_all(cfg.train["seed"])
-        _set_determinism(cfg.train["deterministic"], env)
+        env = setup_env(cfg.train["device"], cfg.train["dist_timeout"])
+        try:
+            seed = cfg.train["seed"]
+            _seed_all(seed)  # every rank builds the same initial weights
+            _set_determinism(cfg.train["deterministic"], env)
+            compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+            same_everywhere(compiled.hash, env, "network (graph hash)")
+            same_everywhere(digest({"data": cfg.data, "train": cfg.train}), env, "run configuration")
+            if env.rank:
+                _seed_all(_rank_seed(seed, env.rank))  # dropout differs across ranks
+            return _build(cfg, env, compiled, out, resume, force, var_over)
+        except BaseException:
+            shutdown(env)
+            raise
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Rank r's seed for what the model draws (dropout); rank 0 keeps the run's seed, so
+    one process draws what a single-process run draws."""
+    return (seed + 1_000_003 * rank) % 2**32
+
+
+def plan(spec, *, config=None, out=None, resume: bool | str = False, plugins=(),
+         overrides=None) -> Path:  # fmt: skip
+    """What a launcher checks before it starts workers: the spec compiles and the run
+    configuration is valid (a mistake is one error here, not one per worker). Returns the
+    run folder, made now, so that restarted workers resume this run."""
+    run_over, var_over = split_overrides(dict(overrides or {}))
+    source = load_spec_source(Path(spec) if not isinstance(spec, Path) else spec)
+    cfg = load_run_config(source.main, config, run_over)
+    with cfg.located():
         compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
-        return _build(cfg, env, compiled, out, resume, force, var_over)
+        build_metrics(cfg.train["metrics"], cfg.error)
+        return resolve_out_dir(out, compiled, resume)
 
 
 def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var_over) -> Run:
     tcfg = cfg.train
     model = compiled.module.to(env.device)
+    if tcfg["sync_batchnorm"] and env.device.type != "cuda":
+        raise cfg.error("SyncBatchNorm runs on CUDA devices only", ("train", "sync_batchnorm"),
+                        "set it to false on CPU (each process then normalises its own batch)")  # fmt: skip
+    if env.distributed and tcfg["sync_batchnorm"]:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     input_index = _input_index(compiled, cfg)
     out_index = output_index(compiled, cfg)
     loaders = build_loaders(cfg.data, seed=tcfg["seed"], rank=env.rank, world=env.world_size,
@@ -196,9 +249,10 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
     metrics = build_metrics(tcfg["metrics"], cfg.error)
     monitor, mode = _monitor(cfg, loaders, metrics)
+    inner = torch.compile(model) if tcfg["compile"] else model
     run = Run(
         cfg=cfg, env=env, compiled=compiled, model=model,
-        forward=torch.compile(model) if tcfg["compile"] else model,
+        forward=_wrap_ddp(inner, compiled, cfg, env), evaluate=inner,
         loaders=loaders, loss_fn=build_loss(tcfg["loss"]).to(env.device),
         metrics=metrics, optimizer=optimizer,
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
@@ -206,13 +260,59 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
         scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
         autocast=autocast_for(tcfg["precision"], env.device), out=None,
         ckpts=None, output_index=out_index, monitor=monitor, mode=mode,
-        batches_per_epoch=batches, total_steps=total, variables={**cfg.vars, **var_over},
+        epoch_batches=batches, total_steps=total, variables={**cfg.vars, **var_over},
     )  # fmt: skip
     _preflight(run)  # before the run folder exists: a run that cannot start leaves none
-    run.out = resolve_out_dir(out, compiled, resume)
+    if env.restart and not resume:
+        resume = True  # the elastic launcher restarted the workers: go on from the checkpoint
+    if env.restart and env.is_main:
+        limit = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")
+        print(f"restart {env.restart} of {limit}: a worker failed; the workers start again",
+              flush=True)  # fmt: skip
+    run.out = _on_main(env, lambda: resolve_out_dir(out, compiled, resume))
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=tcfg["keep_checkpoints"])
     _start_or_resume(run, resume, force)
     return run
+
+
+def _wrap_ddp(module: torch.nn.Module, compiled: Compiled, cfg: RunConfig, env: Env):
+    """DistributedDataParallel on several ranks (it averages the gradients, so a step on
+    N ranks with batch B is a step with batch N*B); the module itself on one."""
+    if not env.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    unused = cfg.train["find_unused_parameters"]
+    if unused is None:  # a spec with several outputs may leave parameters out of the loss
+        unused = len(compiled.spec.outputs) > 1
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+
+def _on_main(env: Env, fn):
+    """`fn()` on rank 0; its result, or its error, on every rank (a user error is then
+    printed by rank 0 alone)."""
+    if not env.distributed:
+        return fn()
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except (ConfigError, TrainingError) as err:
+            error = err
+    result, text = broadcast((result, None if error is None else str(error)), env)
+    if error is not None:
+        error.all_ranks = True
+        raise error
+    if text is not None:
+        raise _Reported(text)
+    return result
+
+
+class _Reported(ConfigError):
+    """Rank 0's error on the other ranks (rank 0 prints it; they exit quietly)."""
+
+    all_ranks = True
 
 
 def _seed_all(seed: int) -> None:
@@ -350,16 +450,28 @@ def run_folder_of(path: Path) -> Path:
 
 
 def _start_or_resume(run: Run, resume: bool | str | os.PathLike, force: bool) -> None:
-    run.ckpts.clean_temporaries()
-    if not resume:
-        return
-    found = _resume_source(run, Path(resume) if _is_path(resume) else None)
+    """Rank 0 picks and reads the checkpoint and hands it to every rank, so all resume
+    from the same one (and other machines need not see the run folder)."""
+    env = run.env
+
+    def find():
+        run.ckpts.clean_temporaries()
+        if not resume:
+            return None
+        found = _resume_source(run, Path(resume) if _is_path(resume) else None)
+        if found is None:
+            _warn(f"nothing to resume in {run.out}: starting from the beginning")
+        return found
+
+    found = _on_main(env, find)
     if found is None:
-        _warn(f"nothing to resume in {run.out}: starting from the beginning")
         return
     path, state = found
     _restore(run, state, path, force)
-    print(f"resuming from {path} (step {run.pos.step}, epoch {run.pos.epoch + 1})", flush=True)
+    if env.is_main:
+        print(f"resuming from {path} (step {run.pos.step}, epoch {run.pos.epoch + 1}"
+              + (f", {state.get('world_size', 1)} -> {env.world_size} processes"
+                 if state.get("world_size", 1) != env.world_size else "") + ")", flush=True)  # fmt: skip
 
 
 def _resume_source(run: Run, path: Path | None) -> tuple[Path, dict] | None:
@@ -406,34 +518,53 @@ def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
     run.schedule.load_state_dict(state["scheduler"])
     if state["scaler"]:
         run.scaler.load_state_dict(state["scaler"])
-    restore_rng(state["rng"])
     run.pos = Position(**state["position"])
+    env, saved_world = run.env, state.get("world_size", 1)
+    by_rank = state.get("rng_by_rank") or [state["rng"]]
+    if saved_world == env.world_size and len(by_rank) == env.world_size:
+        restore_rng(by_rank[env.rank])  # each rank goes on with its own stream
+    elif env.rank == 0:
+        restore_rng(state["rng"])
+    else:  # a rank the saved run did not have: a fresh stream, still a function of the seed
+        restore_rng(state["rng"])
+        _seed_all(_rank_seed(run.cfg.train["seed"] + run.pos.step, env.rank))
+    if saved_world != env.world_size:
+        # the epoch goes on from the same sample: the samples all ranks had consumed
+        run.pos.batch = run.pos.samples // (run.cfg.data["batch_size"] * env.world_size)
 
 
 # -- the loop --------------------------------------------------------------------------
 
 
-def _loop(run: Run, stop: _StopSignals) -> TrainResult:
+def _loop(run: Run) -> TrainResult:
     tcfg, pos, log = run.cfg.train, run.pos, run.log
     _write_lock(run)
     log.say(_banner(run))
-    batch_size = run.cfg.data["batch_size"]
+    n_train = run.loaders.sizes[0]
     ending = _ending(run)
     while ending is None:
-        run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.batch * batch_size)
+        run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.samples)
         run.loaders.train.generator.manual_seed((tcfg["seed"] * 100_003 + pos.epoch) % 2**63)
+        run.epoch_batches = pos.batch + len(run.loaders.train)
         for x, y in run.loaders.train:
             _guarded_micro_step(run, x, y)
             pos.batch += 1
-            if pos.batch % tcfg["grad_accum"] and pos.batch != run.batches_per_epoch:
+            pos.samples = min(n_train, pos.samples + len(y) * run.env.world_size)
+            if not _steps_now(run):
                 continue  # accumulating
             _optimizer_step(run)
-            ending = _after_step(run, stop)
+            ending = _after_step(run)
             if ending is not None:
                 break
         else:
             ending = _after_epoch(run)
     return _finish(run, ending)
+
+
+def _steps_now(run: Run) -> bool:
+    """Whether the micro-batch just done ends an accumulation group (or the epoch)."""
+    batch = run.pos.batch
+    return batch % run.cfg.train["grad_accum"] == 0 or batch == run.epoch_batches
 
 
 def _ending(run: Run) -> str | None:
@@ -452,6 +583,8 @@ def _guarded_micro_step(run: Run, x, y) -> None:
         _micro_step(run, x, y)
     except (RuntimeError, IndexError, ValueError) as err:
         pos = run.pos
+        if run.env.distributed and is_comm_error(err):
+            raise TrainingError(comm_failure(run.env, f"step {pos.step + 1}", err)) from None
         raise TrainingError(f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1}): "
                             f"{_first_line(err).rstrip('.')}; {_kept(run)}") from err  # fmt: skip
 
@@ -463,22 +596,66 @@ def _kept(run: Run) -> str:
 
 
 def _micro_step(run: Run, x, y) -> None:
-    """Forward and backward of one micro-batch; a non-finite loss stops or is skipped."""
+    """Forward and backward of one micro-batch; a non-finite loss stops or is skipped.
+    On several ranks, the ranks' losses and pending stop signals are shared first (one
+    small all-reduce), so every rank takes the same decision at the same step."""
     x, y = to_device(run.env.device, x, y)
     # a skipped batch must leave no trace, but its forward pass has already moved the
     # BatchNorm running statistics (to NaN): keep the buffers to put them back
     skip = run.cfg.train["on_nonfinite"] == "skip"
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
-    with run.autocast():
+    run.pos.batch += 1
+    syncs = _steps_now(run)  # DDP all-reduces the gradients in this backward pass only
+    run.pos.batch -= 1
+    with _no_sync(run, syncs), run.autocast():
         loss = run.loss_fn(pick_output(run.forward(x), run.output_index), y)
-    value = loss.item()
-    if not math.isfinite(value):
-        _non_finite(run, value, kept)
+    if faults.fault_at("nan_at_step", run.pos.step + 1, run.env.rank):
+        loss = loss * float("nan")
+    values = _shared_losses(run, loss)
+    bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        _non_finite(run, values[bad[0]], kept, bad)
+        if syncs and run.env.distributed:
+            _average_gradients(run)  # the skipped backward would have done it
         return
-    run.pos.loss_sum += value
+    run.pos.loss_sum += sum(values) / len(values)
     run.pos.loss_count += 1
     group = _group_size(run)
-    run.scaler.scale(loss / group if group > 1 else loss).backward()
+    with _no_sync(run, syncs):
+        run.scaler.scale(loss / group if group > 1 else loss).backward()
+
+
+def _no_sync(run: Run, syncs: bool):
+    """DDP's no_sync while accumulating: gradients are all-reduced once per step."""
+    if run.env.distributed and not syncs:
+        return run.forward.no_sync()
+    return nullcontext()
+
+
+def _shared_losses(run: Run, loss: torch.Tensor) -> list[float]:
+    """Every rank's loss of this micro-batch; also agrees on a stop signal (run.stopping)."""
+    env = run.env
+    if not env.distributed:
+        return [loss.item()]
+    slots = torch.zeros(env.world_size + 2, dtype=torch.float64, device=env.device)
+    slots[env.rank] = loss.detach()
+    signum = run.stop.signum if run.stop is not None else None
+    if signum is not None:
+        slots[env.world_size + (signum == signal.SIGINT)] = 1
+    pos = run.pos
+    values = all_sum(slots, env, f"step {pos.step + 1} (epoch {pos.epoch + 1})").tolist()
+    if values[env.world_size]:
+        run.stopping = "SIGTERM"
+    elif values[env.world_size + 1]:
+        run.stopping = "SIGINT"
+    return values[: env.world_size]
+
+
+def _average_gradients(run: Run) -> None:
+    world = run.env.world_size
+    for p in run.model.parameters():
+        if p.grad is not None:
+            all_sum(p.grad, run.env, "averaging gradients").div_(world)
 
 
 def _group_size(run: Run) -> int:
@@ -486,12 +663,14 @@ def _group_size(run: Run) -> int:
     so the step's gradient is the mean over the batches it saw."""
     accum = run.cfg.train["grad_accum"]
     first = run.pos.batch // accum * accum
-    return min(accum, run.batches_per_epoch - first)
+    return min(accum, run.epoch_batches - first)
 
 
-def _non_finite(run: Run, value: float, kept: list[torch.Tensor]) -> None:
+def _non_finite(run: Run, value: float, kept: list[torch.Tensor], ranks: list[int]) -> None:
     pos = run.pos
     where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"
+    if run.env.distributed:
+        where += f", on rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
     if run.cfg.train["on_nonfinite"] == "skip":
         with torch.no_grad():
             for buf, old in zip(run.model.buffers(), kept, strict=True):
@@ -499,8 +678,10 @@ def _non_finite(run: Run, value: float, kept: list[torch.Tensor]) -> None:
         pos.skipped += 1
         run.log.say(f"warning: {where}: loss is {value}; skipping this batch")
         return
-    raise TrainingError(f"{where}: loss is {value}; stopping ({_kept(run)}; set "
+    err = TrainingError(f"{where}: loss is {value}; stopping ({_kept(run)}; set "
                         "train.on_nonfinite: skip to skip such batches)")  # fmt: skip
+    err.all_ranks = True  # every rank stops here with this message; rank 0 prints it
+    raise err
 
 
 def _optimizer_step(run: Run) -> None:
@@ -515,12 +696,14 @@ def _optimizer_step(run: Run) -> None:
     run.pos.step += 1
 
 
-def _after_step(run: Run, stop: _StopSignals) -> str | None:
+def _after_step(run: Run) -> str | None:
     """Log, validate, checkpoint as due; the reason to stop, if any."""
     pos, tcfg = run.pos, run.cfg.train
-    if faults.fault_at("kill_after_step", pos.step):
+    if faults.fault_at("kill_after_step", pos.step, run.env.rank):
         run.ckpts.wait()  # the fault point: after step N, every earlier checkpoint on disk
         faults.die()
+    if faults.fault_at("hang_after_step", pos.step, run.env.rank):
+        faults.hang()
     due = pos.step % tcfg["log_every_n_steps"] == 0
     run.log.progress(pos.step, pos.epoch, tcfg["epochs"], pos.loss_sum / max(pos.loss_count, 1), due)
     if due:
@@ -530,19 +713,28 @@ def _after_step(run: Run, stop: _StopSignals) -> str | None:
         ending = _validate(run)
     ending = ending or _ending(run)
     every = tcfg["checkpoint_every_n_steps"]
-    if stop.signum is not None:
-        ending = signal.Signals(stop.signum).name
+    stopping = _stop_signal(run)
+    if stopping is not None:
+        ending = stopping
     # at an epoch's last step, _after_epoch validates first and then saves (if due)
-    deferred = pos.batch == run.batches_per_epoch and _epoch_checkpoint_due(run, pos.epoch + 1)
+    deferred = pos.batch == run.epoch_batches and _epoch_checkpoint_due(run, pos.epoch + 1)
     if ending is None and every and pos.step % every == 0 and not deferred:
         _checkpoint(run)
     return ending
 
 
+def _stop_signal(run: Run) -> str | None:
+    """SIGTERM/SIGINT if one asked the run to stop (on any rank: all stop together)."""
+    if run.env.distributed:
+        return run.stopping
+    signum = run.stop.signum if run.stop is not None else None
+    return signal.Signals(signum).name if signum is not None else None
+
+
 def _after_epoch(run: Run) -> str | None:
     pos, tcfg = run.pos, run.cfg.train
     pos.epoch += 1
-    pos.batch = 0
+    pos.batch = pos.samples = 0
     run.schedule.step("epoch")
     ending = None
     every = tcfg["val_every_n_epochs"]
@@ -590,7 +782,7 @@ def _validate(run: Run) -> str | None:
 
 
 def _evaluator(run: Run) -> Evaluator:
-    return Evaluator(run.model, run.forward, run.loss_fn, run.metrics, run.autocast,
+    return Evaluator(run.model, run.evaluate, run.loss_fn, run.metrics, run.autocast,
                      run.output_index, run.env)  # fmt: skip
 
 
@@ -607,13 +799,20 @@ def _is_better(run: Run, value: float | None) -> bool:
 # -- checkpoints and the end -----------------------------------------------------------
 
 
-def _state(run: Run) -> dict[str, Any]:
+def _state(run: Run) -> dict[str, Any] | None:
+    """The checkpoint's content on rank 0 (None elsewhere). Every rank calls it: each
+    rank's RNG state goes in, so a resume on as many ranks restores each stream. The
+    weights are the unwrapped model's, so no key carries DDP's `module.` prefix."""
+    rngs = gather(capture_rng(), run.env, "gathering the ranks' RNG states for a checkpoint")
+    if not run.env.is_main:
+        return None
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.schedule.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": capture_rng(),
+        "rng": rngs[0],
+        "rng_by_rank": rngs if run.env.distributed else None,
         "position": asdict(run.pos),
         "spec": {"name": run.compiled.spec.name, "hash": run.compiled.hash,
                  "lock": _lock_text(run)},
@@ -632,14 +831,16 @@ def _lock_text(run: Run) -> str:
 
 
 def _checkpoint(run: Run) -> Path | None:
+    state = _state(run)  # a collective: every rank is here, at the same step
     if not run.env.is_main:
         return None
-    return run.ckpts.save(_state(run), run.pos.step)
+    return run.ckpts.save(state, run.pos.step)
 
 
 def _save_best(run: Run) -> None:
+    state = _state(run)
     if run.env.is_main:
-        run.ckpts.save_best(_state(run))
+        run.ckpts.save_best(state)
         save_safetensors(run.model.state_dict(), run.out / "best.safetensors", _weights_meta(run))
 
 
@@ -656,6 +857,7 @@ def _finish(run: Run, ending: str) -> TrainResult:
         _log_train(run)
     last = _checkpoint(run)
     run.ckpts.close()
+    barrier(run.env, "waiting for the last checkpoint")  # no rank leaves before it is on disk
     if run.env.is_main:
         save_safetensors(run.model.state_dict(), run.out / "last.safetensors", _weights_meta(run))
     metrics = _last_metrics(run)
@@ -719,6 +921,7 @@ class _StopSignals:
     def __init__(self):
         self.signum: int | None = None
         self._old: dict = {}
+        self.quiet = launched_world()[0] != 0  # rank 0 alone says it
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -730,6 +933,8 @@ class _StopSignals:
         self.signum = signum
         again = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
         signal.signal(signum, again)
+        if self.quiet:
+            return
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
               "and stopping" + (" (again to abort now)" if signum == signal.SIGINT else ""),
               flush=True)  # fmt: skip

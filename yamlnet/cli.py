@@ -28,6 +28,7 @@ examples:
   yamlnet train specs/digits_cnn.yaml
   yamlnet train specs/digits_cnn.yaml --set train.epochs=20 --out runs/digits
   yamlnet train specs/digits_cnn.yaml --out runs/digits --resume
+  yamlnet train specs/digits_cnn.yaml --nproc 2 --max-restarts 1
   yamlnet eval specs/digits_cnn.yaml --checkpoint runs/digits
 """
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
+        if _says(err):
+            print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(err).__name__}: {err} (run with --verbose for the traceback)",
               file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
+
+
+def _says(err: BaseException) -> bool:
+    """Whether this process prints `err`: of an error every rank of a distributed run
+    raised alike (marked all_ranks), rank 0 alone prints it."""
+    return not getattr(err, "all_ranks", False) or os.environ.get("RANK", "0") == "0"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, help="train.seed")
     c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model, or not (train.compile)")  # fmt: skip
+    c.add_argument("--nproc", type=int, metavar="N", help="train on N local processes with "
+                   "DistributedDataParallel, started by PyTorch's elastic launcher (for several "
+                   "machines use torchrun: see the README)")  # fmt: skip
+    c.add_argument("--max-restarts", type=int, default=0, metavar="K", help="with --nproc: "
+                   "restart the workers up to K times after a failure; they resume from the last "
+                   "checkpoint (default 0)")  # fmt: skip
 
     c = command("eval", cmd_eval, "loss and metrics of a checkpoint on the spec's data", run_opts)
     c.add_argument("spec", metavar="SPEC")
@@ -298,16 +312,61 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from .runtime.errors import TrainingError
-    from .runtime.train import train
 
     resume = Path(args.resume_from) if args.resume_from else args.resume
+    if args.max_restarts < 0 or (args.max_restarts and args.nproc is None):
+        raise UserError("--max-restarts takes a number >= 0, and needs --nproc")
+    if args.nproc is not None:
+        return _launch(args, resume)
+    from .runtime.train import train
+
     try:
         result = train(Path(args.spec), config=args.config, out=args.out, resume=resume,
-                       force=args.force, **_run_overrides(args))  # fmt: skip
+                       force=args.force, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
     except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if _says(err):
+            print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     return result.exit_code
+
+
+def _launch(args, resume) -> int:
+    """--nproc N: check the run here, then start N workers with the same arguments and
+    the run folder fixed (so restarted workers resume the same run)."""
+    from pathlib import Path
+
+    from .runtime.launch import check_not_launched, launch
+    from .runtime.train import plan
+
+    if args.nproc < 1:
+        raise UserError("--nproc takes a number of processes >= 1")
+    check_not_launched()
+    out = plan(Path(args.spec), config=args.config, out=args.out, resume=resume,
+               plugins=tuple(args.plugin), overrides=_run_overrides(args))  # fmt: skip
+    return launch(_worker_args(args, out), args.nproc, args.max_restarts)
+
+
+def _worker_args(args, out) -> list[str]:
+    """The train command line of a worker: this one's, without --nproc/--max-restarts,
+    with --out set (workers start in this directory: other paths stay as given)."""
+    argv = [args.spec, "--out", str(out)]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.resume_from:
+        argv += ["--resume-from", args.resume_from]
+    elif args.resume:
+        argv.append("--resume")
+    argv += ["--force"] * args.force + ["--verbose"] * args.verbose
+    for plugin in args.plugin:
+        argv += ["--plugin", plugin]
+    for item in args.set:
+        argv += ["--set", item]
+    for flag in ("device", "precision", "epochs", "max_steps", "seed"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.compile is not None:
+        argv.append("--compile" if args.compile else "--no-compile")
+    return argv
 
 
 def cmd_eval(args) -> int:
