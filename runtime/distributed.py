@@ -193,9 +193,9 @@ def same_everywhere(value: Any, env: Env, what: str) -> None:
     values = gather(value, env, f"comparing {what}")
     odd = [r for r, v in enumerate(values) if v != values[0]]
     if odd:
-        err = ConfigError(f"rank {odd[0]} has a different {what} than rank 0 ({values[odd[0]]} vs "
-                          f"{values[0]})", hint="every process must see the same spec, config "
-                          "and --set values")  # fmt: skip
+        err = ConfigError(f"rank {odd[0]} has a different {what} than rank 0 ({str(values[odd[0]])[:12]} "
+                          f"vs {str(values[0])[:12]})", hint="every process must see the same spec, "
+                          "config and --set values")  # fmt: skip
         err.all_ranks = True
         raise err
 
@@ -208,10 +208,20 @@ def barrier(env: Env, what: str = "waiting for every rank") -> None:
         _collective(env, what, dist.all_reduce, torch.zeros(1, device=env.device))
 
 
-def shutdown(env: Env) -> None:
-    """Leave the process group (at the end of a run, also after a failure)."""
-    if env.distributed:
-        import torch.distributed as dist
+def shutdown(env: Env, together: bool = False) -> None:
+    """Leave the process group (at the end of a run, also after a failure). `together`:
+    every rank is leaving at this same point (the end, or an error all ranks raised), so
+    they first wait for each other: no rank tears its connections down under another
+    still using them."""
+    if not env.distributed:
+        return
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if together:
+        try:
+            barrier(env, "leaving together")
+        except TrainingError:
+            pass  # a rank already left: nothing to wait for
+    dist.destroy_process_group()

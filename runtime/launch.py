@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
 from dataclasses import fields
@@ -51,7 +52,9 @@ def launch(worker_args: list[str], nproc: int, max_restarts: int) -> int:
 def _report(err, max_restarts: int) -> int:
     """One line for the job's first failure (the workers printed their own errors)."""
     # a worker killed by a signal is the cause; the others' errors follow from it
-    failures = sorted(err.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
+    # (the launcher's own SIGTERM to the workers it stops after a failure comes last)
+    failures = sorted(err.failures.items(), key=lambda kv: (
+        kv[1].exitcode == -signal.SIGTERM, kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
     rank, failure = failures[0]
     code = failure.exitcode
     if code in (1, 2):

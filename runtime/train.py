@@ -31,7 +31,7 @@ import yaml
 from torch.utils.data import default_collate
 
 from ..compiler.compile import Compiled, compile_spec
-from ..compiler.errors import did_you_mean
+from ..compiler.errors import SpecError, did_you_mean
 from ..compiler.load import load_spec_source
 from ..compiler.lockfile import lockfile_text
 from . import faults, package_version
@@ -160,15 +160,19 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
         run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
                       overrides=overrides)  # fmt: skip
         run.stop = stop
+        together = True  # every rank ends here alike, unless an error of one rank's own
         try:
             run.log = (RunLog if run.env.is_main else NullLog)(
                 run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
             return _loop(run)
+        except BaseException as err:
+            together = getattr(err, "all_ranks", False)
+            raise
         finally:
             if run.log is not None:
                 run.log.close()
             run.ckpts.close()  # whatever happened, a checkpoint being written gets finished
-            shutdown(run.env)
+            shutdown(run.env, together)
 
 
 @contextmanager
@@ -196,18 +200,46 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
     with cfg.located():  # builders name a spec path; this adds its file:line:col
         env = setup_env(cfg.train["device"], cfg.train["dist_timeout"])
         try:
-            seed = cfg.train["seed"]
-            _seed_all(seed)  # every rank builds the same initial weights
-            _set_determinism(cfg.train["deterministic"], env)
-            compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+            failure, run = None, None
+            try:  # what each rank does alone; then all agree it went well
+                seed = cfg.train["seed"]
+                _seed_all(seed)  # every rank builds the same initial weights
+                _set_determinism(cfg.train["deterministic"], env)
+                compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+                run = _build(cfg, env, compiled, var_over)
+            except (SpecError, TrainingError) as err:
+                failure = err
+            _all_ready(env, failure)
             same_everywhere(compiled.hash, env, "network (graph hash)")
             same_everywhere(digest({"data": cfg.data, "train": cfg.train}), env, "run configuration")
             if env.rank:
                 _seed_all(_rank_seed(seed, env.rank))  # dropout differs across ranks
-            return _build(cfg, env, compiled, out, resume, force, var_over)
-        except BaseException:
-            shutdown(env)
+            run.forward = _wrap_ddp(run.evaluate, compiled, cfg, env)
+            _open_run(run, out, resume, force)
+            return run
+        except BaseException as err:
+            shutdown(env, getattr(err, "all_ranks", False))
             raise
+
+
+def _all_ready(env: Env, failure: BaseException | None) -> None:
+    """On several ranks: go on only if every rank got ready; otherwise rank 0 reports the
+    first failure (its own, or another rank's, named) and the others exit quietly."""
+    if not env.distributed:
+        if failure is not None:
+            raise failure
+        return
+    texts = gather(None if failure is None else str(failure), env, "checking every rank is ready")
+    failed = [(r, t) for r, t in enumerate(texts) if t is not None]
+    if not failed:
+        return
+    if not env.is_main:
+        raise _Reported(failed[0][1])
+    if failure is not None:
+        failure.all_ranks = True  # (printed: rank 0's)
+        raise failure
+    rank, text = failed[0]
+    raise _Reported(f"rank {rank}: {text}", printed=True)
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -226,11 +258,15 @@ def plan(spec, *, config=None, out=None, resume: bool | str = False, plugins=(),
     cfg = load_run_config(source.main, config, run_over)
     with cfg.located():
         compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
-        build_metrics(cfg.train["metrics"], cfg.error)
+        tcfg = cfg.train
+        build_metrics(tcfg["metrics"], cfg.error)
+        build_loss(tcfg["loss"])
+        build_optimizer(tcfg["optimizer"], compiled.module.parameters())
         return resolve_out_dir(out, compiled, resume)
 
 
-def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var_over) -> Run:
+def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
+    """Data, model, optimizer, schedule, checked on two samples (each rank alone)."""
     tcfg = cfg.train
     model = compiled.module.to(env.device)
     if tcfg["sync_batchnorm"] and env.device.type != "cuda":
@@ -252,7 +288,7 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
     inner = torch.compile(model) if tcfg["compile"] else model
     run = Run(
         cfg=cfg, env=env, compiled=compiled, model=model,
-        forward=_wrap_ddp(inner, compiled, cfg, env), evaluate=inner,
+        forward=inner, evaluate=inner,  # DDP wraps it once every rank is ready
         loaders=loaders, loss_fn=build_loss(tcfg["loss"]).to(env.device),
         metrics=metrics, optimizer=optimizer,
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
@@ -263,6 +299,12 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
         epoch_batches=batches, total_steps=total, variables={**cfg.vars, **var_over},
     )  # fmt: skip
     _preflight(run)  # before the run folder exists: a run that cannot start leaves none
+    return run
+
+
+def _open_run(run: Run, out, resume, force) -> None:
+    """The run folder and its checkpoints; the resumed state when resuming."""
+    env, compiled = run.env, run.compiled
     if env.restart and not resume:
         resume = True  # the elastic launcher restarted the workers: go on from the checkpoint
     if env.restart and env.is_main:
@@ -270,9 +312,8 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, out, resume, force, var
         print(f"restart {env.restart} of {limit}: a worker failed; the workers start again",
               flush=True)  # fmt: skip
     run.out = _on_main(env, lambda: resolve_out_dir(out, compiled, resume))
-    run.ckpts = CheckpointDir(run.out / "checkpoints", keep=tcfg["keep_checkpoints"])
+    run.ckpts = CheckpointDir(run.out / "checkpoints", keep=run.cfg.train["keep_checkpoints"])
     _start_or_resume(run, resume, force)
-    return run
 
 
 def _wrap_ddp(module: torch.nn.Module, compiled: Compiled, cfg: RunConfig, env: Env):
@@ -310,9 +351,14 @@ def _on_main(env: Env, fn):
 
 
 class _Reported(ConfigError):
-    """Rank 0's error on the other ranks (rank 0 prints it; they exit quietly)."""
+    """A failure every rank stops on: rank 0 prints it, the others exit quietly."""
 
-    all_ranks = True
+    def __init__(self, text: str, printed: bool = False):
+        super().__init__(text)
+        self.all_ranks = not printed  # rank 0 prints it either way
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
 
 
 def _seed_all(seed: int) -> None:
@@ -668,9 +714,8 @@ def _group_size(run: Run) -> int:
 
 def _non_finite(run: Run, value: float, kept: list[torch.Tensor], ranks: list[int]) -> None:
     pos = run.pos
-    where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"
-    if run.env.distributed:
-        where += f", on rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+    on = f", on rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}" if run.env.distributed else ""
+    where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1}{on})"
     if run.cfg.train["on_nonfinite"] == "skip":
         with torch.no_grad():
             for buf, old in zip(run.model.buffers(), kept, strict=True):
