@@ -40,7 +40,8 @@ def yamlnet_steps(steps: int, checkpoints: bool = True) -> float:
         run.log = RunLog(run.out, [], run.total_steps, stream=io.StringIO(), bar=False)
         t0 = time.perf_counter()
         with _StopSignals() as stop:
-            _loop(run, stop)
+            run.stop = stop
+            _loop(run)
         took = time.perf_counter() - t0
         run.log.close()
     return steps / took

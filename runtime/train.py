@@ -50,7 +50,9 @@ from .data import Loaders, build_loaders
 from .distributed import (
     Env,
     all_sum,
+    all_sum_started,
     barrier,
+    GradientRider,
     broadcast,
     gather,
     is_comm_error,
@@ -145,6 +147,7 @@ class Run:
     lock: str | None = None  # lockfile text of the network, made on first use
     stop: Any = None  # the _StopSignals of the run
     stopping: str | None = None  # a stop signal every rank has seen (SIGTERM, SIGINT)
+    pending: list = field(default_factory=list)  # losses of the accumulation group so far
 
 
 def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -327,7 +330,10 @@ def _wrap_ddp(module: torch.nn.Module, compiled: Compiled, cfg: RunConfig, env: 
     if unused is None:  # a spec with several outputs may leave parameters out of the loss
         unused = len(compiled.spec.outputs) > 1
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+    ddp = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+    ddp.rider = GradientRider(env)
+    ddp.register_comm_hook(ddp.rider, GradientRider.hook)
+    return ddp
 
 
 def _on_main(env: Env, fn):
@@ -643,8 +649,9 @@ def _kept(run: Run) -> str:
 
 def _micro_step(run: Run, x, y) -> None:
     """Forward and backward of one micro-batch; a non-finite loss stops or is skipped.
-    On several ranks, the ranks' losses and pending stop signals are shared first (one
-    small all-reduce), so every rank takes the same decision at the same step."""
+    On several ranks, the ranks' losses and pending stop signals are shared (one small
+    all-reduce, travelling while backward runs), so every rank takes the same decision
+    at the same step. A batch that may be skipped waits for it before backward."""
     x, y = to_device(run.env.device, x, y)
     # a skipped batch must leave no trace, but its forward pass has already moved the
     # BatchNorm running statistics (to NaN): keep the buffers to put them back
@@ -657,7 +664,13 @@ def _micro_step(run: Run, x, y) -> None:
         loss = run.loss_fn(pick_output(run.forward(x), run.output_index), y)
     if faults.fault_at("nan_at_step", run.pos.step + 1, run.env.rank):
         loss = loss * float("nan")
-    values = _shared_losses(run, loss)
+    if run.env.distributed and not skip:
+        _ddp_backward(run, loss, syncs)
+        return
+    shared = _share_losses(run, loss)
+    if not skip:
+        _backward(run, loss, syncs)  # (a NaN stops the run below: its gradients go unused)
+    values = shared()
     bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
     if bad:
         _non_finite(run, values[bad[0]], kept, bad)
@@ -666,6 +679,53 @@ def _micro_step(run: Run, x, y) -> None:
         return
     run.pos.loss_sum += sum(values) / len(values)
     run.pos.loss_count += 1
+    if skip:
+        _backward(run, loss, syncs)
+
+
+def _ddp_backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
+    """Backward on several ranks. The losses of an accumulation group, and any stop
+    signal, ride with the group's gradient all-reduce (GradientRider); the decisions
+    (stop on a NaN, log the mean loss) are taken at the group's end, alike on all ranks."""
+    env = run.env
+    run.pending.append(loss.detach())
+    if syncs:
+        run.forward.rider.carry(_step_extras(run, torch.stack(run.pending).sum()))
+    _backward(run, loss, syncs)
+    if not syncs:
+        return
+    shared = run.forward.rider.take().tolist()
+    count = len(run.pending)
+    run.pending.clear()
+    _note_stop(run, shared)
+    values = shared[: env.world_size]
+    bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        _non_finite(run, values[bad[0]], [], bad)  # stops (skipping takes the other path)
+    run.pos.loss_sum += sum(values) / env.world_size
+    run.pos.loss_count += count
+
+
+def _step_extras(run: Run, loss_sum: torch.Tensor) -> torch.Tensor:
+    """[this rank's loss in its slot, SIGTERM seen, SIGINT seen], to sum over ranks."""
+    env = run.env
+    extras = torch.zeros(env.world_size + 2, dtype=torch.float32, device=env.device)
+    extras[env.rank] = loss_sum.float()
+    signum = run.stop.signum if run.stop is not None else None
+    if signum is not None:
+        extras[env.world_size + (signum == signal.SIGINT)] = 1
+    return extras
+
+
+def _note_stop(run: Run, shared: list[float]) -> None:
+    world = run.env.world_size
+    if shared[world]:
+        run.stopping = "SIGTERM"
+    elif shared[world + 1]:
+        run.stopping = "SIGINT"
+
+
+def _backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
     group = _group_size(run)
     with _no_sync(run, syncs):
         run.scaler.scale(loss / group if group > 1 else loss).backward()
@@ -678,23 +738,22 @@ def _no_sync(run: Run, syncs: bool):
     return nullcontext()
 
 
-def _shared_losses(run: Run, loss: torch.Tensor) -> list[float]:
-    """Every rank's loss of this micro-batch; also agrees on a stop signal (run.stopping)."""
+def _share_losses(run: Run, loss: torch.Tensor):
+    """Start sharing this micro-batch's loss and any pending stop signal; returns the
+    function giving every rank's loss (and setting run.stopping when one must stop)."""
     env = run.env
     if not env.distributed:
-        return [loss.item()]
-    slots = torch.zeros(env.world_size + 2, dtype=torch.float64, device=env.device)
-    slots[env.rank] = loss.detach()
-    signum = run.stop.signum if run.stop is not None else None
-    if signum is not None:
-        slots[env.world_size + (signum == signal.SIGINT)] = 1
+        return lambda: [loss.item()]
     pos = run.pos
-    values = all_sum(slots, env, f"step {pos.step + 1} (epoch {pos.epoch + 1})").tolist()
-    if values[env.world_size]:
-        run.stopping = "SIGTERM"
-    elif values[env.world_size + 1]:
-        run.stopping = "SIGINT"
-    return values[: env.world_size]
+    wait = all_sum_started(_step_extras(run, loss.detach()), env,
+                           f"step {pos.step + 1} (epoch {pos.epoch + 1})")  # fmt: skip
+
+    def values() -> list[float]:
+        out = wait().tolist()
+        _note_stop(run, out)
+        return out[: env.world_size]
+
+    return values
 
 
 def _average_gradients(run: Run) -> None:
