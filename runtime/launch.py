@@ -50,19 +50,20 @@ def launch(worker_args: list[str], nproc: int, max_restarts: int) -> int:
 
 
 def _report(err, max_restarts: int) -> int:
-    """One line for the job's first failure (the workers printed their own errors)."""
-    # a worker killed by a signal is the cause; the others' errors follow from it
-    # (the launcher's own SIGTERM to the workers it stops after a failure comes last)
+    """One line for the job's failure (the workers printed their own errors): the rank
+    killed by a signal first (the others' errors follow from it; the launcher's own
+    SIGTERM to the workers it stops comes last), then any other failed rank."""
     failures = sorted(err.failures.items(), key=lambda kv: (
         kv[1].exitcode == -signal.SIGTERM, kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
     rank, failure = failures[0]
     code = failure.exitcode
     if code in (1, 2):
         return code  # a failed run or a user error: the worker has said which
-    how = (f"was killed by {failure.signal_name()}" if code < 0 else f"exited with code {code}")
+    parts = [f"rank {r} (pid {f.pid}) " + (f"was killed by {f.signal_name()}" if f.exitcode < 0
+             else f"exited with code {f.exitcode}") for r, f in failures]  # fmt: skip
     tried = f" after {max_restarts} restart(s)" if max_restarts else ""
-    print(f"error: rank {rank} (pid {failure.pid}) {how}; the job stopped{tried}. The last good "
-          "checkpoint is kept: --resume goes on from it", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"error: {'; '.join(parts)}; the job stopped{tried}. The last good checkpoint is kept: "
+          "--resume goes on from it", file=sys.stderr, flush=True)  # fmt: skip
     return 128 - code if code < 0 else (code or 1)
 
 

@@ -1002,10 +1002,13 @@ def _banner(run: Run) -> str:
     n_train, n_val = run.loaders.sizes
     t, spec = run.cfg.train, run.compiled.spec
     params = sum(p.numel() for p in run.model.parameters())
+    batch, world, accum = run.cfg.data["batch_size"], run.env.world_size, t["grad_accum"]
+    per_step = batch * world * accum
+    sizes = f"{batch}" + (f" x {world} processes" if world > 1 else "") + (f" x {accum} accumulated" if accum > 1 else "")
     return (f"run {run.out}: {spec.name} ({params:,} parameters, hash {run.compiled.hash[:12]})\n"
-            f"device {run.env.device}, precision {t['precision']}, {run.env.world_size} process(es); "
+            f"device {run.env.device}, precision {t['precision']}, {world} process(es); "
             f"data {run.cfg.data['dataset']}: {n_train} train / {n_val} val, batch "
-            f"{run.cfg.data['batch_size']}; {run.total_steps} steps")  # fmt: skip
+            f"{sizes}{f' = {per_step} per step' if per_step != batch else ''}; {run.total_steps} steps")  # fmt: skip
 
 
 def _summary(run: Run, ending: str, metrics: dict[str, float]) -> str:
