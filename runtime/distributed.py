@@ -31,7 +31,7 @@ import torch
 from . import faults
 from .errors import ConfigError, TrainingError
 
-__all__ = ["Env", "setup_env", "pick_device", "all_sum", "all_sum_started", "GradientRider", "broadcast", "gather", "same_everywhere",
+__all__ = ["Env", "setup_env", "pick_device", "all_sum", "all_sum_started", "GradientRider", "broadcast", "gather", "same_everywhere", "sync_buffers",
            "barrier", "shutdown", "is_comm_error"]  # fmt: skip
 
 
@@ -212,8 +212,10 @@ class GradientRider:
 
         grads = bucket.buffer()
         grads.div_(rider.env.world_size)
-        extras = rider._extras if bucket.index() == 0 else None
-        flat = grads if extras is None else torch.cat([grads, extras.to(grads.dtype)])
+        # (the extras stay exact in a float32 bucket; any other is left alone: take()
+        # then all-reduces them on their own)
+        extras = rider._extras if bucket.index() == 0 and grads.dtype == torch.float32 else None
+        flat = grads if extras is None else torch.cat([grads, extras])
         future = dist.all_reduce(flat, async_op=True).get_future()
 
         def done(fut):
@@ -258,6 +260,25 @@ def same_everywhere(value: Any, env: Env, what: str) -> None:
                           "config and --set values")  # fmt: skip
         err.all_ranks = True
         raise err
+
+
+def sync_buffers(module: torch.nn.Module, env: Env) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank, one broadcast per dtype,
+    so every rank validates the model rank 0 saves."""
+    if not env.distributed:
+        return
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    by_dtype: dict = {}
+    for buf in module.buffers():
+        by_dtype.setdefault(buf.dtype, []).append(buf)
+    for bufs in by_dtype.values():
+        flat = _flatten_dense_tensors([b.detach() for b in bufs])
+        _collective(env, "sharing rank 0's buffers", dist.broadcast, flat, 0)
+        with torch.no_grad():
+            for buf, value in zip(bufs, _unflatten_dense_tensors(flat, bufs), strict=True):
+                buf.copy_(value)
 
 
 def barrier(env: Env, what: str = "waiting for every rank") -> None:

@@ -57,8 +57,8 @@ def _report(err, max_restarts: int) -> int:
         kv[1].exitcode == -signal.SIGTERM, kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
     rank, failure = failures[0]
     code = failure.exitcode
-    if code in (1, 2):
-        return code  # a failed run or a user error: the worker has said which
+    if code in (1, 2) or code >= 128:
+        return code  # a failed run, a user error or a stop by signal: rank 0 has said which
     parts = [f"rank {r} (pid {f.pid}) " + (f"was killed by {f.signal_name()}" if f.exitcode < 0
              else f"exited with code {f.exitcode}") for r, f in failures]  # fmt: skip
     tried = f" after {max_restarts} restart(s)" if max_restarts else ""

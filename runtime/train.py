@@ -13,6 +13,7 @@ same float operations, in the same order, as the run that was never stopped.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -31,7 +32,7 @@ import yaml
 from torch.utils.data import default_collate
 
 from ..compiler.compile import Compiled, compile_spec
-from ..compiler.errors import SpecError, did_you_mean
+from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
 from ..compiler.lockfile import lockfile_text
 from . import faults, package_version
@@ -49,18 +50,19 @@ from .config import RunConfig, load_run_config, split_overrides
 from .data import Loaders, build_loaders
 from .distributed import (
     Env,
+    GradientRider,
     all_sum,
     all_sum_started,
     barrier,
-    GradientRider,
     broadcast,
+    comm_failure,
     gather,
     is_comm_error,
     launched_world,
-    comm_failure,
     same_everywhere,
     setup_env,
     shutdown,
+    sync_buffers,
 )
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import (
@@ -159,17 +161,23 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
         >>> result = yamlnet.train("specs/digits_cnn.yaml", **{"train.epochs": 2})  # doctest: +SKIP
         >>> result.metrics["val/accuracy"]                                          # doctest: +SKIP
     """
-    with _torch_settings_restored(), _StopSignals() as stop:
+    with _torch_settings_restored():
         run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
                       overrides=overrides)  # fmt: skip
-        run.stop = stop
         together = True  # every rank ends here alike, unless an error of one rank's own
         try:
-            run.log = (RunLog if run.env.is_main else NullLog)(
-                run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
-            return _loop(run)
+            with _StopSignals() as stop:
+                run.stop = stop
+                run.log = (RunLog if run.env.is_main else NullLog)(
+                    run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+                result = _loop(run)
+            if result.stopped.startswith("SIG"):
+                _mark_stopped(run, result.exit_code, f"stopped by {result.stopped}")
+            return result
         except BaseException as err:
             together = getattr(err, "all_ranks", False)
+            if together and isinstance(err, TrainingError):
+                _mark_stopped(run, 1, str(err))
             raise
         finally:
             if run.log is not None:
@@ -210,7 +218,7 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
                 _set_determinism(cfg.train["deterministic"], env)
                 compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
                 run = _build(cfg, env, compiled, var_over)
-            except (SpecError, TrainingError) as err:
+            except Exception as err:  # noqa: BLE001 - every rank must hear of it, or they wait
                 failure = err
             _all_ready(env, failure)
             same_everywhere(compiled.hash, env, "network (graph hash)")
@@ -232,17 +240,18 @@ def _all_ready(env: Env, failure: BaseException | None) -> None:
         if failure is not None:
             raise failure
         return
-    texts = gather(None if failure is None else str(failure), env, "checking every rank is ready")
+    said = None if failure is None else (isinstance(failure, TrainingError), _first_line(failure))
+    texts = gather(said, env, "checking every rank is ready")
     failed = [(r, t) for r, t in enumerate(texts) if t is not None]
     if not failed:
         return
-    if not env.is_main:
-        raise _Reported(failed[0][1])
-    if failure is not None:
-        failure.all_ranks = True  # (printed: rank 0's)
+    if failure is not None and env.is_main:
+        failure.all_ranks = True  # rank 0's own: printed by rank 0 alone
         raise failure
-    rank, text = failed[0]
-    raise _Reported(f"rank {rank}: {text}", printed=True)
+    rank, (training, text) = failed[0]
+    err = (TrainingError if training else _Reported)(f"rank {rank}: {text}")
+    err.all_ranks = True  # rank 0 prints it; the others exit quietly with its code
+    raise err
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -316,7 +325,40 @@ def _open_run(run: Run, out, resume, force) -> None:
               flush=True)  # fmt: skip
     run.out = _on_main(env, lambda: resolve_out_dir(out, compiled, resume))
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=run.cfg.train["keep_checkpoints"])
+    _check_not_stopped(run)
     _start_or_resume(run, resume, force)
+
+
+STOPPED = "stopped.json"  # in the run folder: a run under the elastic launcher that ended on purpose
+
+
+def _mark_stopped(run: Run, code: int, reason: str) -> None:
+    """Under the elastic launcher, say in the run folder that the run ended on purpose
+    (a NaN stop, a stop signal), so restarted workers do not train it on."""
+    if run.env.is_main and os.environ.get("TORCHELASTIC_RUN_ID") and run.out is not None:
+        atomic_write(run.out / STOPPED, json.dumps({"code": code, "reason": reason}).encode())
+
+
+def _check_not_stopped(run: Run) -> None:
+    """A restarted worker whose run ended on purpose exits with that run's code."""
+    env = run.env
+
+    def read():
+        path = run.out / STOPPED
+        if not env.restart:
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    note = _on_main(env, read)
+    if note:
+        err = TrainingError(f"not restarting: the run ended on purpose in the previous attempt "
+                            f"({note.get('reason', '?')})")  # fmt: skip
+        err.all_ranks, err.exit_code = True, int(note.get("code", 1))
+        raise err
 
 
 def _wrap_ddp(module: torch.nn.Module, compiled: Compiled, cfg: RunConfig, env: Env):
@@ -345,26 +387,24 @@ def _on_main(env: Env, fn):
     if env.is_main:
         try:
             result = fn()
-        except (ConfigError, TrainingError) as err:
+        except Exception as err:  # noqa: BLE001 - the other ranks wait for word of it
             error = err
-    result, text = broadcast((result, None if error is None else str(error)), env)
+    result, said = broadcast((result, None if error is None else
+                              (isinstance(error, TrainingError), str(error))), env)  # fmt: skip
     if error is not None:
         error.all_ranks = True
         raise error
-    if text is not None:
-        raise _Reported(text)
+    if said is not None:
+        err = (TrainingError if said[0] else _Reported)(said[1])
+        err.all_ranks = True
+        raise err
     return result
 
 
 class _Reported(ConfigError):
-    """A failure every rank stops on: rank 0 prints it, the others exit quietly."""
+    """Another rank's user error, which every rank stops on (rank 0 prints it)."""
 
-    def __init__(self, text: str, printed: bool = False):
-        super().__init__(text)
-        self.all_ranks = not printed  # rank 0 prints it either way
-
-    def __str__(self) -> str:
-        return self.args[0] if self.args else ""
+    all_ranks = True
 
 
 def _seed_all(seed: int) -> None:
@@ -508,9 +548,12 @@ def _start_or_resume(run: Run, resume: bool | str | os.PathLike, force: bool) ->
 
     def find():
         run.ckpts.clean_temporaries()
-        if not resume:
+        source = resume
+        if env.restart and run.ckpts.exists():
+            source = True  # restarted: what the previous attempt saved, not --resume-from's file
+        if not source:
             return None
-        found = _resume_source(run, Path(resume) if _is_path(resume) else None)
+        found = _resume_source(run, Path(source) if _is_path(source) else None)
         if found is None:
             _warn(f"nothing to resume in {run.out}: starting from the beginning")
         return found
@@ -572,6 +615,9 @@ def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.pos = Position(**state["position"])
     env, saved_world = run.env, state.get("world_size", 1)
+    batch = run.cfg.data["batch_size"]
+    if "samples" not in state["position"]:  # a checkpoint written before `samples` existed
+        run.pos.samples = min(run.loaders.sizes[0], run.pos.batch * batch * saved_world)
     by_rank = state.get("rng_by_rank") or [state["rng"]]
     if saved_world == env.world_size and len(by_rank) == env.world_size:
         restore_rng(by_rank[env.rank])  # each rank goes on with its own stream
@@ -581,8 +627,12 @@ def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
         restore_rng(state["rng"])
         _seed_all(_rank_seed(run.cfg.train["seed"] + run.pos.step, env.rank))
     if saved_world != env.world_size:
-        # the epoch goes on from the same sample: the samples all ranks had consumed
-        run.pos.batch = run.pos.samples // (run.cfg.data["batch_size"] * env.world_size)
+        # the epoch goes on from the same sample (the samples all ranks had consumed),
+        # rounded down to a whole optimizer step of the new world
+        accum = run.cfg.train["grad_accum"]
+        steps_in = run.pos.samples // (batch * env.world_size) // accum
+        run.pos.batch = steps_in * accum
+        run.pos.samples = min(run.pos.samples, run.pos.batch * batch * env.world_size)
 
 
 # -- the loop --------------------------------------------------------------------------
@@ -869,6 +919,7 @@ def _validate(run: Run) -> str | None:
     pos.val_step = pos.step
     if run.loaders.val is None:
         return None
+    sync_buffers(run.model, run.env)  # every rank validates the model rank 0 saves
     values = _evaluator(run)(run.loaders.val)
     run.log.write(pos.step, pos.epoch, values)
     improved = _is_better(run, values.get(run.monitor)) if run.monitor else False

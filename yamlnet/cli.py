@@ -338,7 +338,7 @@ def cmd_train(args) -> int:
     except TrainingError as err:
         if _says(err):
             print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+        return getattr(err, "exit_code", EXIT_FAILURE)
     return result.exit_code
 
 
