@@ -82,6 +82,8 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         else:
             first = (list(inputs),) if op.list_input else tuple(inputs)
             env[name] = graph.create_node("call_function", op.target, (*first, *pos), kw, fx_name)
+    for name, fx_node in env.items():
+        fx_node.meta["spec_node"] = name  # which spec node each fx node computes (summary costs)
     outs = [value(ref) for _, ref in spec.outputs]
     graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     graph.lint()

@@ -49,8 +49,11 @@ def test_summary_formats(capsys):
     rc, out, _ = run(capsys, "summary", R18, "--format", "json")
     doc = json.loads(out)
     assert doc["total_params"] == 11689512 and doc["nodes"][-1]["output"] == "[N, 1000]"
-    rc, out, _ = run(capsys, "summary", R18, "--format", "csv", "--set", "classes=10")
+    rc, out, _ = run(capsys, "summary", R18, "--format", "csv", "--set", "classes=10", "--no-costs")
     assert out.splitlines()[0] == "name,op,output,params" and out.splitlines()[-1] == "fc,Linear,\"[N, 10]\",5130"
+    rc, out, _ = run(capsys, "summary", R18, "--format", "csv", "--set", "classes=10", "--dim", "N=2")
+    assert out.splitlines()[0] == "name,op,output,params,macs,activation_bytes"
+    assert out.splitlines()[-1] == "fc,Linear,\"[N, 10]\",5130,10240,80"  # 2 x 512 x 10; 2 x 10 floats
 
 
 def test_expand_is_the_resolved_spec(capsys):

@@ -134,10 +134,14 @@ def _parser() -> argparse.ArgumentParser:
                 spec_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
 
-    c = command("summary", cmd_summary, "per-node table: name, op, output shape, parameters",
-                spec_opts)  # fmt: skip
+    c = command("summary", cmd_summary, "per-node table: name, op, output shape, parameters, "
+                "MACs and activation memory", spec_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE",
+                   help="size of a symbolic input dim for MACs and activations (N is 1 unless given)")  # fmt: skip
+    c.add_argument("--no-costs", action="store_true", help="leave out MACs and activations "
+                   "(no weights are built: faster for big specs)")  # fmt: skip
 
     c = command("compile", cmd_compile, "build the nn.Module; optionally write standalone Python "
                 "and an initialised state_dict", spec_opts)  # fmt: skip
@@ -283,9 +287,31 @@ def cmd_expand(args) -> int:
 def cmd_summary(args) -> int:
     from .compiler.summary import format_summary, summary_rows
 
+    dims = _dims(args.dim)
     result = _compile(args, args.spec)
-    print(format_summary(result, summary_rows(result), args.format), end="")
+    costs, note = None, ""
+    if not args.no_costs:
+        from .compiler.costs import missing_dims, node_costs
+
+        missing = missing_dims(result, dims)
+        if missing:
+            note = f"(MACs and activations need sizes: --dim {missing[0]}=SIZE{' ...' * (len(missing) > 1)})"
+        else:
+            result = _compile(args, args.spec, build=True)
+            costs = node_costs(result, dims)
+    sizes = {"N": 1, **dims} if costs is not None else None
+    print(format_summary(result, summary_rows(result, costs), args.format, sizes, note), end="")
     return EXIT_OK
+
+
+def _dims(items: list[str]) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, sep, size = item.partition("=")
+        if not sep or not size.isdigit() or int(size) < 1:
+            raise UserError(f"--dim expects SYMBOL=SIZE, got '{item}'")
+        dims[name.strip()] = int(size)
+    return dims
 
 
 def cmd_compile(args) -> int:
@@ -442,12 +468,7 @@ def cmd_export(args) -> int:
 
     from .runtime.export import TS_DEPRECATION, ExportError, export, format_checks
 
-    dims = {}
-    for item in args.dim:
-        name, sep, size = item.partition("=")
-        if not sep or not size.isdigit() or int(size) < 1:
-            raise UserError(f"--dim expects SYMBOL=SIZE, got '{item}'")
-        dims[name.strip()] = int(size)
+    dims = _dims(args.dim)
     if args.format == "torchscript":
         print(TS_DEPRECATION)
     try:
