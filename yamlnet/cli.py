@@ -143,6 +143,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-costs", action="store_true", help="leave out MACs and activations "
                    "(no weights are built: faster for big specs)")  # fmt: skip
 
+    c = command("graph", cmd_graph, "draw the network: svg, png or pdf through Graphviz, or dot "
+                "and mermaid text", spec_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--format", choices=list(GRAPH_FORMATS), help="default: from --out's extension, "
+                   "else dot on standard output")  # fmt: skip
+    c.add_argument("-o", "--out", metavar="FILE", help="write here (default: standard output for "
+                   "dot/mermaid, NAME.FORMAT for pictures)")  # fmt: skip
+    c.add_argument("--depth", type=int, metavar="K", help="collapse blocks nested deeper than K "
+                   "into one box each (0: every top-level block is a box)")  # fmt: skip
+
     c = command("compile", cmd_compile, "build the nn.Module; optionally write standalone Python "
                 "and an initialised state_dict", spec_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
@@ -312,6 +322,48 @@ def _dims(items: list[str]) -> dict[str, int]:
             raise UserError(f"--dim expects SYMBOL=SIZE, got '{item}'")
         dims[name.strip()] = int(size)
     return dims
+
+
+GRAPH_FORMATS = ("svg", "png", "pdf", "dot", "mermaid")
+NO_DOT = ("Graphviz's `dot` program is not installed (Debian/Ubuntu: apt install graphviz; macOS: "
+          "brew install graphviz; conda install graphviz); --format dot or mermaid need nothing")  # fmt: skip
+
+
+def cmd_graph(args) -> int:
+    import shutil
+    import subprocess
+
+    from .compiler.draw import drawing, to_dot, to_mermaid
+
+    fmt = args.format
+    if fmt is None:
+        ext = os.path.splitext(args.out or "")[1].lstrip(".").lower()
+        fmt = {"gv": "dot", "mmd": "mermaid", "md": "mermaid"}.get(ext, ext) if ext else "dot"
+        if fmt not in GRAPH_FORMATS:
+            raise UserError(f"cannot tell the format from '{args.out}'; pass --format "
+                            + "|".join(GRAPH_FORMATS))  # fmt: skip
+    if args.depth is not None and args.depth < 0:
+        raise UserError("--depth takes a number >= 0")
+    result = _compile(args, args.spec)
+    picture = drawing(result, args.depth)
+    text = to_mermaid(picture) if fmt == "mermaid" else to_dot(picture)
+    if fmt in ("dot", "mermaid"):
+        if args.out:
+            _write(args.out, text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return EXIT_OK
+    dot = shutil.which("dot")
+    if dot is None:
+        raise UserError(NO_DOT)
+    out = args.out or f"{result.spec.name}.{fmt}"
+    done = subprocess.run([dot, f"-T{fmt}"], input=text.encode(), capture_output=True, timeout=300)
+    if done.returncode != 0:
+        raise UserError(f"dot failed: {done.stderr.decode(errors='replace').strip().splitlines()[0]}")
+    _write(out, done.stdout)
+    print(f"wrote {out}")
+    return EXIT_OK
 
 
 def cmd_compile(args) -> int:
