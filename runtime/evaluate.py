@@ -131,7 +131,26 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
         if found is None:
             raise CheckpointError(f"no checkpoint in {path}")
         return found
+    if path.suffix == ".ckpt":
+        state = lightning_checkpoint(path)
+        if state is not None:
+            return path, state
     return path, load_checkpoint(path)
+
+
+def lightning_checkpoint(path: Path) -> dict | None:
+    """A checkpoint `lightning.Trainer` wrote for `yamlnet.lightning.SpecModule`, as the
+    model weights and run configuration eval/predict need (None if it is not one). Read
+    with weights_only: no code is unpickled."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a Lightning checkpoint we can read: say so below
+        return None
+    if not isinstance(payload, dict) or "pytorch-lightning_version" not in payload:
+        return None
+    weights = payload.get("state_dict", {})
+    model = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+    return {"model": model, "config": payload.get("yamlnet", {}).get("config", {})}
 
 
 def compile_checkpoint(source: SpecSource, path: Path, state: dict, variables: dict,
