@@ -200,6 +200,19 @@ def split_overrides(items: dict[str, Any]) -> tuple[dict, dict]:
     return run, variables
 
 
+def load_run(spec: str | os.PathLike, config: str | os.PathLike | None = None,
+             overrides: dict[str, Any] | None = None):
+    """The spec's source, its checked run configuration, and the variable overrides:
+    what `train`, the launcher's check and the Lightning adapter all start from."""
+    from pathlib import Path
+
+    from ..compiler.load import load_spec_source
+
+    run_over, var_over = split_overrides(dict(overrides or {}))
+    source = load_spec_source(Path(spec))
+    return source, load_run_config(source.main, config, run_over), var_over
+
+
 def load_run_config(spec_doc: Document, config_path: str | os.PathLike | None = None,
                     overrides: dict[str, Any] | None = None) -> RunConfig:  # fmt: skip
     """Merge the spec's sections, a config file and dotted overrides; check; fill defaults."""

@@ -29,10 +29,11 @@ from typing import Any
 import torch
 
 from . import faults
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, first_line
 
-__all__ = ["Env", "setup_env", "pick_device", "all_sum", "all_sum_started", "GradientRider", "broadcast", "gather", "same_everywhere", "sync_buffers",
-           "barrier", "shutdown", "is_comm_error"]  # fmt: skip
+__all__ = ["Env", "setup_env", "pick_device", "all_sum", "all_sum_started", "GradientRider",
+           "broadcast", "gather", "same_everywhere", "sync_buffers", "barrier", "shutdown",
+           "is_comm_error"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,7 @@ def _join_group(env: Env) -> None:
         barrier(env)
     except (RuntimeError, ValueError) as err:
         raise TrainingError(f"rank {env.rank}: could not join the {env.world_size} processes "
-                            f"at {where} within {env.timeout:g} s: {_first_line(err)}") from None  # fmt: skip
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+                            f"at {where} within {env.timeout:g} s: {first_line(err, 200)}") from None  # fmt: skip
 
 
 def is_comm_error(err: BaseException) -> bool:
@@ -149,7 +145,7 @@ def _collective(env: Env, what: str, fn, *args):
 
 def comm_failure(env: Env, what: str, err: BaseException) -> str:
     """One line for a collective that failed: a peer that went away, or a timeout."""
-    text = _first_line(err)
+    text = first_line(err, 200)
     text = re.sub(r"^\[[^\]]*\] ", "", text)  # gloo's [source:line] prefix
     text = text.split(". This is typically")[0].rstrip(".")
     if re.search(r"[Tt]imed? ?out", text):

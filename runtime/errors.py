@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..compiler.errors import Location, SpecError
 
-__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation"]
+__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation", "first_line"]
 
 
 class ConfigError(SpecError):
@@ -20,6 +20,12 @@ class CheckpointError(ConfigError):
 
 class TrainingError(Exception):
     """The run stopped on its own (non-finite loss); the last good checkpoint is kept."""
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of an error's message (its type's name if it has none)."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
 class ArgLocation(Location):

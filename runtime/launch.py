@@ -21,7 +21,7 @@ from dataclasses import fields
 
 from .errors import ConfigError
 
-__all__ = ["launch", "check_not_launched"]
+__all__ = ["launch", "launched", "check_not_launched"]
 
 
 def launch(worker_args: list[str], nproc: int, max_restarts: int) -> int:
@@ -67,8 +67,14 @@ def _report(err, max_restarts: int) -> int:
     return 128 - code if code < 0 else (code or 1)
 
 
+def launched() -> bool:
+    """Whether this process was started by a launcher (torchrun, --nproc, or by hand with
+    WORLD_SIZE > 1): a worker of a distributed job."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 def check_not_launched() -> None:
     """--nproc starts workers itself; inside torchrun (or one of our workers) it is wrong."""
-    if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if launched():
         raise ConfigError("--nproc cannot be used inside torchrun or another launcher",
                           hint="drop --nproc: the launcher already started the processes")  # fmt: skip

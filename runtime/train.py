@@ -33,7 +33,6 @@ from torch.utils.data import default_collate
 
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
-from ..compiler.load import load_spec_source
 from ..compiler.lockfile import lockfile_text
 from . import faults, package_version
 from .checkpoint import (
@@ -46,7 +45,7 @@ from .checkpoint import (
     restore_rng,
     save_safetensors,
 )
-from .config import RunConfig, load_run_config, split_overrides
+from .config import RunConfig, load_run
 from .data import Loaders, build_loaders
 from .distributed import (
     Env,
@@ -64,7 +63,7 @@ from .distributed import (
     shutdown,
     sync_buffers,
 )
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError, first_line
 from .evaluate import (
     Evaluator,
     autocast_for,
@@ -205,9 +204,7 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
             plugins=(), overrides=None) -> Run:  # fmt: skip
     """Compile the spec, check the run config, build data, model and optimizer, and
     restore a checkpoint when resuming."""
-    run_over, var_over = split_overrides(dict(overrides or {}))
-    source = load_spec_source(Path(spec) if not isinstance(spec, Path) else spec)
-    cfg = load_run_config(source.main, config, run_over)
+    source, cfg, var_over = load_run(spec, config, overrides)
     with cfg.located():  # builders name a spec path; this adds its file:line:col
         env = setup_env(cfg.train["device"], cfg.train["dist_timeout"])
         try:
@@ -240,7 +237,7 @@ def _all_ready(env: Env, failure: BaseException | None) -> None:
         if failure is not None:
             raise failure
         return
-    said = None if failure is None else (isinstance(failure, TrainingError), _first_line(failure))
+    said = None if failure is None else (isinstance(failure, TrainingError), first_line(failure))
     texts = gather(said, env, "checking every rank is ready")
     failed = [(r, t) for r, t in enumerate(texts) if t is not None]
     if not failed:
@@ -265,9 +262,7 @@ def plan(spec, *, config=None, out=None, resume: bool | str = False, plugins=(),
     """What a launcher checks before it starts workers: the spec compiles and the run
     configuration is valid (a mistake is one error here, not one per worker). Returns the
     run folder, made now, so that restarted workers resume this run."""
-    run_over, var_over = split_overrides(dict(overrides or {}))
-    source = load_spec_source(Path(spec) if not isinstance(spec, Path) else spec)
-    cfg = load_run_config(source.main, config, run_over)
+    source, cfg, var_over = load_run(spec, config, overrides)
     with cfg.located():
         compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
         tcfg = cfg.train
@@ -446,7 +441,7 @@ def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: i
     try:
         x, _ = loaders.train.dataset[(0, 0)]
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise cfg.error(f"cannot load a training sample: {_first_line(err)}", ("data", "transforms"),
+        raise cfg.error(f"cannot load a training sample: {first_line(err)}", ("data", "transforms"),
                         "do the transforms fit the samples?") from None  # fmt: skip
     inp = compiled.spec.inputs[index]
     if not fits_input(tuple(x.shape), inp):
@@ -456,11 +451,6 @@ def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: i
     if x.is_floating_point() != is_float_input(inp):
         raise cfg.error(f"samples are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}",
                         ("data", "dataset"))  # fmt: skip
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _preflight(run: Run) -> None:
@@ -480,7 +470,7 @@ def _preflight(run: Run) -> None:
             loss = run.loss_fn(pred, y)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         raise run.cfg.error(f"{name} cannot take outputs {list(pred.shape) if pred is not None else '?'} "
-                            f"and targets {list(y.shape)} {y.dtype}: {_first_line(err)}",
+                            f"and targets {list(y.shape)} {y.dtype}: {first_line(err)}",
                             ("train", "loss")) from None  # fmt: skip
     finally:
         run.model.train()
@@ -619,12 +609,9 @@ def _restore(run: Run, state: dict, path: Path, force: bool) -> None:
     if "samples" not in state["position"]:  # a checkpoint written before `samples` existed
         run.pos.samples = min(run.loaders.sizes[0], run.pos.batch * batch * saved_world)
     by_rank = state.get("rng_by_rank") or [state["rng"]]
-    if saved_world == env.world_size and len(by_rank) == env.world_size:
-        restore_rng(by_rank[env.rank])  # each rank goes on with its own stream
-    elif env.rank == 0:
-        restore_rng(state["rng"])
-    else:  # a rank the saved run did not have: a fresh stream, still a function of the seed
-        restore_rng(state["rng"])
+    same = saved_world == env.world_size and len(by_rank) == env.world_size
+    restore_rng(by_rank[env.rank] if same else state["rng"])  # same ranks: each its own stream
+    if not same and env.rank:  # a rank the saved run did not have: a fresh stream, from the seed
         _seed_all(_rank_seed(run.cfg.train["seed"] + run.pos.step, env.rank))
     if saved_world != env.world_size:
         # the epoch goes on from the same sample (the samples all ranks had consumed),
@@ -652,7 +639,7 @@ def _loop(run: Run) -> TrainResult:
             _guarded_micro_step(run, x, y)
             pos.batch += 1
             pos.samples = min(n_train, pos.samples + len(y) * run.env.world_size)
-            if not _steps_now(run):
+            if not _steps_now(run, pos.batch):
                 continue  # accumulating
             _optimizer_step(run)
             ending = _after_step(run)
@@ -663,9 +650,8 @@ def _loop(run: Run) -> TrainResult:
     return _finish(run, ending)
 
 
-def _steps_now(run: Run) -> bool:
-    """Whether the micro-batch just done ends an accumulation group (or the epoch)."""
-    batch = run.pos.batch
+def _steps_now(run: Run, batch: int) -> bool:
+    """Whether the epoch's `batch`-th micro-batch ends an accumulation group (or the epoch)."""
     return batch % run.cfg.train["grad_accum"] == 0 or batch == run.epoch_batches
 
 
@@ -688,7 +674,7 @@ def _guarded_micro_step(run: Run, x, y) -> None:
         if run.env.distributed and is_comm_error(err):
             raise TrainingError(comm_failure(run.env, f"step {pos.step + 1}", err)) from None
         raise TrainingError(f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1}): "
-                            f"{_first_line(err).rstrip('.')}; {_kept(run)}") from err  # fmt: skip
+                            f"{first_line(err).rstrip('.')}; {_kept(run)}") from err  # fmt: skip
 
 
 def _kept(run: Run) -> str:
@@ -707,9 +693,7 @@ def _micro_step(run: Run, x, y) -> None:
     # BatchNorm running statistics (to NaN): keep the buffers to put them back
     skip = run.cfg.train["on_nonfinite"] == "skip"
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
-    run.pos.batch += 1
-    syncs = _steps_now(run)  # DDP all-reduces the gradients in this backward pass only
-    run.pos.batch -= 1
+    syncs = _steps_now(run, run.pos.batch + 1)  # DDP all-reduces the gradients in this backward only
     with _no_sync(run, syncs), run.autocast():
         loss = run.loss_fn(pick_output(run.forward(x), run.output_index), y)
     if faults.fault_at("nan_at_step", run.pos.step + 1, run.env.rank):

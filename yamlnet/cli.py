@@ -39,7 +39,9 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
-    if os.environ.get("TORCHELASTIC_RUN_ID") or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from .runtime.launch import launched  # (no torch: `--help` stays quick)
+
+    if launched():
         # a distributed worker: its run is over, files closed and process group left.
         # Leave now, without the interpreter's teardown, where Gloo's threads can still
         # abort the process (SIGABRT) and turn a clean exit code into a crash.

@@ -21,15 +21,13 @@ own sampler).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from .compiler.compile import compile_spec
-from .compiler.load import load_spec_source
-from .runtime.config import load_run_config, split_overrides
+from .runtime.config import load_run
 from .runtime.data import build_loaders
 from .runtime.evaluate import output_index, pick_output
 from .runtime.metrics import build_metrics
@@ -45,9 +43,7 @@ class SpecModule(L.LightningModule):
     def __init__(self, spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
                  **overrides: Any):  # fmt: skip
         super().__init__()
-        run_over, var_over = split_overrides(dict(overrides))
-        source = load_spec_source(Path(spec))
-        self.cfg = load_run_config(source.main, config, run_over)
+        source, self.cfg, var_over = load_run(spec, config, overrides)
         with self.cfg.located():
             torch.manual_seed(self.cfg.train["seed"])  # the weights `yamlnet train` starts from
             self.compiled = compile_spec(source, {**self.cfg.vars, **var_over})
