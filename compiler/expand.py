@@ -7,7 +7,7 @@ What happens here:
 - blocks are instantiated with their parameters; each instance's nodes are named
   under it (`layer1.0.conv1`), which becomes the module hierarchy and state_dict keys;
 - `repeat: n` makes instances `name.0 ... name.{n-1}`, chained, each seeing `i`;
-- a node whose `if:` is false is left out and passes its input through;
+- a node whose `if:` is false is left out and passes its (first) input through;
 - a node's `in:` defaults to the previous node; names are resolved within their
   scope (the block instance), so blocks never see each other's insides.
 
@@ -141,7 +141,7 @@ class _Env:
 
 @dataclass(frozen=True)
 class _Skipped:
-    """A node left out by `if:` that cannot pass through (it has several inputs)."""
+    """A node left out by `if:` that has no input to pass through (a Parameter)."""
 
     name: str
     inputs: tuple
@@ -306,10 +306,13 @@ class _Expander:
         return repeat
 
     def _left_out(self, name: str, node: dict, inputs: tuple, env: _Env, loc, where):
-        """What a node left out by `if: false` or `repeat: 0` stands for: its input."""
-        if isinstance(node.get("in"), str):  # to name a loop of left-out nodes
-            env.skips[name] = (parse_ref(node["in"])[0], loc, where)
-        return inputs[0] if len(inputs) == 1 else _Skipped(name, inputs, loc, where)
+        """What a node left out by `if: false` or `repeat: 0` stands for: its first input
+        (so an optional residual `add: {in: [body, input], if: ...}` leaves `body`)."""
+        first = node.get("in")
+        first = first[0] if isinstance(first, list) and first else first
+        if isinstance(first, str):  # to name a loop of left-out nodes
+            env.skips[name] = (parse_ref(first)[0], loc, where)
+        return inputs[0] if inputs else _Skipped(name, inputs, loc, where)
 
     def _instance(self, node, full, inputs, scope, path, doc, env):
         """One op node or block instance; returns its output (Ref or tuple of Refs)."""
@@ -318,7 +321,7 @@ class _Expander:
             if isinstance(value, tuple):
                 raise _bundle_error(f"input {k} comes from", value, loc, where)
             if isinstance(value, _Skipped):
-                self._final(value, env)  # raises: a left-out node with several inputs
+                self._final(value, env)  # raises: a left-out node without an input
         if "block" in node:
             return self._block(node, full, inputs, scope, path, doc)
         if "nodes" in node:
@@ -479,9 +482,8 @@ class _Expander:
             target = value.scope.refs[value.name]
             return value if target is value else self._final(target, env, depth + 1)
         if isinstance(value, _Skipped):
-            raise GraphError(f"'{value.name}' is left out (if: false or repeat: 0) and has "
-                             f"{len(value.inputs)} inputs, so it cannot pass one through",
-                             value.loc, value.path)  # fmt: skip
+            raise GraphError(f"'{value.name}' is left out (if: false or repeat: 0) and has no "
+                             "input to pass through", value.loc, value.path)  # fmt: skip
         return value
 
     def _shape_fn(self, env: _Env):

@@ -50,6 +50,34 @@ def test_if_false_passes_input_through():
     assert [n.name for n in yamlnet.load_spec(text, norm=True).nodes] == ["fc", "bn", "act"]
 
 
+def test_left_out_node_with_several_inputs_passes_its_first_input():
+    text = spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          res: {block: residual, repeat: 2, skip: "${i == 0}"}
+        blocks:
+          residual:
+            params: {skip: bool}
+            nodes:
+              fc: {op: Linear, out_features: 4}
+              add: {op: add, in: [fc, input], if: "${skip}"}
+        """)
+    r = yamlnet.build(text)
+    assert [n.name for n in r.spec.nodes] == ["res.0.fc", "res.0.add", "res.1.fc"]
+    x = torch.randn(3, 4)
+    m = r.module
+    fc0, fc1 = m.get_submodule("res.0.fc"), m.get_submodule("res.1.fc")
+    assert torch.equal(m(x), fc1(fc0(x) + x))
+    with pytest.raises(yamlnet.SpecError, match="left out .* has no input to pass through"):
+        yamlnet.load_spec(spec("""
+            yamlnet: 1
+            nodes:
+              p: {op: Parameter, shape: [4], if: "${false}"}
+              out: {op: mul, in: p, other: 2}
+            """))
+
+
 def test_shape_of_input_in_expressions_and_symbolic_dims():
     r = yamlnet.build(spec("""
         yamlnet: 1
@@ -166,8 +194,6 @@ BUNDLE = "blocks:\n  two: {nodes: {p: {op: ReLU}, q: {op: Tanh, in: input}}, out
         ("  fc: {op: Linear, in: g, out_features: 3}\n  g: {block: two, in: x}\n" + BUNDLE,
          "t.yaml:4:3: nodes.fc: an input comes from a block with 2 outputs"),
         ("  g: {block: two}\noutputs: g\n" + BUNDLE, "t.yaml:5:1: outputs: output 'g' is a block with 2 outputs"),
-        ("  a: {op: Linear, out_features: 4}\n  s: {op: add, in: [x, a], if: false}\n  fc: {op: ReLU}\n",
-         "t.yaml:5:3: nodes.s: 's' is left out (if: false or repeat: 0) and has 2 inputs"),
         ("  a: {op: Linear, out_features: \"${8 / 2}\"}\n",
          "t.yaml:4:19: nodes.a.out_features: Linear.out_features expects an integer, got number 4.0 "
          "(use // or int(...) in the expression)"),
