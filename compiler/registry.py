@@ -160,6 +160,17 @@ class Registry:
             self._ops[name] = op
         return op
 
+    def module_op(self, cls: type) -> str | None:
+        """The name of the module op whose class is `cls` (a built-in op is named after
+        its class; a plugin may name its op otherwise), or None."""
+        name = cls.__name__
+        if name in self and self.get(name).kind == "module" and self.get(name).target is cls:
+            return name
+        for key, op in self._ops.items():
+            if isinstance(op, OpDef) and op.kind == "module" and op.target is cls:
+                return key
+        return None
+
     def all(self) -> Iterable[OpDef]:
         return (self.get(n) for n in self.names())
 

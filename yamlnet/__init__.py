@@ -18,7 +18,7 @@ from .compiler.errors import SpecError
 __version__ = "0.1.0"
 __all__ = [
     "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict", "export",
-    "published_schema", "SpecError", "__version__",
+    "from_module", "published_schema", "SpecError", "__version__",
 ]  # fmt: skip
 
 
@@ -89,6 +89,22 @@ def export(spec: str | os.PathLike, *, format: str, **kwargs: Any):
     from .runtime.export import export as _export
 
     return _export(spec, format=format, **kwargs)
+
+
+def from_module(module, inputs: dict[str, Any], *, name: str | None = None,
+                dims: dict[str, int] | None = None, check: bool = True):  # fmt: skip
+    """Write a spec for an `nn.Module` (what `yamlnet import` does): `inputs` maps each
+    forward argument to its shape, or to (shape, dtype): `{"x": ["N", 3, 224, 224]}`.
+    The module is put in eval mode and traced with torch.fx; with `check` the spec is
+    compiled back, loaded with the module's state_dict (strict) and compared on sample
+    inputs. Returns an `ImportResult` (`.text` is the spec). Raises `SpecError`."""
+    from .compiler.importer import import_module
+
+    decls = []
+    for key, value in inputs.items():
+        shape, dtype = value if isinstance(value, tuple) else (value, "float32")
+        decls.append((key, list(shape), dtype))
+    return import_module(module, decls, name=name, dims=dims, check=check)
 
 
 def published_schema() -> dict:

@@ -30,6 +30,7 @@ examples:
   yamlnet train specs/digits_cnn.yaml --out runs/digits --resume
   yamlnet train specs/digits_cnn.yaml --nproc 2 --max-restarts 1
   yamlnet eval specs/digits_cnn.yaml --checkpoint runs/digits
+  yamlnet import torchvision.models:resnet18 --input x=[N,3,224,224] -o resnet18.yaml
 """
 
 
@@ -227,6 +228,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="example size of a symbolic dim (default: batch 2, others 16)")  # fmt: skip
     c.add_argument("--static", action="append", default=[], metavar="SYMBOL",
                    help="keep a symbolic dim fixed at its example size in the artifact")  # fmt: skip
+
+    c = command("import", cmd_import, "write a spec for an existing nn.Module (traced with "
+                "torch.fx), checked to load its state_dict and give its outputs")  # fmt: skip
+    c.add_argument("target", metavar="MODULE:ATTR", help="a module instance, class or function: "
+                   "torchvision.models:resnet18, mypkg.nets:Net or path/to/file.py:Net (this runs "
+                   "that code)")  # fmt: skip
+    c.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument for the class or function (YAML value; repeatable)")  # fmt: skip
+    c.add_argument("--input", action="append", default=[], metavar="[NAME=]SHAPE[:DTYPE]",
+                   help="each forward input's shape, in order: x=[N,3,224,224] or "
+                   "tokens=[N,T]:int64 (names are symbolic dims)")  # fmt: skip
+    c.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE",
+                   help="the size a symbolic dim takes for tracing and the check "
+                   "(default: N=2, others 8)")  # fmt: skip
+    c.add_argument("-o", "--out", metavar="FILE", help="write the spec here (default: standard output)")
+    c.add_argument("--name", help="the spec's name (default: ATTR, in snake_case)")
+    c.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    c.add_argument("--no-check", action="store_true", help="skip compiling the spec back and "
+                   "comparing it with the module")  # fmt: skip
 
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
@@ -542,6 +562,51 @@ def cmd_export(args) -> int:
             print(f"error: outputs differ beyond atol {args.atol} / rtol {args.rtol}", file=sys.stderr)
             return EXIT_FAILURE
     return EXIT_OK
+
+
+def cmd_import(args) -> int:
+    from .compiler.importer import ImportFailure, import_module, load_target, parse_input
+
+    if args.out and os.path.exists(args.out) and not args.force:
+        raise UserError(f"{args.out} exists; pass --force to overwrite it")
+    kwargs = _overrides(args.arg) if args.arg else {}
+    try:
+        inputs = [parse_input(text) for text in args.input]
+    except ImportFailure as err:
+        raise UserError(str(err)) from err
+    dims = _dims(args.dim)
+    attr = args.target.rpartition(":")[2].rpartition(".")[2]
+    command = " ".join(["yamlnet", *(f"--plugin {p}" for p in args.plugin), "import", args.target,
+                        *(f"--arg {a}" for a in args.arg),
+                        *(f"--input {i.replace(' ', '')}" for i in args.input)])  # fmt: skip
+    try:
+        module = load_target(args.target, kwargs)
+        result = import_module(module, inputs, name=args.name or _snake_name(attr), dims=dims,
+                               check=not args.no_check, header=f"Written by `{command}`.")  # fmt: skip
+    except ImportFailure as err:
+        raise UserError(str(err)) from err
+    lines = result.text.count("\n")
+    if result.max_abs_diff is None:
+        checked = "not checked (--no-check)"
+    else:
+        at = ", ".join(f"{k}={v}" for k, v in result.sample.items())
+        checked = (f"checked: loads {args.target}'s state_dict (strict) and gives its outputs "
+                   f"(max abs diff {result.max_abs_diff:.3g}{' at ' + at if at else ''})")  # fmt: skip
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(result.text, encoding="utf-8")
+        print(f"wrote {args.out}: {lines} lines, {result.nodes} nodes, {result.parameters:,} parameters; {checked}")
+    else:
+        sys.stdout.write(result.text)
+        print(f"{lines} lines, {result.nodes} nodes, {result.parameters:,} parameters; {checked}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _snake_name(name: str) -> str:
+    import re
+
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 def cmd_schema(args) -> int:

@@ -1,0 +1,316 @@
+"""`yamlnet import`: a traced nn.Module written as a spec, compiled back and compared
+with the module itself (same state_dict keys with strict loading, same outputs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from yamlnet.compiler.importer import ImportFailure, import_module
+
+import yamlnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def round_trip(module: nn.Module, text: str, *examples) -> float:
+    """Compile `text`, load the module's weights strictly, return the max output diff."""
+    built = yamlnet.compile(text)
+    built.load_state_dict(module.state_dict(), strict=True)
+    assert list(built.state_dict()) == list(module.state_dict()) or sorted(
+        built.state_dict()
+    ) == sorted(module.state_dict())
+    module.eval(), built.eval()
+    with torch.no_grad():
+        want, got = module(*examples), built(*examples)
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    assert len(want) == len(got)
+    return max(float((a - b).abs().max()) for a, b in zip(want, got, strict=True))
+
+
+def imported(module, *inputs, **kw):
+    return import_module(module, [(None, list(shape), dtype) for shape, dtype in inputs], **kw)
+
+
+def test_resnet18_reads_like_the_hand_written_spec(tmp_path):
+    out = tmp_path / "resnet18.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "yamlnet", "import", "torchvision.models:resnet18",
+         "--input", "x=[N,3,224,224]", "-o", str(out)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "max abs diff 0 at N=2" in proc.stdout
+    text = out.read_text()
+    hand = (ROOT / "specs" / "resnet18.yaml").read_text()
+    assert len(text.splitlines()) <= 2 * len(hand.splitlines())
+    # the structure a person writes: one block, stages as repeats with i-dependent stride
+    assert "  basic_block:\n" in text and text.count("block: basic_block, repeat: 2") == 4
+    assert 'stride: "${2 if i == 0 else 1}"' in text and 'if: "${use_downsample}"' in text
+    model = torchvision.models.resnet18()
+    torch.manual_seed(0)
+    assert round_trip(model, str(out), torch.randn(3, 3, 224, 224)) == 0.0  # batch 3: N is symbolic
+
+
+def test_mobilenet_v2_residuals_become_one_block_with_an_optional_add():
+    model = torchvision.models.mobilenet_v2()
+    r = imported(model, ([("N"), 3, 64, 64], "float32"), name="mobilenet_v2")
+    assert r.max_abs_diff == 0.0
+    assert 'add:  {op: add, in: [conv, input], if: "${use_add}"}' in r.text
+    assert r.parameters == sum(p.numel() for p in model.parameters())
+    assert round_trip(model, r.text, torch.randn(2, 3, 64, 64)) == 0.0
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "densenet121", "mobilenet_v3_small", "squeezenet1_0",
+                                  "shufflenet_v2_x0_5"])  # fmt: skip
+def test_torchvision_families_round_trip(name):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)()
+    r = imported(model, (["N", 3, 64, 64], "float32"), name=name)
+    assert r.max_abs_diff == 0.0
+    assert round_trip(model, r.text, torch.randn(2, 3, 64, 64)) == 0.0
+
+
+def test_vision_transformer_with_class_token_and_sizes_from_forward():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    r = imported(model, (["N", 3, 32, 32], "float32"), name="vit")
+    assert "class_token: {op: Parameter, shape: [1, 1, 16]}" in r.text
+    assert "size: [N, -1, -1]" in r.text and "shape: [N, 16, 16]" in r.text  # x.shape[0] is N
+    assert round_trip(model, r.text, torch.randn(5, 3, 32, 32)) == 0.0
+
+
+USER = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Down(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.bn = nn.BatchNorm2d(cout)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(F.relu(self.bn(self.conv(x))))
+
+
+class Net(nn.Module):
+    def __init__(self, width=8, classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.down1 = Down(width, width * 2)
+        self.down2 = Down(width * 2, width * 2)
+        self.proj = nn.Conv2d(width * 2, width * 2, 1)
+        self.head = nn.Linear(width * 2 * 8 * 8, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.down1(x)
+        z = self.down2(y)
+        z = z + self.proj(F.max_pool2d(y, 2))          # a skip connection
+        return self.head(z.view(z.size(0), -1))
+
+
+class Seq2Seq(nn.Module):
+    """Two int64 inputs of their own lengths, two outputs, a state handed over."""
+
+    def __init__(self, vocab=20, hidden=16):
+        super().__init__()
+        self.src = nn.Embedding(vocab, hidden)
+        self.tgt = nn.Embedding(vocab, hidden)
+        self.encoder = nn.GRU(hidden, hidden, batch_first=True)
+        self.decoder = nn.GRU(hidden, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, source, target):
+        _, state = self.encoder(self.src(source))
+        dec, last = self.decoder(self.tgt(target), state)
+        return self.out(dec), last
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.size(-1) > 2:  # fx cannot follow this branch (meta tensors can)
+            return self.fc(x)
+        return x
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.inner = Gate()
+
+    def forward(self, x):
+        return self.inner(self.fc(x))
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.fc(x))
+
+
+class Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.cumsum(self.fc(x), 1)
+
+
+class Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.spare = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+'''
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user")
+    path = folder / "nets.py"
+    path.write_text(textwrap.dedent(USER))
+    spec = importlib.util.spec_from_file_location("user_nets_oracle", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return folder, mod
+
+
+@pytest.fixture
+def cli(user, capsys, monkeypatch):
+    """`yamlnet ...` in this process (a fresh process is tested with resnet18 above)."""
+    from types import SimpleNamespace
+
+    from yamlnet.cli import main
+
+    folder, _ = user
+    monkeypatch.chdir(folder)
+
+    def run(*args):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
+
+
+def test_user_module_with_a_skip_from_a_file_with_constructor_args(user, cli):
+    folder, mod = user
+    proc = cli(
+        "import", "nets.py:Net", "--arg", "width=4", "--input", "[N,3,32,32]", "-o", "net.yaml"
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (folder / "net.yaml").read_text()
+    assert (
+        "down1:      {block: down}" in text and "add:        {op: add, in: [down2, proj]}" in text
+    )
+    assert "view:       {op: view, shape: [N, -1]}" in text  # z.size(0) is the batch
+    torch.manual_seed(1)
+    model = mod.Net(width=4)
+    assert round_trip(model, str(folder / "net.yaml"), torch.randn(5, 3, 32, 32)) == 0.0
+
+
+def test_recurrent_model_with_two_inputs_and_two_outputs(user):
+    _, mod = user
+    torch.manual_seed(0)
+    model = mod.Seq2Seq()
+    r = import_module(model, [("source", ["N", "S"], "int64"), ("target", ["N", "T"], "int64")])
+    assert "source: {shape: [N, S], dtype: int64}" in r.text
+    assert 'outputs: {output_0: out, output_1: "decoder[1]"}' in r.text
+    src, tgt = torch.randint(0, 20, (3, 7)), torch.randint(0, 20, (3, 4))
+    assert round_trip(model, r.text, src, tgt) == 0.0
+
+
+@pytest.mark.parametrize("target, message", [
+    ("nets.py:Branchy", "error: cannot trace Branchy in submodule 'inner' (Gate): its forward branches or "
+                        "loops on a traced value"),
+    ("nets.py:Shared", "error: 'fc' is used twice (shared weights)"),
+    ("nets.py:Odd", "error: torch.cumsum: has no yamlnet op"),
+    ("nets.py:Unused", "error: forward never uses spare.weight, spare.bias"),
+    ("nets.py:Nope", "error: nets.py has no attribute 'Nope'"),
+    ("missing_module:Net", "error: cannot import missing_module: ModuleNotFoundError"),
+    ("nets.py", "error: 'nets.py' is not MODULE:ATTR"),
+])  # fmt: skip
+def test_what_cannot_be_imported_is_one_line_and_exit_2(cli, target, message):
+    proc = cli("import", target, "--input", "[N,4]")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_plugin_op_stays_one_node_where_tracing_cannot_go(user):
+    folder, _ = user
+    (folder / "gate_ops.py").write_text(
+        "import yamlnet\nfrom nets import Gate\nyamlnet.register_op('Gate', Gate)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "yamlnet", "--plugin", "gate_ops", "import", "nets:Branchy", "--input", "[N,4]",
+         "-o", "branchy.yaml"],
+        capture_output=True, text=True, cwd=folder,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = (folder / "branchy.yaml").read_text()
+    assert text.startswith(
+        "# Written by `yamlnet --plugin gate_ops import nets:Branchy --input [N,4]`."
+    )
+    assert "inner: {op: Gate}" in text
+
+
+def test_command_line_mistakes(user, cli):
+    folder, _ = user
+    (folder / "taken.yaml").write_text("yamlnet: 1\n")
+    cases = [
+        (
+            ["nets.py:Net"],
+            "error: give each input of Net.forward(x) a shape (--input x=[N,3,224,224])",
+        ),
+        (["nets.py:Net", "--input", "[N,3,32"], "error: --input '[N,3,32': expected a shape"),
+        (["nets.py:Net", "--input", "y=[N,3,32,32]"], "error: Net.forward(x) has no input 'y'"),
+        (["nets.py:Net", "--input", "[N,3,32,32]", "-o", "taken.yaml"], "error: taken.yaml exists"),
+        (
+            ["nets.py:Net", "--arg", "widht=4", "--input", "[N,3,32,32]"],
+            "error: nets.py:Net(...) raised TypeError",
+        ),
+        (
+            ["nets.py:Net", "--input", "[N,2,32,32]"],
+            "error: the module fails on inputs of the given shapes",
+        ),
+    ]
+    for args, message in cases:
+        proc = cli("import", *args)
+        assert proc.returncode == 2 and proc.stderr.startswith(message), (args, proc.stderr)
+    assert (folder / "taken.yaml").read_text() == "yamlnet: 1\n"
+
+
+def test_import_failure_is_a_spec_error():
+    with pytest.raises(ImportFailure, match="give each input"):
+        import_module(nn.Linear(3, 3), [])
+    assert issubclass(ImportFailure, yamlnet.SpecError)
