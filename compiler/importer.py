@@ -1089,8 +1089,12 @@ class _Tree:
             for path in chain[k - 1 :]:
                 if path in self.closed:
                     m = traced.modules[path]
-                    raise ImportFailure(f"'{path}' ({type(m).__name__}) is called twice, or its layers are used "
-                                        "between other modules' layers; a spec gives each module one place")  # fmt: skip
+                    what = f"'{path}' ({type(m).__name__})"
+                    if _is_container(m):
+                        raise ImportFailure(f"the layers of {what} are used with other nodes between them; "
+                                            "a spec keeps a container's layers together")  # fmt: skip
+                    raise ImportFailure(f"{what} is called twice, or its layers are used between other "
+                                        "modules' layers; a spec gives each module one place")  # fmt: skip
                 parent = open_chain[-1]
                 scope = _Scope(path, traced.modules[path], parent)
                 scope.names = {n for n, _ in scope.module.named_children()}
@@ -1348,9 +1352,7 @@ def _merge(bodies: list) -> _Body | None:
         e0 = got[0]
         if any(e.kind != e0.kind or e.what != e0.what or e.call != e0.call for e in got):
             return None
-        if (e0.repeat is None) != any(e.repeat is None for e in got) and any(
-            e.repeat is None for e in got
-        ):
+        if len({e.repeat is None for e in got}) > 1:
             return None
         body = None
         if e0.kind == "inline":
