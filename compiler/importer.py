@@ -167,8 +167,8 @@ def import_module(
     """Write a spec for `module`, given its inputs as (name, shape, dtype)."""
 
     module = module.eval()
-    names = _input_names(module, inputs)
-    decls = [(n, shape, dtype) for n, (_, shape, dtype) in zip(names, inputs, strict=True)]
+    decls = _input_decls(module, inputs)
+    names = [n for n, _, _ in decls]
     sample = _samples(decls, dims or {})
     examples = [_example(shape, dtype, sample) for _, shape, dtype in decls]
     traced = _Traced(module, names, examples, decls, sample)
@@ -228,9 +228,8 @@ def _check(text: str, module, examples, final: bool = False):
         )
     diff = max((float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
                 for a, b in zip(want, got, strict=True)), default=0.0)  # fmt: skip
-    if not math.isfinite(diff) or diff > 1e-4 * max(
-        1.0, max(float(a.abs().max()) for a in want if a.numel())
-    ):
+    scale = max((float(a.double().abs().max()) for a in want if a.numel()), default=1.0)
+    if not math.isfinite(diff) or diff > 1e-4 * max(1.0, scale):
         raise ImportFailure(
             f"the written spec's outputs differ from the module's (max abs diff {diff:.3g})"
         )
@@ -263,18 +262,31 @@ def _first(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def _input_names(module, inputs) -> list[str]:
+def _input_decls(module, inputs) -> list[tuple[str, list, str]]:
+    """(name, shape, dtype) of each input, in forward's order."""
     import inspect
 
+    cls = type(module).__name__
+    if _leaf_op(module) is not None:
+        raise ImportFailure(
+            f"{cls} is itself a layer: write {{op: {_leaf_op(module)}, ...}} in a spec"
+        )
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
         params = []
     if any(p.kind is p.VAR_POSITIONAL for p in params):
-        params = []
+        raise ImportFailure(f"{cls}.forward takes *args; a spec's inputs are named")
+    kw_only = [
+        p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    if kw_only:
+        raise ImportFailure(f"{cls}.forward needs the keyword-only argument '{kw_only[0]}'; a spec's "
+                            "inputs are positional")  # fmt: skip
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p.name for p in positional if p.default is inspect.Parameter.empty]
-    cls = type(module).__name__
+    if not positional:
+        raise ImportFailure(f"{cls}.forward takes no tensor inputs")
     sig = f"{cls}.forward({', '.join(p.name for p in positional)})"
     if not inputs:
         first = required[0] if required else "x"
@@ -284,33 +296,37 @@ def _input_names(module, inputs) -> list[str]:
     names = []
     for k, (given, _, _) in enumerate(inputs):
         if given is None:
-            if k >= len(positional) and positional:
+            if k >= len(positional):
                 raise ImportFailure(f"{sig} takes {len(positional)} inputs, got {len(inputs)}")
-            given = positional[k].name if k < len(positional) else f"x{k}"
+            given = positional[k].name
         names.append(given)
-    if positional:
-        known = [p.name for p in positional]
-        for n in names:
-            if n not in known:
-                raise ImportFailure(f"{sig} has no input '{n}'")
-        missing = [n for n in required if n not in names]
-        if missing:
-            raise ImportFailure(
-                f"{sig} needs a shape for {', '.join(missing)}", hint=f"--input {missing[0]}=[...]"
-            )
-        names.sort(key=known.index)
-        if len(set(names)) != len(names):
-            raise ImportFailure("an input is given twice")
-    return names
+    known = [p.name for p in positional]
+    for n in names:
+        if n not in known:
+            raise ImportFailure(f"{sig} has no input '{n}'")
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise ImportFailure(
+            f"{sig} needs a shape for {', '.join(missing)}", hint=f"--input {missing[0]}=[...]"
+        )
+    if len(set(names)) != len(names):
+        raise ImportFailure("an input is given twice")
+    decls = [(n, shape, dtype) for n, (_, shape, dtype) in zip(names, inputs, strict=True)]
+    return sorted(decls, key=lambda d: [p.name for p in positional].index(d[0]))
 
 
 def _samples(decls, dims: dict[str, int]) -> dict[str, int]:
-    """A concrete size for every symbolic dim (N=2 unless --dim says otherwise)."""
-    sample = {}
+    """A concrete size for every symbolic dim: N=3, the others 8, 12, 16, ... (distinct,
+    so that a size computed in forward tells which dim it is), unless --dim says."""
+    sample: dict[str, int] = {}
+    others = iter(range(8, 10_000, 4))
     for _, shape, _ in decls:
         for d in shape:
             if isinstance(d, str) and d not in sample:
-                sample[d] = dims.get(d, 2 if d == "N" else 8)
+                sample[d] = dims[d] if d in dims else 3 if d == "N" else next(others)
+    unknown = set(dims) - set(sample)
+    if unknown:
+        raise ImportFailure(f"--dim {sorted(unknown)[0]}: no input has that symbolic dim")
     return sample
 
 
@@ -389,6 +405,7 @@ class _Traced:
             def is_leaf_module(self, m, qualname):
                 return leaf(m) is not None
 
+        _refuse_sharing(module)
         tracer = Tracer()
         import inspect
 
@@ -408,6 +425,10 @@ class _Traced:
             raise
         except Exception as err:  # noqa: BLE001 - explain fx's failure, name the submodule
             raise _trace_error(err, tracer, module) from err
+        for ph in self.graph.nodes:
+            if ph.op == "placeholder" and ph.target in names and not ph.users:
+                raise ImportFailure(f"forward never uses its input '{ph.target}'; a spec's inputs are all used",
+                                    hint="leave it out of --input (give it a default in forward)")  # fmt: skip
         self.gm = fx.GraphModule(module, self.graph)
         self.values = _record(self.gm, examples)
         self.names = names
@@ -476,7 +497,6 @@ class _Traced:
         )
 
     def _get_attr(self, n):
-        import torch
 
         owner, _, attr = n.target.rpartition(".")
         value = self.module.get_parameter(n.target) if _has_param(self.module, n.target) else None
@@ -487,12 +507,27 @@ class _Traced:
                 raise ImportFailure(f"'{n.target}' is a constant tensor of the module, which a spec cannot hold "
                                     "(register it as a buffer)") from None  # fmt: skip
             op, args = "Buffer", {"shape": list(value.shape)}
-            if value.dtype != torch.float32:
-                args["dtype"] = str(value.dtype).removeprefix("torch.")
-            if owner in self.modules and attr in getattr(
-                self.modules[owner], "_non_persistent_buffers_set", ()
-            ):
+            dtype = str(value.dtype).removeprefix("torch.")
+            if dtype not in REGISTRY.get("Buffer").args["dtype"].schema["enum"]:
+                raise ImportFailure(
+                    f"buffer '{n.target}' is {dtype}, which a spec's Buffer cannot be"
+                )
+            if dtype != "float32":
+                args["dtype"] = dtype
+            owner_module = self.modules.get(owner, self.module)
+            if attr in getattr(owner_module, "_non_persistent_buffers_set", ()):
+                # not in the state_dict: the spec must make its values itself
                 args["persistent"] = False
+                flat = value.flatten()
+                if flat.numel() and bool((flat == flat[0]).all()) and value.dtype.is_floating_point:
+                    first = float(flat[0])
+                    if first != 0.0:
+                        args.update(fill="constant", value=first) if first != 1.0 else args.update(
+                            fill="ones"
+                        )
+                elif flat.numel() and not bool((flat == 0).all()):
+                    raise ImportFailure(f"buffer '{n.target}' is not saved in the state_dict and holds values "
+                                        "a spec cannot write (only a constant)")  # fmt: skip
         else:
             op, args = "Parameter", {"shape": list(value.shape)}
             if not value.requires_grad:
@@ -515,17 +550,20 @@ class _Traced:
 
     def _outputs(self, out) -> list:
         if isinstance(out, dict):
-            return [(str(k), self.val(v)) for k, v in out.items()]
-        if isinstance(out, (tuple, list)):
-            flat = []
-            for v in out:
-                if isinstance(v, (tuple, list, dict)):
-                    raise ImportFailure(
-                        "forward returns nested tuples; a spec returns one tensor or a flat tuple"
-                    )
-                flat.append(v)
-            return [(f"output_{k}", self.val(v)) for k, v in enumerate(flat)]
-        return [("output", self.val(out))]
+            pairs = [(str(k), v) for k, v in out.items()]
+        elif isinstance(out, (tuple, list)):
+            pairs = [(f"output_{k}", v) for k, v in enumerate(out)]
+        else:
+            pairs = [("output", out)]
+        for name, v in pairs:
+            if not (_is_node(v) and isinstance(self._value(self.val(v)), _T)):
+                what = "a tuple" if _is_node(v) and isinstance(self._value(self.val(v)), tuple) \
+                    else "a number" if _is_node(v) else repr(v)  # fmt: skip
+                raise ImportFailure(f"forward returns {what} as {name}; a spec returns tensors "
+                                    "(one, or a flat tuple or dict of them)")  # fmt: skip
+        if len({n for n, _ in pairs}) != len(pairs) or any(not n.isidentifier() for n, _ in pairs):
+            raise ImportFailure("forward returns a dict whose keys are not distinct identifiers")
+        return [(name, self.val(v)) for name, v in pairs]
 
     def _function(self, n):
         owner = self._scope_of(n)
@@ -546,38 +584,91 @@ class _Traced:
         try:
             op, inputs, args = _convert_function(n, self)
         except _Unsupported as err:
-            raise ImportFailure(f"{_describe(n)}{where}: {err}",
-                                hint="register an op for it with a plugin (--plugin), or trace a module "
-                                "that does not call it") from None  # fmt: skip
-        self.items.append(_Item(n, op, args, inputs, owner, base=_BASE.get(op) or _snake(op)))
+            raise ImportFailure(f"{_describe(n)}{where}: {err}", hint=err.hint) from None
+        fn_name = target if isinstance(target, str) else getattr(target, "__name__", op)
+        base = _BASE.get(op) or (op if op[0].islower() else _snake(fn_name.strip("_")))
+        self.items.append(_Item(n, op, args, inputs, owner, base=base))
+
+    def is_tensor(self, v) -> bool:
+        return _is_node(v) and v not in self.sizes
 
     def size_value(self, arg):
-        """A size computed in forward (x.size(0), h // 16) as the spec writes it: an
-        int, or the symbolic input dim it is. Found by running the module a second time
-        with every symbolic dim one larger: a size that stays is a constant."""
+        """A size computed in forward (x.size(0)) as the spec writes it: an int, or the
+        symbolic input dim it is."""
+        return self.scalar_value(arg, size=True)
+
+    def scalar_value(self, arg, size: bool = False):
+        """A number computed in forward (x.size(0), c // 16, d ** -0.5) as a constant, or
+        (`size`) a symbolic input dim itself. Which sizes follow the symbolic dims is seen
+        by tracing the module a second time with every symbolic dim doubled."""
         if arg not in self.sizes:
-            raise _Unsupported(f"uses {arg.name}, a value computed in forward")
+            raise _Unsupported(f"uses {arg.name}, a value computed in forward", _SIZE_HINT)
         a = self.values.get(arg)
-        if not isinstance(a, int) or isinstance(a, bool):
-            raise _Unsupported(f"uses {arg.name}={a!r}, a value computed in forward")
-        b = self._second_run().get(arg, a)
-        if a == b:
+        if isinstance(a, tuple):
+            raise _Unsupported(f"uses {arg.name}, a shape computed in forward", _SIZE_HINT)
+        if not self._varies(arg):
             return a
-        for sym, size in self.sample.items():
-            if size == a and size + 1 == b:
-                return sym
-        raise _Unsupported(f"computes a size from the symbolic dims ({arg.name}); the spec can only "
-                           "name a symbolic dim itself")  # fmt: skip
+        if size and _is_size_leaf(arg, self.sizes):
+            b = self._second_run().get(arg)
+            hits = [s for s, v in self.sample.items() if v == a and 2 * v == b]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise _Unsupported(f"uses a size that could be {' or '.join(hits)}",
+                                   "give those dims different sizes with --dim")  # fmt: skip
+        raise _Unsupported(f"computes {arg.name} from the symbolic dims; a spec can name a symbolic "
+                           "dim, not a number computed from one", _SIZE_HINT)  # fmt: skip
+
+    def _varies(self, n, depth: int = 0) -> bool:
+        """Whether scalar node `n` changes with the symbolic dims."""
+        if depth > 200:
+            return True
+        if _is_size_leaf(n, self.sizes) and not (n.op == "call_method" and n.target == "dim"):
+            return self.values.get(n) != self._second_run().get(n)
+        return any(self._varies(a, depth + 1) for a in _flat_args(n) if a in self.sizes)
 
     def _second_run(self) -> dict:
         if self._values_b is None:
-            bigger = {k: v + 1 for k, v in self.sample.items()}
-            examples = [_example(shape, dtype, bigger) for shape, dtype in self.input_decls]
+            if not self.sample:
+                self._values_b = self.values
+                return self._values_b
+            doubled = {k: 2 * v for k, v in self.sample.items()}
+            examples = [_example(shape, dtype, doubled) for shape, dtype in self.input_decls]
             try:
                 self._values_b = _record(self.gm, examples)
-            except ImportFailure:
-                self._values_b = {}  # cannot vary: sizes are taken as they are
+            except ImportFailure as err:
+                raise ImportFailure(f"forward computes sizes from its inputs' shapes; to see which follow "
+                                    f"the symbolic dims it is traced again with them doubled, which fails: "
+                                    f"{err}", hint="choose --dim sizes that also work doubled") from None  # fmt: skip
         return self._values_b
+
+
+def _is_size_leaf(n, sizes) -> bool:
+    """x.size(d), x.shape, x.shape[d], x.dim(): read off a tensor, not computed."""
+    if n.op == "call_method" and n.target in ("size", "dim"):
+        return True
+    if n.op == "call_function" and n.target is getattr:
+        return True
+    return n.op == "call_function" and n.target is operator.getitem and n.args[0] in sizes \
+        and _is_size_leaf(n.args[0], sizes)  # fmt: skip
+
+
+def _flat_args(n) -> list:
+    out = []
+
+    def walk(v):
+        if isinstance(v, (tuple, list)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif _is_node(v):
+            out.append(v)
+
+    walk(n.args)
+    walk(n.kwargs)
+    return out
 
 
 def torch_assert():
@@ -635,6 +726,22 @@ def _record(gm, examples) -> dict:
         raise ImportFailure(f"the module fails on inputs of the given shapes: {type(err).__name__}: {_first(err)}",
                             hint="check --input (and --dim for symbolic dims)") from err  # fmt: skip
     return values
+
+
+def _refuse_sharing(module) -> None:
+    """One tensor or layer under two names: a spec gives each its own place."""
+    seen: dict = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            raise ImportFailure(f"'{seen[id(p)]}' and '{name}' are one tensor (tied weights); a spec "
+                                "cannot tie weights yet")  # fmt: skip
+        seen[id(p)] = name
+    seen = {}
+    for name, m in module.named_modules(remove_duplicate=False):
+        if id(m) in seen and any(True for _ in m.parameters()):
+            raise ImportFailure(f"'{seen[id(m)]}' and '{name}' are one module; a spec gives each module "
+                                "one name")  # fmt: skip
+        seen.setdefault(id(m), name)
 
 
 def _has_param(module, target: str) -> bool:
@@ -751,7 +858,7 @@ def _plain(value, schema: dict | None = None):
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
-        return value
+        return value if math.isfinite(value) else _NOT_PLAIN
     if isinstance(value, (tuple, list)):
         items = [_plain(v) for v in value]
         if any(v is _NOT_PLAIN for v in items):
@@ -771,19 +878,34 @@ def _takes_int(schema: dict | None) -> bool:
 
 
 # ---- functions ----------------------------------------------------------------------------------
+_PLUGIN_HINT = (
+    "register an op for it with a plugin (--plugin), or trace a module that does not call it"
+)
+_SIZE_HINT = "write that size as a constant, or -1 in a reshape"
+
+
 class _Unsupported(Exception):
-    pass
+    def __init__(self, message: str, hint: str = _PLUGIN_HINT):
+        super().__init__(message)
+        self.hint = hint
 
 
 _BASE = {"getitem": "getitem", "scaled_dot_product_attention": "attention"}
 
 
+_ALIASES = {"axis": "dim", "split_size": "split_size_or_sections", "self": "input"}
+
+
 def _bind(n, names: list[str]) -> dict:
+    """The call's arguments by the names the op takes (PyTorch's aliases mapped)."""
     bound = dict(zip(names, n.args, strict=False))
     if len(n.args) > len(names):
         raise _Unsupported(f"takes {len(n.args)} positional arguments")
     for k, v in n.kwargs.items():
-        bound[k] = v
+        key = k if k in names else _ALIASES.get(k, k)
+        if key not in names and not (key == "input" and "self" in names):
+            raise _Unsupported(f"is called with {k}=, which the importer does not know")
+        bound["self" if key == "input" and "self" in names else key] = v
     return bound
 
 
@@ -791,11 +913,15 @@ def _is_node(v) -> bool:
     return hasattr(v, "op") and hasattr(v, "target")
 
 
-def _const(v, what: str):
+def _const(v, what: str, tr=None):
     if _is_node(v):
+        if tr is not None and v in tr.sizes:
+            return tr.scalar_value(v)
         raise _Unsupported(f"{what} is computed in forward")
     if isinstance(v, (tuple, list)):
-        return [_const(x, what) for x in v]
+        return [_const(x, what, tr) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _Unsupported(f"{what}={v!r} cannot be written in YAML")
     if isinstance(v, (bool, int, float, str)) or v is None:
         return v
     raise _Unsupported(f"{what}={v!r} cannot be written in YAML")
@@ -812,17 +938,19 @@ def _function_table():
             table[t] = handler
 
     def binary(op, commutes):
+        extras = ["alpha"] if op in ("add", "sub") else ["rounding_mode"] if op == "div" else []
+
         def h(n, tr):
-            b = _bind(n, ["input", "other"])
+            b = _bind(n, ["input", "other", *extras])
             a, o = b.pop("input"), b.pop("other", None)
-            extra = {k: _const(v, k) for k, v in b.items() if k == "alpha" and v != 1}
-            if _is_node(a) and _is_node(o):
+            extra = {k: _const(v, k, tr) for k, v in b.items() if v not in (1, None)}
+            if tr.is_tensor(a) and tr.is_tensor(o):
                 return op, [tr.val(a), tr.val(o)], extra
-            if _is_node(a):
-                return op, [tr.val(a)], {"other": _const(o, "other"), **extra}
-            if commutes and _is_node(o):
-                return op, [tr.val(o)], {"other": _const(a, "other"), **extra}
-            raise _Unsupported(f"a number {op} a tensor")
+            if tr.is_tensor(a):
+                return op, [tr.val(a)], {"other": _const(o, "other", tr), **extra}
+            if commutes and tr.is_tensor(o):
+                return op, [tr.val(o)], {"other": _const(a, "other", tr), **extra}
+            raise _Unsupported(f"a number {op} a tensor (write it with the tensor first)")
 
         return h
 
@@ -845,7 +973,7 @@ def _function_table():
             return (
                 op,
                 [tr.val(t) for t in ts],
-                ({"dim": _const(b["dim"], "dim")} if b.get("dim", 0) != 0 else {}),
+                ({"dim": _const(b["dim"], "dim", tr)} if b.get("dim", 0) != 0 else {}),
             )
 
         return h
@@ -859,13 +987,15 @@ def _function_table():
         def h(n, tr):
             b = _bind(n, names)
             x = b.pop(names[0])
-            if not _is_node(x):
+            if not tr.is_tensor(x):
                 raise _Unsupported("its input is not a tensor")
+            if b.get("inplace") and len(x.users) > 1:
+                raise _Unsupported("changes a tensor in place that forward uses again")
             args = {}
             for k, v in b.items():
                 if k in drop or (k in defaults and defaults[k] == v):
                     continue
-                args[k] = _const(v, k)
+                args[k] = _const(v, k, tr)
             return op, [tr.val(x)], args
 
         return h
@@ -927,7 +1057,7 @@ def _function_table():
             return (
                 op,
                 [tr.val(x)],
-                {key: [tr.size_value(v) if _is_node(v) else _const(v, key) for v in rest]},
+                {key: [tr.size_value(v) if _is_node(v) else _const(v, key, tr) for v in rest]},
             )
 
         return h
@@ -937,13 +1067,27 @@ def _function_table():
     add(["expand"], sizes("expand", "size"))
     add(["permute", torch.permute], sizes("permute", "dims"))
 
+    def unflatten(n, tr):
+        b = _bind(n, ["self", "dim", "sizes"])
+        sizes = [tr.size_value(v) if _is_node(v) else v for v in b["sizes"]]
+        return (
+            "unflatten",
+            [tr.val(b["self"])],
+            {"dim": _const(b["dim"], "dim", tr), "sizes": sizes},
+        )
+
+    add(["unflatten", torch.unflatten], unflatten)
+
     def getitem(n, tr):
         return "getitem", [tr.val(n.args[0])], {"index": _index(n.args[1])}
 
     add([operator.getitem], getitem)
 
     def sdpa(n, tr):
-        b = _bind(n, ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"])
+        b = _bind(
+            n,
+            ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"],
+        )
         ins = [tr.val(b.pop(k)) for k in ("query", "key", "value")]
         mask = b.pop("attn_mask", None)
         if mask is not None:
@@ -954,7 +1098,7 @@ def _function_table():
         return (
             "scaled_dot_product_attention",
             ins,
-            {k: _const(v, k) for k, v in b.items() if defaults.get(k) != v},
+            {k: _const(v, k, tr) for k, v in b.items() if defaults.get(k) != v},
         )
 
     add([F.scaled_dot_product_attention], sdpa)
@@ -965,7 +1109,7 @@ def _function_table():
             b = _bind(n, names)
             x = b.pop(names[0])
             args = {
-                k: _const(v, k)
+                k: _const(v, k, tr)
                 for k, v in b.items()
                 if k not in drop and defaults.get(k, _NOT_PLAIN) != v
             }
@@ -1019,7 +1163,7 @@ def _index(idx):
 
 def _index_item(i):
     if isinstance(i, bool) or _is_node(i):
-        raise _Unsupported("indexes with a value computed in forward")
+        raise _Unsupported("indexes with a value computed in forward", _SIZE_HINT)
     if isinstance(i, int) or i is None:
         return i
     if i is Ellipsis:
@@ -1027,7 +1171,7 @@ def _index_item(i):
     if isinstance(i, slice):
         parts = [i.start, i.stop, i.step]
         if any(p is not None and not isinstance(p, int) for p in parts):
-            raise _Unsupported("slices with values computed in forward")
+            raise _Unsupported("slices with values computed in forward", _SIZE_HINT)
         text = ":".join("" if p is None else str(p) for p in parts[:2])
         return text + (f":{i.step}" if i.step is not None else "")
     raise _Unsupported(f"indexes with {i!r}")
@@ -1073,6 +1217,14 @@ class _Tree:
                 if not (part.isidentifier() or part.isdigit()):
                     raise ImportFailure(f"submodule '{path}' has a name a spec cannot use ('{part}': "
                                         "letters, digits and _ only)", hint="rename it in the Python class")  # fmt: skip
+        # the spec's input names: forward's, unless a layer of the same name needs it
+        self.input_names = {}
+        for n in traced.names:
+            spec_name = n
+            while spec_name in self.root.names or spec_name in _RESERVED_NAMES:
+                spec_name += "_in"
+            self.input_names[n] = spec_name
+            self.root.names.add(spec_name)
         self.closed: set = set()
         self.producer: dict = {}  # fx node -> scope
         open_chain = [self.root]
@@ -1109,6 +1261,10 @@ class _Tree:
             self.producer[item.fx] = scope
         self._unused()
         self._wire()
+        for scope in self.scopes.values():
+            if scope.parent is not None and not scope.inputs:
+                raise ImportFailure(f"'{scope.path}' ({type(scope.module).__name__}) takes no tensor from "
+                                    "forward; a spec's blocks take at least one input")  # fmt: skip
 
     def _name(self, item: _Item, scope: _Scope, used_leaf: dict) -> str:
         if item.fx.op in ("call_module", "get_attr"):
@@ -1155,16 +1311,9 @@ class _Tree:
     def _wire(self):
         """Inputs and outputs of every scope: the values that cross its border."""
 
-        def ancestors(scope):
-            out = []
-            while scope is not None:
-                out.append(scope)
-                scope = scope.parent
-            return out
-
         def cross(val: _Val, user: _Scope):
             src = self.producer.get(val.node, self.root)
-            up_src, up_user = ancestors(src), ancestors(user)
+            up_src, up_user = _ancestors(src), _ancestors(user)
             common = next(s for s in up_src if s in up_user)
             for s in up_src:
                 if s is common:
@@ -1186,6 +1335,14 @@ class _Tree:
 
 
 _RESERVED_NAMES = {"i", "shape", "input", "true", "false", "none", "self"}
+
+
+def _ancestors(scope) -> list:
+    out = []
+    while scope is not None:
+        out.append(scope)
+        scope = scope.parent
+    return out
 
 
 def _prefixes(path: str) -> list[str]:
@@ -1236,14 +1393,11 @@ def _body_of(tree: _Tree, scope: _Scope) -> _Body:
     """A scope as a body of entries with concrete values."""
     traced = tree.traced
     if scope.parent is None:
-        in_names = list(traced.names)
-        local = {
-            (ph, ()): ph.target
-            for ph in traced.graph.nodes
-            if ph.op == "placeholder" and ph.target in traced.names
-        }
+        local = {(ph, ()): tree.input_names[ph.target] for ph in traced.graph.nodes
+                 if ph.op == "placeholder" and ph.target in traced.names}  # fmt: skip
+        in_names = [tree.input_names[n] for n in traced.names]
     else:
-        in_names = ["input"] + [f"input_{k}" for k in range(1, len(scope.inputs))]
+        in_names = _block_inputs(scope)
         local = dict(zip(scope.inputs, in_names, strict=True))
 
     def ref(v: _Val) -> str:
@@ -1290,6 +1444,22 @@ def _body_of(tree: _Tree, scope: _Scope) -> _Body:
     return _Body(in_names, entries, outputs)
 
 
+def _block_inputs(scope: _Scope) -> list[str]:
+    """Names for a scope's inputs: input, input_1, ... (x, x_1, ... where a layer is
+    called input; an inline container's one input must be input)."""
+    base = "input"
+    if base in scope.names:
+        if _is_container(scope.module):
+            raise ImportFailure(
+                f"'{scope.path}' has a layer named 'input', the name of its input in a spec"
+            )
+        base = "x"
+    names = [base] + [f"{base}_{k}" for k in range(1, len(scope.inputs))]
+    if any(n in scope.names for n in names):
+        raise ImportFailure(f"'{scope.path}' has layers named like its inputs ({', '.join(names)})")
+    return names
+
+
 def _child_entry(tree: _Tree, child: _Scope, refs: list) -> _Entry:
     if not _is_container(child.module):
         return _Entry(child.local, "block", child.block, dict(child.params), refs)
@@ -1307,9 +1477,11 @@ def _child_entry(tree: _Tree, child: _Scope, refs: list) -> _Entry:
 def _as_repeat(body: _Body) -> _Entry | None:
     """n >= 2 chained uses of one block (or op) named 0..n-1: one repeated node."""
     es = body.entries
-    if len(es) < 2 or [e.name for e in es] != [str(k) for k in range(len(es))]:
+    if not es or [e.name for e in es] != [str(k) for k in range(len(es))]:
         return None
     first = es[0]
+    if len(es) == 1 and first.kind != "block":
+        return None
     if first.kind not in ("block", "op") or any(
         e.kind != first.kind or e.what != first.what for e in es
     ):
@@ -1363,6 +1535,13 @@ def _merge(bodies: list) -> _Body | None:
         if any(list(e.slots) != keys for e in got):
             return None
         slots = {k: [(e.slots[k] if e is not None else MISSING) for e in per] for k in keys}
+        if (
+            e0.repeat is not None
+        ):  # along a repeat: a value that varies in one member is a list in all
+            for k, values in slots.items():
+                if any(isinstance(v, _PerI) for v in values):
+                    slots[k] = [v if v is MISSING or isinstance(v, _PerI) else _PerI([v] * e.repeat)
+                                for v, e in zip(values, per, strict=True)]  # fmt: skip
         drop = frozenset.intersection(*(e.droppable for e in got))
         # wiring from the fullest member that has the node: its inputs are all there
         fullest = max(
@@ -1499,10 +1678,13 @@ class _Writer:
             height[id(scope)] = value
             return value
 
+        def level(scope) -> int:  # a class nested in itself: one group per level
+            return sum(1 for a in _ancestors(scope.parent) if type(a.module) is type(scope.module))
+
         by_class: dict = {}
         for s in scopes:
-            by_class.setdefault(type(s.module), []).append(s)
-        order = sorted(by_class, key=lambda c: max(h(s) for s in by_class[c]))
+            by_class.setdefault((type(s.module), level(s)), []).append(s)
+        order = sorted(by_class, key=lambda key: max(h(s) for s in by_class[key]))
         used_ids: set = set()
         for cls in order:
             groups: list = []  # [(members, bodies)]
@@ -1515,7 +1697,7 @@ class _Writer:
                         break
                 else:
                     groups.append(([s], [body]))
-            base = _snake(cls.__name__)
+            base = _snake(cls[0].__name__)
             for members, bodies in groups:
                 bid = _unique(base, used_ids)
                 template = _merge(bodies)
@@ -1640,11 +1822,21 @@ class _Writer:
 
     # text -------------------------------------------------------------------------------
     def text(self) -> str:
+        self.vars: dict = {}
+        body = self._text_body()
         lines = []
         if self.header:
             lines += [f"# {line}" if line else "#" for line in self.header.splitlines()]
-        lines += ["yamlnet: 1", f"name: {_scalar(self.name)}", "inputs:"]
+        lines += ["yamlnet: 1", f"name: {_scalar(self.name)}"]
+        if self.vars:
+            lines.append("vars:")
+            lines += [f"  {k}: {_flow(v)}" for k, v in self.vars.items()]
+        return "\n".join(lines + body) + "\n"
+
+    def _text_body(self) -> list[str]:
+        lines = ["inputs:"]
         for n, shape, dtype in self.decls:
+            n = self.tree.input_names[n]
             if dtype == "float32":
                 lines.append(f"  {n}: {_flow(shape)}")
             else:
@@ -1673,7 +1865,7 @@ class _Writer:
                         for p, (v, d) in params.items()
                     }
                     lines.append(f"    params: {_flow(decl)}")
-                if len(template.inputs) > 1:
+                if template.inputs != ["input"]:
                     lines.append(f"    inputs: {_flow(template.inputs)}")
                 lines.append("    nodes:")
                 lines += self._body_lines(
@@ -1683,7 +1875,7 @@ class _Writer:
                 if not (len(template.outputs) == 1 and template.outputs[0] == last):
                     out = template.outputs[0] if len(template.outputs) == 1 else template.outputs
                     lines.append(f"    outputs: {_flow(out)}")
-        return "\n".join(lines) + "\n"
+        return lines
 
     def _body_lines(self, body: _Body, indent: int, first_input) -> list[str]:
         listed = [e.name for e in body.entries] == [str(k) for k in range(len(body.entries))]
@@ -1753,8 +1945,16 @@ class _Writer:
                 node[key] = (
                     f"${{{value}[i]}}" if reps and _is_per_i(e.slots[key]) else f"${{{value}}}"
                 )
+            elif isinstance(value, _PerI):
+                node[key] = _over_i(value)
+                if len(node[key]) > 380 if isinstance(node[key], str) else False:
+                    # past the length of one expression: a variable indexed by i
+                    var = _unique(re.sub(r"\W", "_", f"{e.name}_{key}").lstrip("_0123456789") or "values",
+                                  set(self.vars) | _RESERVED_NAMES)  # fmt: skip
+                    self.vars[var] = list(value)
+                    node[key] = f"${{{var}[i]}}"
             else:
-                node[key] = _over_i(value) if isinstance(value, _PerI) else value
+                node[key] = value
         if e.call:
             node["call"] = dict(e.call)
         if e.kind == "inline":

@@ -48,7 +48,7 @@ def test_resnet18_reads_like_the_hand_written_spec(tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "max abs diff 0 at N=2" in proc.stdout
+    assert "max abs diff 0 at N=3" in proc.stdout
     text = out.read_text()
     hand = (ROOT / "specs" / "resnet18.yaml").read_text()
     assert len(text.splitlines()) <= 2 * len(hand.splitlines())
@@ -312,5 +312,123 @@ def test_command_line_mistakes(user, cli):
 
 def test_import_failure_is_a_spec_error():
     with pytest.raises(ImportFailure, match="give each input"):
-        import_module(nn.Linear(3, 3), [])
+        import_module(nn.Sequential(nn.Linear(3, 3)), [])
+    with pytest.raises(
+        ImportFailure, match=r"Linear is itself a layer: write \{op: Linear, ...\} in a spec"
+    ):
+        import_module(nn.Linear(3, 3), [(None, ["N", 3], "float32")])
     assert issubclass(ImportFailure, yamlnet.SpecError)
+
+
+# ---- the corners: each module here once made a wrong spec or an internal error ---------------
+class _Sizes(nn.Module):
+    """Sizes read in forward: the batch, a symbolic length, and a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(4, 16), nn.Linear(4, 16)
+
+    def forward(self, src, tgt):
+        q = self.q(tgt)
+        heads = q.view(q.size(0), q.size(1), 4, 4)  # [N, T, 4, 4]: T, not S
+        scale = q.size(-1) ** -0.5  # a constant
+        return heads * scale, self.k(src).reshape(src.shape[0], -1, 8)
+
+
+class _Stage(nn.Module):
+    def __init__(self, widths):
+        super().__init__()
+        self.blocks = nn.Sequential(*[nn.Linear(4, w) if k == 0 else nn.Linear(widths[k - 1], w)
+                                      for k, w in enumerate(widths)])  # fmt: skip
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+class _Stages(nn.Module):
+    """One class whose instances differ along their repeats, and in repeat length."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = _Stage([8, 8])
+        self.b = _Stage([6, 8, 5])
+        self.drop = nn.Sequential(*[nn.Dropout(k / 100) for k in range(80)])  # a long list along i
+
+    def forward(self, x):
+        return self.a(x), self.b(x), self.drop(x)
+
+
+class _Rec(nn.Module):
+    """A class that contains itself."""
+
+    def __init__(self, depth):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.inner = _Rec(depth - 1) if depth else None
+
+    def forward(self, x):
+        y = self.fc(x)
+        return self.inner(y) + y if self.inner is not None else y
+
+
+class _Named(nn.Module):
+    """An input named like a layer, and a functional add beside an input named add."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Linear(4, 4)
+
+    def forward(self, query, add):
+        return self.query(query) + add
+
+
+@pytest.mark.parametrize("module, inputs, expect", [
+    (_Sizes(), [("src", ["N", "S", 4]), ("tgt", ["N", "T", 4])],
+     ["view:    {op: view, shape: [N, T, 4, 4]}", "mul:     {op: mul, other: 0.25}",
+      "reshape: {op: reshape, shape: [N, -1, 8]}"]),
+    (_Stages(), [("x", ["N", 4])], ["{block: _stage, in: x, blocks_depth: 3, out_features: [6, 8, 5]}",
+                                    'blocks: {op: Linear, repeat: "${blocks_depth}", out_features: "${out_features[i]}"}',
+                                    "drop_p: [0.0, 0.01, 0.02,", 'p: "${drop_p[i]}"']),
+    (_Rec(2), [("x", ["N", 4])], ["_rec:", "_rec_2:"]),
+    (_Named(), [("query", ["N", 4]), ("add", ["N", 4])], ["query_in: [N, 4]", "add_1: {op: add, in: [query, add]}"]),
+])  # fmt: skip
+def test_corners_round_trip(module, inputs, expect):
+    torch.manual_seed(0)
+    r = import_module(module, [(n, shape, "float32") for n, shape in inputs])
+    for line in expect:
+        assert line in r.text, r.text
+    sizes = {"N": 5, "S": 6, "T": 7}
+    examples = [torch.randn([sizes.get(d, d) for d in shape]) for _, shape in inputs]
+    assert round_trip(module, r.text, *examples) == 0.0
+
+
+class _FloorDiv(nn.Module):
+    def forward(self, x):
+        return x.reshape(x.size(0), x.size(1) // 2, -1)
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(self.emb(x))
+
+
+class _Size(nn.Module):
+    def forward(self, x):
+        return x * 2, x.size(0)
+
+
+@pytest.mark.parametrize("module, message", [
+    (_FloorDiv(), "Tensor.reshape: computes floordiv from the symbolic dims"),
+    (_Tied(), "'emb.weight' and 'out.weight' are one tensor (tied weights)"),
+    (_Size(), "forward returns a number as output_1"),
+    (nn.Sequential(nn.Hardtanh(min_val=float("-inf"))), "argument 'min_val' of '0' (Hardtanh) cannot be written"),
+])  # fmt: skip
+def test_corners_refused(module, message):
+    with pytest.raises(ImportFailure) as err:
+        import_module(module, [(None, ["N", "T"], "float32")])
+    assert str(err.value).startswith(message), str(err.value)

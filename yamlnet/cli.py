@@ -241,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
                    "tokens=[N,T]:int64 (names are symbolic dims)")  # fmt: skip
     c.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE",
                    help="the size a symbolic dim takes for tracing and the check "
-                   "(default: N=2, others 8)")  # fmt: skip
+                   "(default: N=3, the others 8, 12, 16, ...)")  # fmt: skip
     c.add_argument("-o", "--out", metavar="FILE", help="write the spec here (default: standard output)")
     c.add_argument("--name", help="the spec's name (default: ATTR, in snake_case)")
     c.add_argument("--force", action="store_true", help="overwrite --out if it exists")
