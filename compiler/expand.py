@@ -29,7 +29,7 @@ from .expr import Scope, resolve
 from .load import Document, SpecSource, load_document
 from .registry import REGISTRY
 from .schema import NODE_KEYS, iter_nodes
-from .validate import check_args, collect_blocks, format_path, param_decl
+from .validate import check_args, collect_blocks, format_path, has_expr, param_decl
 
 __all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS"]
 
@@ -352,9 +352,20 @@ class _Expander:
         return Ref(full)
 
     def _block(self, node, full, inputs, scope, path, doc):
-        name = node["block"]
-        body, bdoc, bpath = self.blocks[name]
         loc, where = doc.loc(path), format_path(path)
+        name = node["block"]
+        if has_expr(name):  # chosen by an expression: check what it chose
+            bloc = doc.loc(path + ("block",))
+            name = resolve(name, scope, bloc, where + ".block")
+            if not isinstance(name, str) or name not in self.blocks:
+                raise SchemaError(f"block: {name!r} is not a block", bloc, where + ".block",
+                                  did_you_mean(str(name), self.blocks) or _names_hint("blocks", self.blocks))  # fmt: skip
+            params = self.blocks[name][0].get("params") or {}
+            for key in node:
+                if key not in NODE_KEYS and key not in params:
+                    raise SchemaError(f"block '{name}' has no parameter '{key}'", doc.loc(path + (key,)),
+                                      f"{where}.{key}", did_you_mean(key, params))  # fmt: skip
+        body, bdoc, bpath = self.blocks[name]
         if name in self.block_stack or len(self.block_stack) >= LIMITS["max_block_depth"]:
             chain = " -> ".join(self.block_stack + [name])
             raise GraphError(f"block '{name}' contains itself ({chain})", loc, where)

@@ -10,7 +10,7 @@ to Python's `eval`. What exists:
     comparison    == != < <= > >= in, not in, chained (a < b < c)
     logic         and or not, and the conditional `a if cond else b`
     indexing      xs[0]  table["key"]  xs[1:3]
-    functions     min max abs int float round ceil floor len bool
+    functions     min max abs int float round ceil floor len bool str
                   shape(node) -> the node's inferred output shape as a list
 
 A whole-string expression (`"${width * 2}"`) keeps its type (an int here); an
@@ -145,6 +145,16 @@ def _round(x: Any, ndigits: int | None = None) -> Any:
     return round(x) if ndigits is None else round(x, ndigits)
 
 
+def _to_str(x: Any) -> str:
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if x is None:
+        return "none"
+    if isinstance(x, (int, float, str)):
+        return str(x)
+    raise ExprError(f"str() takes a number, a string or a bool, not {type(x).__name__}")
+
+
 _FUNCS: dict[str, Callable] = {
     "min": min,
     "max": max,
@@ -156,6 +166,7 @@ _FUNCS: dict[str, Callable] = {
     "floor": math.floor,
     "len": len,
     "bool": bool,
+    "str": _to_str,
 }
 
 

@@ -50,8 +50,9 @@ def document_schema() -> dict[str, Any]:
         "properties": {
             "op": {"anyOf": [{"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}],
                    "description": "an op from the registry (yamlnet schema lists them)"},
-            "block": {"type": "string", "pattern": IDENT_PATTERN,
-                      "description": "a block defined under blocks: (here or in an included file)"},
+            "block": {"anyOf": [{"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}],
+                      "description": "a block defined under blocks: (here or in an included file); "
+                      "an expression may choose one"},
             "in": {**refs, "description": "input node(s); default: the previous node"},
             "repeat": _or_expr({"type": "integer", "minimum": 0}),
             "if": _or_expr({"type": "boolean"}),

@@ -257,12 +257,14 @@ def _check_node(node: dict, path: tuple, doc: Document, blocks: dict, registry) 
                 for k in args]  # fmt: skip
     if "block" in node:
         name = node["block"]
+        if has_expr(name):
+            return []  # chosen by an expression: checked when it is expanded
         if name not in blocks:
             return [problem(f"unknown block '{name}'", "block", did_you_mean(name, blocks)
                             or ("defined blocks: " + ", ".join(sorted(blocks)) if blocks else "no blocks are defined"))]  # fmt: skip
         return _check_block_args(blocks[name][0], name, args, problem)
     op_name = node["op"]
-    if _has_expr(op_name):
+    if has_expr(op_name):
         return []
     if op_name not in registry:
         return [problem(f"unknown op '{op_name}'", "op", did_you_mean(op_name, registry.names())
@@ -330,7 +332,7 @@ def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, 
                 out.append((key, f"unknown argument '{key}' for {op.name}",
                             hint or _list("arguments", op.args)))  # fmt: skip
             continue
-        if literal_only and _has_expr(value):
+        if literal_only and has_expr(value):
             continue
         schema = op.args[key].schema
         if schema:
@@ -377,11 +379,11 @@ def _describe_schema(schema: dict) -> str:
     return _want(t) if t else "a value"
 
 
-def _has_expr(value: Any) -> bool:
+def has_expr(value: Any) -> bool:
     if isinstance(value, str):
         return "${" in value
     if isinstance(value, list):
-        return any(_has_expr(v) for v in value)
+        return any(has_expr(v) for v in value)
     if isinstance(value, dict):
-        return any(_has_expr(v) for v in value.values())
+        return any(has_expr(v) for v in value.values())
     return False

@@ -325,3 +325,33 @@ def test_frozen_parameters_count_everywhere_and_plugin_source_ops():
 def test_torchvision_mlp_reads_the_last_dim():
     m = yamlnet.compile("yamlnet: 1\ninputs: {x: [N, 4, 8]}\nnodes:\n  m: {op: MLP, hidden_channels: [16, 3]}\n")
     assert m(torch.randn(2, 4, 8)).shape == (2, 4, 3)
+
+
+def test_block_chosen_by_an_expression_is_checked_when_expanded():
+    body = """
+        yamlnet: 1
+        vars: {kind: a}
+        inputs: {x: [N, 4]}
+        nodes:
+          b: {block: "${kind}", width: 3}
+        blocks:
+          a:
+            params: {width: int}
+            nodes: {fc: {op: Linear, out_features: "${width}"}}
+          b:
+            params: {size: int}
+            nodes: {fc: {op: Linear, out_features: "${size}"}}
+        """
+    assert yamlnet.compile(spec(body))(torch.randn(2, 4)).shape == (2, 3)
+    with pytest.raises(yamlnet.SpecError, match=r"<spec>:5:25: nodes.b.width: block 'b' has no parameter 'width'"):
+        yamlnet.load_spec(spec(body), kind="b")
+    with pytest.raises(yamlnet.SpecError, match=r"nodes.b.block: block: 'c' is not a block"):
+        yamlnet.load_spec(spec(body), kind="c")
+
+
+def test_str_in_expressions():
+    from yamlnet.compiler.expr import Scope, resolve
+
+    scope = Scope({"depth": 50, "t": {"50": [3, 4]}, "flag": True})
+    assert resolve("${t[str(depth)]}", scope, None, "x") == [3, 4]
+    assert resolve("${'a' + str(flag) + str(1.5)}", scope, None, "x") == "atrue1.5"
