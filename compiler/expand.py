@@ -249,29 +249,51 @@ class _Expander:
 
     # ---- nodes -----------------------------------------------------------------
     def _expand_nodes(self, nodes, doc: Document, base: tuple, env: _Env) -> None:
+        """A `nodes:` section. In list form the kept nodes are numbered 0, 1, 2, ... like
+        the children of an nn.Sequential: a left-out node takes no number, and a repeated
+        node without `name:` takes one number per copy."""
+        number = 0 if isinstance(nodes, list) else None
         for name, node, path in iter_nodes(nodes, base):
-            self._node(name, node, path, doc, env)
+            if number is not None and "name" not in node:
+                number += self._node(str(number), node, path, doc, env, numbered=True)
+            else:
+                self._node(name, node, path, doc, env)
+                number = None if number is None else number + 1
 
-    def _node(self, name: str, node: dict, path: tuple, doc: Document, env: _Env) -> None:
+    def _node(self, name: str, node: dict, path: tuple, doc: Document, env: _Env, numbered: bool = False) -> int:
+        """Expand one node; returns how many list numbers it took (0 when left out)."""
         loc, where = doc.loc(path), format_path(path)
         self._count(1, loc, where)  # nodes and block instances: blocks calling blocks grow too
-        self._check_name(name, env, loc, where)
         scope = env.scope.child()
         scope.shape_of = self._shape_fn(env)
         inputs = self._inputs_of(node, env, loc, where)
         keep = self._condition(node, scope, path, doc)
         repeat = self._repeat(node, scope, path, doc) if keep else 0
         if repeat == 0:  # left out: the node passes its input through
-            env.refs[name] = env.prev = self._left_out(name, node, inputs, env, loc, where)
-            return
+            passed = self._left_out(name, node, inputs, env, loc, where)
+            if not numbered:
+                self._check_name(name, env, loc, where)
+                env.refs[name] = passed
+            env.prev = passed
+            return 0
+        splice = numbered and "repeat" in node  # copies numbered in the list itself
+        names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
+        for n in names:
+            self._check_name(n, env, loc, where)
         full = env.prefix + name
         out: Any = inputs
         for k in range(repeat):
-            inst_name = f"{full}.{k}" if "repeat" in node else full
+            if splice:
+                inst_name = env.prefix + names[k]
+            else:
+                inst_name = f"{full}.{k}" if "repeat" in node else full
             inst_scope = scope.child(i=k) if "repeat" in node else scope
             ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
             out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
-        env.refs[name] = env.prev = out
+            if splice:
+                env.refs[names[k]] = out
+        env.refs[names[-1]] = env.prev = out
+        return len(names)
 
     def _count(self, n: int, loc, where) -> None:
         self.steps += n

@@ -1878,17 +1878,17 @@ class _Writer:
         return lines
 
     def _body_lines(self, body: _Body, indent: int, first_input) -> list[str]:
-        listed = [e.name for e in body.entries] == [str(k) for k in range(len(body.entries))]
         pad = " " * indent
         rows = []
         prev = first_input
         for e in body.entries:
-            node = self._node(e, prev)
+            rows.append((e.name, self._node(e, prev)))
             prev = e.name
-            if e.body is None:
-                rows.append((e.name, node))
-            else:
-                rows.append((e.name, node))
+        # a list numbers its kept nodes like nn.Sequential, a repeat taking a number per
+        # copy; a body with a repeat or an if: is written as a mapping ("1": {repeat: 3})
+        listed = [e.name for e in body.entries] == [str(k) for k in range(len(body.entries))] and not any(
+            "repeat" in node or "if" in node for _, node in rows
+        )
         width = max((len(_scalar(n)) for n, _ in rows), default=0) + 1
         out = []
         for (name, node), e in zip(rows, body.entries, strict=True):

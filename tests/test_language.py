@@ -355,3 +355,25 @@ def test_str_in_expressions():
     scope = Scope({"depth": 50, "t": {"50": [3, 4]}, "flag": True})
     assert resolve("${t[str(depth)]}", scope, None, "x") == [3, 4]
     assert resolve("${'a' + str(flag) + str(1.5)}", scope, None, "x") == "atrue1.5"
+
+
+def test_a_list_numbers_the_nodes_it_keeps_and_splices_repeats():
+    text = spec("""
+        yamlnet: 1
+        vars: {norm: false}
+        inputs: {x: [N, 8]}
+        nodes:
+          f:
+            nodes:
+              - {op: Linear, out_features: 16}
+              - {op: LayerNorm, if: "${norm}"}
+              - {op: Linear, repeat: 3, out_features: 16}
+              - {op: add, in: ["3", "1"]}
+              - nodes:
+                  - {op: Linear, repeat: 2, out_features: 4}
+        """)
+    nodes = yamlnet.load_spec(text).nodes
+    assert [n.name for n in nodes] == ["f.0", "f.1", "f.2", "f.3", "f.4", "f.5.0", "f.5.1"]
+    assert [r.node for r in nodes[4].inputs] == ["f.3", "f.1"]  # the list's numbers, as kept
+    nodes = yamlnet.load_spec(text.replace('in: ["3", "1"]', 'in: ["4", "1"]'), norm=True).nodes
+    assert [n.name for n in nodes] == ["f.0", "f.1", "f.2", "f.3", "f.4", "f.5", "f.6.0", "f.6.1"]

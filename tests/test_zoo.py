@@ -21,6 +21,7 @@ TORCHVISION = [
     ("resnet.yaml", {"depth": 50}, "resnet50"),
     pytest.param("resnet.yaml", {"depth": 101}, "resnet101", marks=pytest.mark.slow),
     pytest.param("resnet.yaml", {"depth": 152}, "resnet152", marks=pytest.mark.slow),
+    ("mobilenet_v2.yaml", {}, "mobilenet_v2"),
 ]
 
 
