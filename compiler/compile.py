@@ -56,6 +56,11 @@ def compile_spec(
     check_graph(graph)
     typed = infer_shapes(graph, registry, oracle)
     module = generate_module(typed, registry) if build else None
+    if module is not None and (spec.init or spec.frozen):
+        from .weights import apply_freeze, apply_init
+
+        apply_init(module, spec)
+        apply_freeze(module, spec)
     return Compiled(src, spec, typed, module)
 
 

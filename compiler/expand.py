@@ -18,6 +18,7 @@ spec can describe a cycle; the graph stage finds it and names it.
 from __future__ import annotations
 
 import keyword
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,19 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class InitSpec:
+    """One `init:` item: load `file`'s keys under `source` into the model under `into`."""
+
+    file: str  # as written
+    path: str  # resolved against the spec's folder
+    into: str = ""
+    source: str = ""  # the `from:` prefix
+    exclude: tuple[str, ...] = ()
+    loc: Location | None = None
+    where: str = "init"
+
+
+@dataclass(frozen=True)
 class ExpandedSpec:
     name: str
     inputs: tuple[InputSpec, ...]
@@ -79,6 +93,8 @@ class ExpandedSpec:
     meta: dict = field(default_factory=dict)
     file: str = "<spec>"
     outputs_loc: Location | None = None
+    frozen: tuple[str, ...] = ()  # nodes (subtrees) written with freeze: true
+    init: tuple[InitSpec, ...] = ()  # weights loaded when the model is built
 
     @property
     def symbols(self) -> dict[str, tuple[str, int]]:
@@ -164,6 +180,7 @@ class _Expander:
         self.variables: dict[str, Any] = {}
         self.steps = 0
         self.unresolved: list[int] = []  # indices of nodes with not-yet-defined inputs
+        self.frozen: list[str] = []
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -192,7 +209,21 @@ class _Expander:
             meta=dict(self.data.get("meta") or {}),
             file=self.doc.file,
             outputs_loc=self.doc.loc(("outputs",)),
+            frozen=tuple(self.frozen),
+            init=self._init(),
         )
+
+    def _init(self) -> tuple[InitSpec, ...]:
+        items = self.data.get("init") or []
+        items = items if isinstance(items, list) else [items]
+        folder = os.path.dirname(self.doc.file) if os.path.isfile(self.doc.file) else os.getcwd()
+        out = []
+        for k, item in enumerate(items):
+            path = ("init", k) if isinstance(self.data["init"], list) else ("init",)
+            out.append(InitSpec(item["file"], os.path.join(folder, item["file"]), item.get("into", ""),
+                                item.get("from", ""), tuple(item.get("exclude", ())),
+                                self.doc.loc(path), format_path(path)))  # fmt: skip
+        return tuple(out)
 
     def _vars(self, overrides: dict) -> dict:
         declared = self.data.get("vars") or {}
@@ -281,6 +312,8 @@ class _Expander:
         for n in names:
             self._check_name(n, env, loc, where)
         full = env.prefix + name
+        if self._freeze(node, scope, path, doc):
+            self.frozen += [env.prefix + n for n in names] if splice else [full]
         out: Any = inputs
         for k in range(repeat):
             if splice:
@@ -316,6 +349,15 @@ class _Expander:
         if not isinstance(keep, bool):
             raise ExprError(f"if: must be true or false, got {keep!r}", loc, format_path(path))
         return keep
+
+    def _freeze(self, node: dict, scope: Scope, path: tuple, doc: Document) -> bool:
+        if "freeze" not in node:
+            return False
+        loc = doc.loc(path + ("freeze",))
+        value = resolve(node["freeze"], scope, loc, format_path(path) + ".freeze")
+        if not isinstance(value, bool):
+            raise ExprError(f"freeze: must be true or false, got {value!r}", loc, format_path(path))
+        return value
 
     def _repeat(self, node: dict, scope: Scope, path: tuple, doc: Document) -> int:
         if "repeat" not in node:

@@ -18,7 +18,7 @@ SCHEMA_ID = "https://yamlnet.dev/schema/v1.json"
 NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)$"
 IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\[-?[0-9]+\])*$"
-NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name")
+NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze")
 PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "dict": "object", "any": None}  # fmt: skip
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
@@ -44,6 +44,20 @@ def document_schema() -> dict[str, Any]:
     dim = {"anyOf": [{"type": "integer", "minimum": 1},
                      {"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}]}  # fmt: skip
     shape = {"type": "array", "items": dim, "minItems": 0, "maxItems": 16}
+    init_item = {
+        "type": "object",
+        "required": ["file"],
+        "additionalProperties": False,
+        "properties": {
+            "file": {"type": "string", "description": "a .pt/.pth state_dict (or yamlnet checkpoint) "
+                     "or .safetensors file, relative to the spec"},
+            "into": {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+                     "description": "the node (subtree) to load into (default: the whole model)"},
+            "from": {"type": "string", "description": "the key prefix in the file to load from"},
+            "exclude": {"type": "array", "items": {"type": "string"},
+                        "description": "model key prefixes to leave as built (a new head)"},
+        },
+    }
     node = {
         "type": "object",
         "description": "one op (op:) or one instance of a block (block:)",
@@ -56,6 +70,8 @@ def document_schema() -> dict[str, Any]:
             "in": {**refs, "description": "input node(s); default: the previous node"},
             "repeat": _or_expr({"type": "integer", "minimum": 0}),
             "if": _or_expr({"type": "boolean"}),
+            "freeze": {**_or_expr({"type": "boolean"}),
+                       "description": "true: no gradients for this node's weights, kept in eval mode"},
             "nodes": {"$ref": "#/$defs/nodes",
                       "description": "inline nodes: a submodule container (like nn.Sequential)"},
             "call": {"type": "object", "description": "keyword arguments passed at call time"},
@@ -113,6 +129,8 @@ def document_schema() -> dict[str, Any]:
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
                        "additionalProperties": {"$ref": "#/$defs/block"}},
             "nodes": {"$ref": "#/$defs/nodes"},
+            "init": {"anyOf": [init_item, {"type": "array", "items": init_item, "minItems": 1}],
+                     "description": "weights to load when the model is built"},
             "meta": {"type": "object", "description": "free-form facts (class_names, ...)"},
             # How to train: checked by the runtime (yamlnet.runtime.config), whose schema
             # the published schema merges in for editors; the compiler only needs a mapping.

@@ -41,3 +41,93 @@ def test_torchvision_weights_load_strictly_and_outputs_match(spec, variables, bu
     with torch.no_grad():
         diff = (model(x) - ref(x)).abs().max().item()
     assert diff <= 1e-4
+
+
+# ---- init: and freeze: --------------------------------------------------------------------------
+FINETUNE = """
+yamlnet: 1
+include: [{zoo}/resnet.yaml]              # its blocks: basic, bottleneck, projection
+vars: {{classes: 5}}
+init: {{file: {weights}, exclude: [fc]}}    # torchvision's resnet18, a new 5-class head
+inputs:
+  image: [N, 3, 32, 32]
+nodes:
+  conv1:   {{op: Conv2d, out_channels: 64, kernel_size: 7, stride: 2, padding: 3, bias: false, freeze: true}}
+  bn1:     {{op: BatchNorm2d, freeze: true}}
+  relu:    {{op: ReLU, inplace: true}}
+  maxpool: {{op: MaxPool2d, kernel_size: 3, stride: 2, padding: 1}}
+  layer1:  {{block: basic, repeat: 2, planes: 64, freeze: true}}
+  layer2:  {{block: basic, repeat: 2, planes: 128, stride: "${{2 if i == 0 else 1}}", freeze: true}}
+  layer3:  {{block: basic, repeat: 2, planes: 256, stride: "${{2 if i == 0 else 1}}", freeze: true}}
+  layer4:  {{block: basic, repeat: 2, planes: 512, stride: "${{2 if i == 0 else 1}}", freeze: true}}
+  avgpool: {{op: AdaptiveAvgPool2d, output_size: [1, 1]}}
+  flatten: {{op: flatten, start_dim: 1}}
+  fc:      {{op: Linear, out_features: "${{classes}}"}}
+data: {{dataset: synthetic, shape: [3, 32, 32], classes: 5, size: 64, val_size: 16, batch_size: 16}}
+train: {{epochs: 2, optimizer: {{name: SGD, lr: 0.1}}, seed: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(state, folder / "resnet18.pt")
+    save_file(state, folder / "resnet18.safetensors")
+    return folder, state
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_fine_tune_the_head_of_a_frozen_pretrained_resnet(tmp_path, torchvision_weights, fmt):
+    folder, state = torchvision_weights
+    spec = tmp_path / "finetune.yaml"
+    spec.write_text(FINETUNE.format(zoo=ZOO, weights=folder / f"resnet18.{fmt}"))
+    model = yamlnet.compile(spec)
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    for key, value in backbone.items():  # loaded from the file
+        assert torch.equal(model.state_dict()[key], value), key
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    if fmt == "safetensors":
+        return
+    result = yamlnet.train(spec, out=tmp_path / "run")
+    trained = torch.load(result.last, weights_only=True)["model"]
+    for key, value in backbone.items():  # weights and BatchNorm statistics unchanged
+        assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained["fc.weight"], model.state_dict()["fc.weight"])  # the head learned
+
+
+def test_init_refuses_what_does_not_fit(tmp_path, torchvision_weights):
+    folder, _ = torchvision_weights
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(FINETUNE.format(zoo=ZOO, weights=folder / "resnet18.pt").replace(", exclude: [fc]", ""))
+    with pytest.raises(yamlnet.SpecError) as err:
+        yamlnet.compile(spec)
+    lines = str(err.value).splitlines()
+    weights = folder / "resnet18.pt"
+    assert lines == [
+        f"{spec}:5:1: init: init from {weights}: fc.weight: the file has [1000, 512] ('fc.weight'), the model [5, 512]",
+        f"{spec}:5:1: init: init from {weights}: fc.bias: the file has [1000] ('fc.bias'), the model [5]",
+    ]
+    spec.write_text(FINETUNE.format(zoo=ZOO, weights="missing.pt"))
+    with pytest.raises(yamlnet.SpecError, match=r"init.file: no such file: .*missing.pt"):
+        yamlnet.compile(spec)
+
+
+def test_init_into_a_subtree_from_a_prefix(tmp_path):
+    torch.manual_seed(0)
+    state = {"encoder.fc.weight": torch.randn(4, 3), "encoder.fc.bias": torch.randn(4), "other": torch.zeros(1)}
+    torch.save(state, tmp_path / "w.pt")
+    (tmp_path / "net.yaml").write_text(
+        "yamlnet: 1\n"
+        "init: {file: w.pt, into: head, from: 'encoder.fc.'}\n"
+        "inputs: {x: [N, 3]}\n"
+        "nodes:\n"
+        "  body: {op: Linear, out_features: 3}\n"
+        "  head: {op: Linear, out_features: 4}\n"
+    )
+    model = yamlnet.compile(tmp_path / "net.yaml")
+    assert torch.equal(model.head.weight, state["encoder.fc.weight"])
+    assert torch.equal(model.head.bias, state["encoder.fc.bias"])
