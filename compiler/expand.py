@@ -153,6 +153,7 @@ class _Env:
     prev: Any = None
     pending: list = field(default_factory=list)
     skips: dict = field(default_factory=dict)  # left-out node -> (input name, loc, path)
+    number: int = 0  # where a list-form nodes: starts numbering (past it, once expanded)
 
 
 @dataclass(frozen=True)
@@ -283,13 +284,15 @@ class _Expander:
         """A `nodes:` section. In list form the kept nodes are numbered 0, 1, 2, ... like
         the children of an nn.Sequential: a left-out node takes no number, and a repeated
         node without `name:` takes one number per copy."""
-        number = 0 if isinstance(nodes, list) else None
+        number = env.number if isinstance(nodes, list) else None
         for name, node, path in iter_nodes(nodes, base):
             if number is not None and "name" not in node:
                 number += self._node(str(number), node, path, doc, env, numbered=True)
             else:
                 self._node(name, node, path, doc, env)
                 number = None if number is None else number + 1
+        if number is not None:
+            env.number = number
 
     def _node(self, name: str, node: dict, path: tuple, doc: Document, env: _Env, numbered: bool = False) -> int:
         """Expand one node; returns how many list numbers it took (0 when left out)."""
@@ -307,12 +310,14 @@ class _Expander:
                 env.refs[name] = passed
             env.prev = passed
             return 0
+        if self._flag(node, "splice", scope, path, doc):
+            return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered)
         splice = numbered and "repeat" in node  # copies numbered in the list itself
         names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
         for n in names:
             self._check_name(n, env, loc, where)
         full = env.prefix + name
-        if self._freeze(node, scope, path, doc):
+        if self._flag(node, "freeze", scope, path, doc):
             self.frozen += [env.prefix + n for n in names] if splice else [full]
         out: Any = inputs
         for k in range(repeat):
@@ -350,14 +355,42 @@ class _Expander:
             raise ExprError(f"if: must be true or false, got {keep!r}", loc, format_path(path))
         return keep
 
-    def _freeze(self, node: dict, scope: Scope, path: tuple, doc: Document) -> bool:
-        if "freeze" not in node:
+    def _flag(self, node: dict, key: str, scope: Scope, path: tuple, doc: Document) -> bool:
+        """A true/false node key (freeze:, splice:)."""
+        if key not in node:
             return False
-        loc = doc.loc(path + ("freeze",))
-        value = resolve(node["freeze"], scope, loc, format_path(path) + ".freeze")
+        loc = doc.loc(path + (key,))
+        value = resolve(node[key], scope, loc, format_path(path) + "." + key)
         if not isinstance(value, bool):
-            raise ExprError(f"freeze: must be true or false, got {value!r}", loc, format_path(path))
+            raise ExprError(f"{key}: must be true or false, got {value!r}", loc, format_path(path))
         return value
+
+    def _splice(self, name, node, inputs, repeat, scope, path, doc, env, numbered) -> int:
+        """A block or inline group whose nodes join the enclosing list, numbered in it
+        (as `layers += [conv, bn, relu]` builds an nn.Sequential); once per copy."""
+        loc, where = doc.loc(path + ("splice",)), format_path(path)
+        if not numbered or "op" in node:
+            raise SchemaError("splice: applies to a block or inline nodes: written in a list-form nodes:",
+                              loc, where, "its nodes are numbered in that list")  # fmt: skip
+        start = int(name)
+        out: Any = inputs
+        for k in range(repeat):
+            inst_scope = scope.child(i=k) if "repeat" in node else scope
+            ins = out if isinstance(out, tuple) else (out,)
+            number = start
+            inner_env = _Env({}, inst_scope, env.prefix, number=number)
+            if "block" in node:
+                out = self._block(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
+            else:
+                out = self._inline(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
+            for n in range(number, inner_env.number):  # the list's new numbers
+                self._check_name(str(n), env, loc, where)
+                env.refs[str(n)] = inner_env.refs[str(n)]
+            start = inner_env.number
+        if isinstance(out, tuple):
+            raise _bundle_error("a spliced group is", out, loc, where)
+        env.prev = out
+        return start - int(name)
 
     def _repeat(self, node: dict, scope: Scope, path: tuple, doc: Document) -> int:
         if "repeat" not in node:
@@ -415,7 +448,7 @@ class _Expander:
         self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, where))
         return Ref(full)
 
-    def _block(self, node, full, inputs, scope, path, doc):
+    def _block(self, node, full, inputs, scope, path, doc, into: _Env | None = None):
         loc, where = doc.loc(path), format_path(path)
         name = node["block"]
         if has_expr(name):  # chosen by an expression: check what it chose
@@ -439,6 +472,13 @@ class _Expander:
             raise GraphError(f"block '{name}' takes {len(names)} input(s) ({', '.join(names)}), "
                              f"got {len(inputs)}", doc.loc(path + ("in",)), where)  # fmt: skip
         inner = _Env(dict(zip(names, inputs, strict=True)), Scope({**self.variables, **params}), full + ".")
+        if into is not None:  # spliced: its nodes are numbered in the enclosing list
+            inner = into
+            inner.refs.update(zip(names, inputs, strict=True))
+            inner.scope = Scope({**self.variables, **params})
+            if not isinstance(body["nodes"], list):
+                raise SchemaError(f"splice: block '{name}' must write its nodes as a list",
+                                  doc.loc(path + ("splice",)), format_path(path))  # fmt: skip
         inner.prev = inputs[0] if inputs else None
         self.block_stack.append(name)
         self._expand_nodes(body["nodes"], bdoc, bpath + ("nodes",), inner)
@@ -456,12 +496,18 @@ class _Expander:
             return tuple(self._final(o, inner) for o in out)
         return self._final(out, inner)
 
-    def _inline(self, node, full, inputs, scope, path, doc):
+    def _inline(self, node, full, inputs, scope, path, doc, into: _Env | None = None):
         """Inline `nodes:` — a submodule container that sees the enclosing variables."""
         if len(inputs) > 1:
             raise GraphError("inline nodes: take one input (named input); define a block for several",
                              doc.loc(path + ("in",)), format_path(path))  # fmt: skip
         inner = _Env({"input": inputs[0]} if inputs else {}, scope.child(), full + ".")
+        if into is not None:  # spliced: its nodes are numbered in the enclosing list
+            if not isinstance(node["nodes"], list):
+                raise SchemaError("splice: the inline nodes: must be a list", doc.loc(path + ("splice",)),
+                                  format_path(path))  # fmt: skip
+            inner = into
+            inner.refs.update({"input": inputs[0]} if inputs else {})
         inner.prev = inputs[0] if inputs else None
         self._expand_nodes(node["nodes"], doc, path + ("nodes",), inner)
         out = inner.prev

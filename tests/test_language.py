@@ -377,3 +377,37 @@ def test_a_list_numbers_the_nodes_it_keeps_and_splices_repeats():
     assert [r.node for r in nodes[4].inputs] == ["f.3", "f.1"]  # the list's numbers, as kept
     nodes = yamlnet.load_spec(text.replace('in: ["3", "1"]', 'in: ["4", "1"]'), norm=True).nodes
     assert [n.name for n in nodes] == ["f.0", "f.1", "f.2", "f.3", "f.4", "f.5", "f.6.0", "f.6.1"]
+
+
+def test_splice_numbers_a_groups_nodes_in_the_enclosing_list():
+    text = spec("""
+        yamlnet: 1
+        vars: {config: [16, M, 32], norm: false}
+        inputs: {x: [N, 3, 8, 8]}
+        nodes:
+          f:
+            nodes:
+              - {op: Identity}
+              - {block: layer, repeat: 3, splice: true, c: "${config[i]}"}
+              - nodes:
+                  - {op: ReLU}
+                splice: true
+        blocks:
+          layer:
+            params: {c: any}
+            nodes:
+              - {op: MaxPool2d, kernel_size: 2, if: "${c == 'M'}"}
+              - {op: Conv2d, out_channels: "${c}", kernel_size: 3, padding: 1, if: "${c != 'M'}"}
+              - {op: BatchNorm2d, if: "${norm and c != 'M'}"}
+        """)
+    assert [n.name for n in yamlnet.load_spec(text).nodes] == ["f.0", "f.1", "f.2", "f.3", "f.4"]
+    r = yamlnet.build(text, norm=True)
+    assert [n.name for n in r.spec.nodes] == ["f.0", "f.1", "f.2", "f.3", "f.4", "f.5", "f.6"]
+    assert r.module(torch.randn(2, 3, 8, 8)).shape == (2, 32, 4, 4)
+    with pytest.raises(yamlnet.SpecError, match="splice: applies to a block or inline nodes: written in a list"):
+        yamlnet.load_spec(spec("""
+            yamlnet: 1
+            inputs: {x: [N, 3]}
+            nodes:
+              a: {op: Linear, out_features: 3, splice: true}
+            """))
