@@ -82,12 +82,33 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         else:
             first = (list(inputs),) if op.list_input else tuple(inputs)
             env[name] = graph.create_node("call_function", op.target, (*first, *pos), kw, fx_name)
+    _tie(root, typed)
     for name, fx_node in env.items():
         fx_node.meta["spec_node"] = name  # which spec node each fx node computes (summary costs)
     outs = [value(ref) for _, ref in spec.outputs]
     graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     graph.lint()
     return fx.GraphModule(root, graph, class_name=class_name(spec.name))
+
+
+def _tie(root, typed: nx.DiGraph) -> None:
+    """Make each `tie:` parameter the model's named parameter itself."""
+    for name in typed:
+        node = typed.nodes[name].get("spec")
+        for own, target in getattr(node, "tie", ()):
+            module = root.get_submodule(name)
+            mine = getattr(module, own, None)
+            if not hasattr(mine, "shape") or own not in dict(module.named_parameters(recurse=False)):
+                raise SpecError(f"tie: {node.op} has no parameter '{own}'", node.loc, node.path + ".tie")
+            try:
+                shared = root.get_parameter(target)
+            except AttributeError:
+                raise SpecError(f"tie: the model has no parameter '{target}'", node.loc, node.path + ".tie",
+                                "name it as in the state_dict: node.weight") from None  # fmt: skip
+            if shared.shape != mine.shape:
+                raise SpecError(f"tie: {own} is {list(mine.shape)} but {target} is {list(shared.shape)}",
+                                node.loc, node.path + ".tie")  # fmt: skip
+            setattr(module, own, shared)
 
 
 def _instantiate(op, args: dict, node):
@@ -174,6 +195,10 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
                 made.add(prefix)
                 lines.append(f"        {_owner(parents[: k - 1])}.add_module({parents[k - 1]!r}, nn.Module())")
         lines.append("        " + _construct(op, data["args"], _owner(parents), leaf))
+    for name in topological_order(typed):  # shared weights (tie:)
+        for own, target in getattr(typed.nodes[name].get("spec"), "tie", ()):
+            lines.append(f"        {_owner(name.split('.'))}.{own} = self.get_parameter({target!r})")
+    lines[lines.index("import torch") + 1 : lines.index("import torch") + 1] = _helpers(typed, registry)
     code = gm.code.strip("\n")
     body = [line for line in code.splitlines() if line.strip()]
     lines += ["", *("    " + line if line.strip() else "" for line in body), ""]
@@ -181,6 +206,19 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
 
 
 STANDALONE_SOURCES = ("torch", "torch.nn", "torchvision.ops", "yamlnet")
+
+
+def _helpers(typed: nx.DiGraph, registry) -> list[str]:
+    """Our own functions the generated forward calls, defined under fx's names for them."""
+    from .ops.tensors import STANDALONE_FUNCTIONS
+
+    out = []
+    used = {registry.get(typed.nodes[n]["spec"].op).target for n in typed if typed.nodes[n]["kind"] == "op"}
+    for fn, source in STANDALONE_FUNCTIONS.items():
+        if fn in used:
+            name = re.sub(r"[^0-9a-zA-Z_]+", "_", f"{fn.__module__}.{fn.__name__}")
+            out += ["", "", *source.format(name=name).splitlines()]
+    return out
 
 
 def _owner(parents: list[str]) -> str:

@@ -68,7 +68,8 @@ def spec_hash(spec: ExpandedSpec) -> str:
     """sha256 of the resolved network (nodes, args, wiring, inputs, outputs)."""
     canon = {
         "inputs": [[i.name, list(i.shape), i.dtype] for i in spec.inputs],
-        "nodes": [[n.name, n.op, [str(r) for r in n.inputs], n.args, n.call] for n in spec.nodes],
+        "nodes": [[n.name, n.op, [str(r) for r in n.inputs], n.args, n.call, *([list(n.tie)] if n.tie else [])]
+                  for n in spec.nodes],  # fmt: skip
         "outputs": [[k, str(r)] for k, r in spec.outputs],
     }
     text = json.dumps(canon, sort_keys=True, default=str, separators=(",", ":"))

@@ -68,6 +68,7 @@ class NodeSpec:
     call: dict = field(default_factory=dict)
     loc: Location | None = None
     path: str = ""  # where it is written: blocks.basic.nodes.conv1
+    tie: tuple[tuple[str, str], ...] = ()  # (own parameter, the model's parameter it shares)
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,8 @@ class _Expander:
                              "list them with in: [a, b]" if len(refs) < op.min_inputs else "")  # fmt: skip
         if any(not isinstance(r, Ref) for r in refs):
             self.unresolved.append(len(self.nodes))  # names defined later in a scope
-        self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, where))
+        tie = tuple((node.get("tie") or {}).items())
+        self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, where, tie))
         return Ref(full)
 
     def _block(self, node, full, inputs, scope, path, doc, into: _Env | None = None):
@@ -573,7 +575,7 @@ class _Expander:
             for r in fixed:
                 if isinstance(r, tuple):
                     raise _bundle_error("an input comes from", r, node.loc, node.path)
-            self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path)
+            self.nodes[k] = NodeSpec(node.name, node.op, fixed, node.args, node.call, node.loc, node.path, node.tie)
             if any(not isinstance(r, Ref) for r in fixed):
                 still.append(k)
         self.unresolved = still

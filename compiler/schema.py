@@ -18,7 +18,7 @@ SCHEMA_ID = "https://yamlnet.dev/schema/v1.json"
 NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)$"
 IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\[-?[0-9]+\])*$"
-NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice")
+NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie")
 PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "dict": "object", "any": None}  # fmt: skip
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
@@ -73,6 +73,10 @@ def document_schema() -> dict[str, Any]:
             "splice": {**_or_expr({"type": "boolean"}),
                        "description": "true (a block or inline group in a list): its nodes are "
                        "numbered in that list, as layers += [...] builds an nn.Sequential"},
+            "tie": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT_PATTERN},
+                    "additionalProperties": {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+$"},
+                    "description": "share weights: {weight: embedding.weight} makes this op's weight "
+                    "that parameter of the model (tied, saved under both names)"},
             "freeze": {**_or_expr({"type": "boolean"}),
                        "description": "true: no gradients for this node's weights, kept in eval mode"},
             "nodes": {"$ref": "#/$defs/nodes",

@@ -196,6 +196,9 @@ class _Engine:
         self.values[name] = outs
         self.types[name] = self._combine(outs, node)
         params = _count_params(built)
+        for own, _ in node.tie:  # a shared parameter is counted where it is made
+            tied = getattr(built, own, None)
+            params -= tied.numel() if hasattr(tied, "numel") else 0
         if params > MAX_PARAMS:
             raise ShapeError(f"{op.name} would have {params:,} parameters (limit {MAX_PARAMS:,})",
                              node.loc, node.path, "are the sizes in this node what you meant?")  # fmt: skip

@@ -246,6 +246,8 @@ def _check_node(node: dict, path: tuple, doc: Document, blocks: dict, registry) 
         return Diagnostic(msg, doc.loc(p), format_path(p), hint)
 
     args = {k: v for k, v in node.items() if k not in NODE_KEYS}
+    if "tie" in node and "op" not in node:
+        return [problem("tie: applies to op nodes only", "tie")]
     if "call" in node and "op" not in node:
         return [problem("call: applies to op nodes only", "call",
                         "pass block parameters as keys of the node")]  # fmt: skip

@@ -30,6 +30,7 @@ CASES = [
     pytest.param("resnet18.yaml", (2, 3, 224, 224), torch.float32, id="resnet18"),
     pytest.param("tiny_vit.yaml", (3, 3, 32, 32), torch.float32, id="tiny_vit"),
     pytest.param("lstm_classifier.yaml", (2, 6), torch.int64, id="lstm_classifier"),
+    pytest.param("zoo/gpt.yaml", (2, 9), torch.int64, id="gpt"),  # tie: and positions
 ]
 
 # Runs in the isolated interpreter. argv: torch_site, module_file, state_file,

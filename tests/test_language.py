@@ -411,3 +411,24 @@ def test_splice_numbers_a_groups_nodes_in_the_enclosing_list():
             nodes:
               a: {op: Linear, out_features: 3, splice: true}
             """))
+
+
+def test_tie_shares_one_parameter_and_refuses_what_does_not_fit():
+    body = """
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          a: {op: Linear, out_features: 4}
+          b: {op: Linear, out_features: 4, tie: {weight: a.weight}}
+        """
+    r = yamlnet.build(spec(body))
+    assert r.module.b.weight is r.module.a.weight
+    assert sum(r.graph.nodes[n].get("params", 0) for n in r.graph) == 4 * 4 + 4 + 4  # counted once
+    assert list(r.module.state_dict()) == ["a.weight", "a.bias", "b.weight", "b.bias"]
+    for tie, message in [("{weight: a.wieght}", "tie: the model has no parameter 'a.wieght'"),
+                         ("{kernel: a.weight}", "tie: Linear has no parameter 'kernel'")]:  # fmt: skip
+        with pytest.raises(yamlnet.SpecError, match=message):
+            yamlnet.compile(spec(body.replace("{weight: a.weight}", tie)))
+    with pytest.raises(yamlnet.SpecError, match=r"tie: weight is \[4, 4\] but a.weight is \[3, 4\]"):
+        yamlnet.compile(spec(body.replace("a: {op: Linear, out_features: 4}", "a: {op: Linear, out_features: 3}")
+                             .replace("b: {op: Linear", "b: {op: Linear, in: x")) + "outputs: [a, b]\n")  # fmt: skip
