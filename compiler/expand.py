@@ -289,9 +289,8 @@ class _Expander:
         for name, node, path in iter_nodes(nodes, base):
             if number is not None and "name" not in node:
                 number += self._node(str(number), node, path, doc, env, numbered=True)
-            else:
+            else:  # a mapping's node, or a list's node with name: (it takes no number)
                 self._node(name, node, path, doc, env)
-                number = None if number is None else number + 1
         if number is not None:
             env.number = number
 
@@ -315,6 +314,10 @@ class _Expander:
             return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered)
         splice = numbered and "repeat" in node  # copies numbered in the list itself
         names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
+        if "{i}" in name:  # name: encoder_layer_{i}: the copies sit side by side, so named
+            if "repeat" not in node:
+                raise SchemaError("a name with {i} needs repeat:", loc, where)
+            names, splice = [name.replace("{i}", str(k)) for k in range(repeat)], True
         for n in names:
             self._check_name(n, env, loc, where)
         full = env.prefix + name
@@ -322,7 +325,7 @@ class _Expander:
             self.frozen += [env.prefix + n for n in names] if splice else [full]
         out: Any = inputs
         for k in range(repeat):
-            if splice:
+            if splice:  # copies named in this scope, not under one name
                 inst_name = env.prefix + names[k]
             else:
                 inst_name = f"{full}.{k}" if "repeat" in node else full

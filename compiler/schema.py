@@ -82,7 +82,9 @@ def document_schema() -> dict[str, Any]:
             "nodes": {"$ref": "#/$defs/nodes",
                       "description": "inline nodes: a submodule container (like nn.Sequential)"},
             "call": {"type": "object", "description": "keyword arguments passed at call time"},
-            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "name": {"type": "string", "pattern": r"^([A-Za-z_][A-Za-z0-9_]*(\{i\}[A-Za-z0-9_]*)?|[0-9]+)$",
+                     "description": "the node's name in a list; with repeat, {i} numbers the copies "
+                     "(encoder_layer_{i})"},
         },
         "if": {"type": "object"},
         "then": {"oneOf": [{"required": ["op"]}, {"required": ["block"]}, {"required": ["nodes"]}]},

@@ -432,3 +432,19 @@ def test_tie_shares_one_parameter_and_refuses_what_does_not_fit():
     with pytest.raises(yamlnet.SpecError, match=r"tie: weight is \[4, 4\] but a.weight is \[3, 4\]"):
         yamlnet.compile(spec(body.replace("a: {op: Linear, out_features: 4}", "a: {op: Linear, out_features: 3}")
                              .replace("b: {op: Linear", "b: {op: Linear, in: x")) + "outputs: [a, b]\n")  # fmt: skip
+
+
+def test_repeat_copies_named_with_i():
+    text = spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          layers:
+            nodes:
+              - {name: "layer_{i}", op: Linear, repeat: 3, out_features: 4}
+              - {op: add, in: [layer_2, layer_0]}
+        """)
+    nodes = yamlnet.load_spec(text).nodes
+    assert [n.name for n in nodes] == ["layers.layer_0", "layers.layer_1", "layers.layer_2", "layers.0"]
+    with pytest.raises(yamlnet.SpecError, match=r"a name with \{i\} needs repeat:"):
+        yamlnet.load_spec(text.replace(", repeat: 3", ""))

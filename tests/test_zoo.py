@@ -22,6 +22,8 @@ TORCHVISION = [
     pytest.param("resnet.yaml", {"depth": 101}, "resnet101", marks=pytest.mark.slow),
     pytest.param("resnet.yaml", {"depth": 152}, "resnet152", marks=pytest.mark.slow),
     ("mobilenet_v2.yaml", {}, "mobilenet_v2"),
+    ("vit.yaml", {}, "vit_b_16"),
+    pytest.param("vit.yaml", {"patch": 32}, "vit_b_32", marks=pytest.mark.slow),
     ("vgg.yaml", {"depth": 11}, "vgg11"),
     ("vgg.yaml", {"depth": 11, "batch_norm": True}, "vgg11_bn"),
     *[pytest.param("vgg.yaml", {"depth": d, "batch_norm": bn}, f"vgg{d}{'_bn' if bn else ''}", marks=pytest.mark.slow)
