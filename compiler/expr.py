@@ -10,7 +10,7 @@ to Python's `eval`. What exists:
     comparison    == != < <= > >= in, not in, chained (a < b < c)
     logic         and or not, and the conditional `a if cond else b`
     indexing      xs[0]  table["key"]  xs[1:3]
-    functions     min max abs int float round ceil floor len bool str
+    functions     min max abs int float round ceil floor len bool str divisible
                   shape(node) -> the node's inferred output shape as a list
 
 A whole-string expression (`"${width * 2}"`) keeps its type (an int here); an
@@ -155,6 +155,15 @@ def _to_str(x: Any) -> str:
     raise ExprError(f"str() takes a number, a string or a bool, not {type(x).__name__}")
 
 
+def _divisible(value: Any, divisor: Any = 8) -> int:
+    """The channel rounding of MobileNet and EfficientNet: the nearest multiple of
+    `divisor`, at least `divisor`, and never below 90% of `value`."""
+    if not _is_int(divisor) or divisor < 1 or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExprError("divisible(value, divisor) takes a number and a positive integer")
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
 _FUNCS: dict[str, Callable] = {
     "min": min,
     "max": max,
@@ -167,6 +176,7 @@ _FUNCS: dict[str, Callable] = {
     "len": len,
     "bool": bool,
     "str": _to_str,
+    "divisible": _divisible,
 }
 
 

@@ -22,6 +22,9 @@ TORCHVISION = [
     pytest.param("resnet.yaml", {"depth": 101}, "resnet101", marks=pytest.mark.slow),
     pytest.param("resnet.yaml", {"depth": 152}, "resnet152", marks=pytest.mark.slow),
     ("mobilenet_v2.yaml", {}, "mobilenet_v2"),
+    ("efficientnet.yaml", {}, "efficientnet_b0"),
+    *[pytest.param("efficientnet.yaml", {"variant": v}, f"efficientnet_{v}", marks=pytest.mark.slow)
+      for v in ("b1", "b2", "b3")],
     ("vit.yaml", {}, "vit_b_16"),
     pytest.param("vit.yaml", {"patch": 32}, "vit_b_32", marks=pytest.mark.slow),
     ("vgg.yaml", {"depth": 11}, "vgg11"),
@@ -41,6 +44,9 @@ def test_torchvision_weights_load_strictly_and_outputs_match(spec, variables, bu
     torch.manual_seed(0)
     ref = getattr(torchvision.models, builder)().eval()
     model = yamlnet.compile(ZOO / spec, **variables).eval()
+    for name, module in model.named_modules():  # rates that grow with depth: stochastic depth
+        if type(module).__name__ == "StochasticDepth":
+            assert module.p == pytest.approx(ref.get_submodule(name).p, abs=1e-12), name
     assert list(model.state_dict()) == list(ref.state_dict())  # names and order
     model.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 3, 224, 224)
