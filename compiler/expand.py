@@ -314,17 +314,23 @@ class _Expander:
             return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered)
         splice = numbered and "repeat" in node  # copies numbered in the list itself
         names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
-        if "{i}" in name:  # name: encoder_layer_{i}: the copies sit side by side, so named
+        if has_expr(name):  # name: encoder_layer_${i}: the copies sit side by side, so named
             if "repeat" not in node:
-                raise SchemaError("a name with {i} needs repeat:", loc, where)
-            names, splice = [name.replace("{i}", str(k)) for k in range(repeat)], True
+                raise SchemaError("a name with an expression needs repeat:", loc, where)
+            names, splice = [self._copy_name(name, scope.child(i=k), path, doc) for k in range(repeat)], True
         for n in names:
             self._check_name(n, env, loc, where)
         full = env.prefix + name
         if self._flag(node, "freeze", scope, path, doc):
             self.frozen += [env.prefix + n for n in names] if splice else [full]
         out: Any = inputs
+        concat = node.get("feed") == "concat"
+        outs: list = []
         for k in range(repeat):
+            if concat and k:  # each copy reads the input and all earlier copies, joined
+                copy = env.prefix + names[k] if splice else f"{full}.{k}"
+                ins = self._join(inputs, outs, copy + "_in", loc, where)
+                out = ins[0]
             if splice:  # copies named in this scope, not under one name
                 inst_name = env.prefix + names[k]
             else:
@@ -332,8 +338,12 @@ class _Expander:
             inst_scope = scope.child(i=k) if "repeat" in node else scope
             ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
             out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
+            outs.append(out)
             if splice:
                 env.refs[names[k]] = out
+        if concat:
+            last = env.prefix + names[-1] if splice else f"{full}.{repeat - 1}"
+            out = self._join(inputs, outs, last + "_out", loc, where)[0]
         env.refs[names[-1]] = env.prev = out
         return len(names)
 
@@ -368,6 +378,26 @@ class _Expander:
         if not isinstance(value, bool):
             raise ExprError(f"{key}: must be true or false, got {value!r}", loc, format_path(path))
         return value
+
+    def _copy_name(self, template: str, scope: Scope, path: tuple, doc: Document) -> str:
+        loc, where = doc.loc(path + ("name",)), format_path(path) + ".name"
+        name = resolve(template, scope, loc, where)
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise SchemaError(f"name: {name!r} is not a valid name", loc, where,
+                              "letters, digits and _, not starting with a digit")  # fmt: skip
+        return name
+
+    def _join(self, inputs: tuple, outs: list, name: str, loc, where) -> tuple:
+        """A cat node (dim 1) of the node's input and the copies so far (feed: concat)."""
+        refs = []
+        for value in (*inputs[:1], *outs):
+            if isinstance(value, tuple):
+                raise _bundle_error("feed: concat got", value, loc, where)
+            refs.append(value)
+        if any(not isinstance(r, Ref) for r in refs):
+            self.unresolved.append(len(self.nodes))
+        self.nodes.append(NodeSpec(name, "cat", tuple(refs), {"dim": 1}, {}, loc, where))
+        return (Ref(name),)
 
     def _splice(self, name, node, inputs, repeat, scope, path, doc, env, numbered) -> int:
         """A block or inline group whose nodes join the enclosing list, numbered in it

@@ -18,7 +18,7 @@ SCHEMA_ID = "https://yamlnet.dev/schema/v1.json"
 NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)$"
 IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\[-?[0-9]+\])*$"
-NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie")
+NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie", "feed")
 PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "dict": "object", "any": None}  # fmt: skip
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
@@ -82,9 +82,12 @@ def document_schema() -> dict[str, Any]:
             "nodes": {"$ref": "#/$defs/nodes",
                       "description": "inline nodes: a submodule container (like nn.Sequential)"},
             "call": {"type": "object", "description": "keyword arguments passed at call time"},
-            "name": {"type": "string", "pattern": r"^([A-Za-z_][A-Za-z0-9_]*(\{i\}[A-Za-z0-9_]*)?|[0-9]+)$",
-                     "description": "the node's name in a list; with repeat, {i} numbers the copies "
-                     "(encoder_layer_{i})"},
+            "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"$ref": "#/$defs/expr"}],
+                     "description": "the node's name in a list; with repeat, an expression of i names "
+                     "each copy (encoder_layer_${i})"},
+            "feed": {"enum": ["chain", "concat"],
+                     "description": "how repeat feeds its copies: chain (each reads the one before) or "
+                     "concat (each reads the input and every earlier copy, joined on dim 1)"},
         },
         "if": {"type": "object"},
         "then": {"oneOf": [{"required": ["op"]}, {"required": ["block"]}, {"required": ["nodes"]}]},

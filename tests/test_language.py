@@ -441,10 +441,33 @@ def test_repeat_copies_named_with_i():
         nodes:
           layers:
             nodes:
-              - {name: "layer_{i}", op: Linear, repeat: 3, out_features: 4}
+              - {name: "layer_${i}", op: Linear, repeat: 3, out_features: 4}
               - {op: add, in: [layer_2, layer_0]}
         """)
     nodes = yamlnet.load_spec(text).nodes
     assert [n.name for n in nodes] == ["layers.layer_0", "layers.layer_1", "layers.layer_2", "layers.0"]
-    with pytest.raises(yamlnet.SpecError, match=r"a name with \{i\} needs repeat:"):
+    with pytest.raises(yamlnet.SpecError, match=r"a name with an expression needs repeat:"):
         yamlnet.load_spec(text.replace(", repeat: 3", ""))
+
+
+def test_feed_concat_joins_the_input_and_every_earlier_copy():
+    r = yamlnet.build(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 8, 4, 4]}
+        nodes:
+          block:
+            nodes:
+              - {name: "layer${i + 1}", op: Conv2d, repeat: 3, feed: concat, out_channels: 4, kernel_size: 1}
+        """))
+    nodes = {n.name: [str(i) for i in n.inputs] for n in r.spec.nodes}
+    assert nodes == {
+        "block.layer1": ["x"], "block.layer2_in": ["x", "block.layer1"], "block.layer2": ["block.layer2_in"],
+        "block.layer3_in": ["x", "block.layer1", "block.layer2"], "block.layer3": ["block.layer3_in"],
+        "block.layer3_out": ["x", "block.layer1", "block.layer2", "block.layer3"],
+    }  # fmt: skip
+    m = r.module
+    x = torch.randn(2, 8, 4, 4)
+    a = m.block.layer1(x)
+    b = m.block.layer2(torch.cat([x, a], 1))
+    c = m.block.layer3(torch.cat([x, a, b], 1))
+    assert torch.equal(m(x), torch.cat([x, a, b, c], 1))

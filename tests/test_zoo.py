@@ -25,6 +25,8 @@ TORCHVISION = [
     ("efficientnet.yaml", {}, "efficientnet_b0"),
     *[pytest.param("efficientnet.yaml", {"variant": v}, f"efficientnet_{v}", marks=pytest.mark.slow)
       for v in ("b1", "b2", "b3")],
+    ("densenet.yaml", {}, "densenet121"),
+    pytest.param("densenet.yaml", {"depth": 169}, "densenet169", marks=pytest.mark.slow),
     ("vit.yaml", {}, "vit_b_16"),
     pytest.param("vit.yaml", {"patch": 32}, "vit_b_32", marks=pytest.mark.slow),
     ("vgg.yaml", {"depth": 11}, "vgg11"),
