@@ -176,7 +176,7 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
         "from torch import nn",
         "",
     ]
-    if any(registry.get(typed.nodes[n]["spec"].op).source == "torchvision.ops"
+    if any(registry.get(typed.nodes[n]["spec"].op).source.startswith("torchvision")
            for n in typed if typed.nodes[n]["kind"] == "op"):  # fmt: skip
         lines.insert(4, "import torchvision")
     lines += ["", f"class {cls}(nn.Module):", "    def __init__(self):", "        super().__init__()"]
@@ -205,7 +205,7 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     return "\n".join(lines) + "\n"
 
 
-STANDALONE_SOURCES = ("torch", "torch.nn", "torchvision.ops", "yamlnet")
+STANDALONE_SOURCES = ("torch", "torch.nn", "torchvision.ops", "torchvision.models", "yamlnet")
 
 
 def _helpers(typed: nx.DiGraph, registry) -> list[str]:

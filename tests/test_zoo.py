@@ -27,6 +27,8 @@ TORCHVISION = [
       for v in ("b1", "b2", "b3")],
     ("densenet.yaml", {}, "densenet121"),
     pytest.param("densenet.yaml", {"depth": 169}, "densenet169", marks=pytest.mark.slow),
+    ("convnext.yaml", {}, "convnext_tiny"),
+    pytest.param("convnext.yaml", {"size": "small"}, "convnext_small", marks=pytest.mark.slow),
     ("vit.yaml", {}, "vit_b_16"),
     pytest.param("vit.yaml", {"patch": 32}, "vit_b_32", marks=pytest.mark.slow),
     ("vgg.yaml", {"depth": 11}, "vgg11"),

@@ -34,7 +34,10 @@ SHAPE_DERIVED = {
 }
 
 # Where an op reads an argument from another dim than its name usually means.
-SHAPE_DERIVED_BY_OP = {"MLP": {"in_channels": lambda ins: ins[0][-1]}}  # a stack of Linear
+SHAPE_DERIVED_BY_OP = {
+    "MLP": {"in_channels": lambda ins: ins[0][-1]},  # a stack of Linear
+    "LayerNorm2d": {"normalized_shape": lambda ins: [ins[0][1]]},  # over the channels of [N, C, H, W]
+}
 
 # How to fix the usual shape error of a module, shown after torch's own message.
 SHAPE_HINTS = {
@@ -93,6 +96,13 @@ def register_torchvision_ops(registry) -> None:
 
     for name in TORCHVISION_OPS:
         registry.add(loader(name), name)
+
+    def layer_norm_2d() -> OpDef:  # ConvNeXt's LayerNorm over channels (torchvision.models.convnext)
+        from torchvision.models.convnext import LayerNorm2d
+
+        return module_opdef("LayerNorm2d", LayerNorm2d, source="torchvision.models")
+
+    registry.add(layer_norm_2d, "LayerNorm2d")
 
 
 def _lazy(name: str, cls: type, source: str):
