@@ -477,8 +477,8 @@ class _Traced:
                 raise ImportFailure(
                     f"'{path}' ({type(m).__name__}) is called with a constant as input {k}"
                 )
-        for k, v in enumerate(inputs):
-            if not isinstance(self._value(v), _T):
+        for k, v in enumerate(inputs):  # a later input may be a tuple: an LSTM's (h, c)
+            if not isinstance(self._value(v), _T) and not (k > 0 and isinstance(self._value(v), _Tuple)):
                 raise ImportFailure(f"'{path}' ({type(m).__name__}) gets a tuple or a number as input {k}; "
                                     "a spec passes tensors only")  # fmt: skip
         shapes = [self._shape(v) for v in inputs]

@@ -182,8 +182,9 @@ class _Engine:
                 raise ExprError(f"shape(): input of '{name}' is defined after it")
             self.type_of(ref, node)  # infers producers first (memoized)
         in_types = [self.type_of(r, node) for r in node.inputs]
-        for r, t in zip(node.inputs, in_types, strict=True):
-            if not isinstance(t, TensorType):
+        for k, (r, t) in enumerate(zip(node.inputs, in_types, strict=True)):
+            # a module's later inputs may be a tuple: an LSTM's state (h, c) as it came
+            if not isinstance(t, TensorType) and not (k > 0 and op.kind == "module"):
                 raise ShapeError(f"input '{r}' is a tuple {format_type(t)}; pick one element, "
                                  f"e.g. {r}[0]", node.loc, node.path)  # fmt: skip
         args = self._final_args(node, op, in_types)
@@ -208,7 +209,7 @@ class _Engine:
 
     def _final_args(self, node: NodeSpec, op, in_types: list) -> dict:
         args = dict(node.args)
-        shapes = [t.shape for t in in_types]
+        shapes = [getattr(t, "shape", ()) for t in in_types]  # a tuple input has none
         for key, rule in op.infer.items():
             try:
                 value = rule(shapes)
@@ -264,7 +265,7 @@ class _Engine:
             return inputs[0]  # the registered shape rule: output shaped like the input
         if op.kind == "module" and not op.int_inputs and _float_weights(built):
             for t in in_types:
-                if t.dtype.startswith(("int", "uint", "bool")):
+                if getattr(t, "dtype", "float32").startswith(("int", "uint", "bool")):
                     # meta kernels do not check dtypes; eager PyTorch would fail here
                     raise ShapeError(
                         f"{op.name} cannot take input {_show(in_types)}: its weights are floating "

@@ -213,3 +213,89 @@ def test_gpt_matches_its_twin_and_ties_the_head():
     model.train()
     model(torch.randint(0, 512, (2, 5))).sum().backward()
     assert model.tok_emb.weight.grad is not None
+
+
+class UNetTwin(torch.nn.Module):
+    def __init__(self, channels=3, classes=2, base=16):
+        super().__init__()
+        nn = torch.nn
+
+        def double(cin, cout):
+            m = nn.Module()
+            m.conv1, m.bn1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)
+            m.conv2, m.bn2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)
+            return m
+
+        def down(cin, cout):
+            m = nn.Module()
+            m.conv = double(cin, cout)
+            return m
+
+        def up(cin, cout):  # cin: the deeper map's channels; the skip has cin // 2
+            m = nn.Module()
+            m.up = nn.ConvTranspose2d(cin, cin // 2, 2, stride=2)
+            m.conv = double(cin, cout)
+            return m
+
+        self.inc = double(channels, base)
+        self.down1, self.down2, self.down3 = down(base, 2 * base), down(2 * base, 4 * base), down(4 * base, 8 * base)
+        self.up1, self.up2, self.up3 = up(8 * base, 4 * base), up(4 * base, 2 * base), up(2 * base, base)
+        self.outc = nn.Conv2d(base, classes, 1)
+
+    @staticmethod
+    def _double(m, x):
+        import torch.nn.functional as F
+
+        return F.relu(m.bn2(m.conv2(F.relu(m.bn1(m.conv1(x))))))
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        x1 = self._double(self.inc, x)
+        x2 = self._double(self.down1.conv, F.max_pool2d(x1, 2))
+        x3 = self._double(self.down2.conv, F.max_pool2d(x2, 2))
+        x4 = self._double(self.down3.conv, F.max_pool2d(x3, 2))
+        y = x4
+        for up, skip in ((self.up1, x3), (self.up2, x2), (self.up3, x1)):
+            y = self._double(up.conv, torch.cat([skip, up.up(y)], 1))
+        return self.outc(y)
+
+
+def _randomize_norm_statistics(module):
+    """BatchNorm running statistics that are not the identity, so eval mode means something."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+def test_unet_matches_its_twin_at_several_sizes():
+    torch.manual_seed(0)
+    twin = UNetTwin()
+    _randomize_norm_statistics(twin)
+    model = yamlnet.compile(ZOO / "unet.yaml")
+    twin_check(model, twin, torch.randn(2, 3, 64, 48))
+    twin_check(model, twin, torch.randn(1, 3, 32, 96))  # H and W are symbolic
+
+
+class LSTMSeq2SeqTwin(torch.nn.Module):
+    def __init__(self, source_vocab=1000, target_vocab=1000, dim=64, hidden=128, layers=2):
+        super().__init__()
+        nn = torch.nn
+        self.src_emb, self.tgt_emb = nn.Embedding(source_vocab, dim), nn.Embedding(target_vocab, dim)
+        self.encoder = nn.LSTM(dim, hidden, layers, batch_first=True)
+        self.decoder = nn.LSTM(dim, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, target_vocab)
+
+    def forward(self, source, target):
+        _, state = self.encoder(self.src_emb(source))
+        steps, (h, _) = self.decoder(self.tgt_emb(target), state)
+        return self.out(steps), h[-1]
+
+
+def test_lstm_seq2seq_matches_its_twin_with_two_inputs_and_outputs():
+    torch.manual_seed(0)
+    twin = LSTMSeq2SeqTwin()
+    model = yamlnet.compile(ZOO / "lstm_seq2seq.yaml")
+    source, target = torch.randint(0, 1000, (3, 11)), torch.randint(0, 1000, (3, 7))
+    twin_check(model, twin, source, target)
