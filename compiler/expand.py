@@ -325,6 +325,8 @@ class _Expander:
             self.frozen += [env.prefix + n for n in names] if splice else [full]
         out: Any = inputs
         concat = node.get("feed") == "concat"
+        if "feed" in node and "repeat" not in node:
+            raise SchemaError("feed: applies to a node with repeat:", doc.loc(path + ("feed",)), where)
         outs: list = []
         for k in range(repeat):
             if concat and k:  # each copy reads the input and all earlier copies, joined
