@@ -92,23 +92,13 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
 
 
 def _tie(root, typed: nx.DiGraph) -> None:
-    """Make each `tie:` parameter the model's named parameter itself."""
-    for name in typed:
-        node = typed.nodes[name].get("spec")
-        for own, target in getattr(node, "tie", ()):
-            module = root.get_submodule(name)
-            mine = getattr(module, own, None)
-            if not hasattr(mine, "shape") or own not in dict(module.named_parameters(recurse=False)):
-                raise SpecError(f"tie: {node.op} has no parameter '{own}'", node.loc, node.path + ".tie")
-            try:
-                shared = root.get_parameter(target)
-            except AttributeError:
-                raise SpecError(f"tie: the model has no parameter '{target}'", node.loc, node.path + ".tie",
-                                "name it as in the state_dict: node.weight") from None  # fmt: skip
-            if shared.shape != mine.shape:
-                raise SpecError(f"tie: {own} is {list(mine.shape)} but {target} is {list(shared.shape)}",
-                                node.loc, node.path + ".tie")  # fmt: skip
-            setattr(module, own, shared)
+    """Make each `tie:` parameter the parameter it finally shares (checked in the shapes
+    stage: it exists, fits, and the ties make no cycle)."""
+    from .weights import tie_targets
+
+    for key, target in tie_targets(typed.graph["spec"]).items():
+        owner, _, own = key.rpartition(".")
+        setattr(root.get_submodule(owner), own, root.get_parameter(target))
 
 
 def _instantiate(op, args: dict, node):
@@ -210,7 +200,7 @@ STANDALONE_SOURCES = ("torch", "torch.nn", "torchvision.ops", "torchvision.model
 
 def _helpers(typed: nx.DiGraph, registry) -> list[str]:
     """Our own functions the generated forward calls, defined under fx's names for them."""
-    from .ops.tensors import STANDALONE_FUNCTIONS
+    from .ops.functions import STANDALONE_FUNCTIONS
 
     out = []
     used = {registry.get(typed.nodes[n]["spec"].op).target for n in typed if typed.nodes[n]["kind"] == "op"}

@@ -55,6 +55,10 @@ def compile_spec(
     graph = build_graph(spec)
     check_graph(graph)
     typed = infer_shapes(graph, registry, oracle)
+    if any(n.tie for n in spec.nodes):
+        from .weights import check_ties
+
+        check_ties(typed, registry)
     module = generate_module(typed, registry) if build else None
     if module is not None and (spec.init or spec.frozen):
         from .weights import apply_freeze, apply_init

@@ -155,6 +155,7 @@ class _Env:
     pending: list = field(default_factory=list)
     skips: dict = field(default_factory=dict)  # left-out node -> (input name, loc, path)
     number: int = 0  # where a list-form nodes: starts numbering (past it, once expanded)
+    given: frozenset = frozenset()  # a spliced group's input names (not the list's)
 
 
 @dataclass(frozen=True)
@@ -304,20 +305,31 @@ class _Expander:
         keep = self._condition(node, scope, path, doc)
         repeat = self._repeat(node, scope, path, doc) if keep else 0
         if repeat == 0:  # left out: the node passes its input through
-            passed = self._left_out(name, node, inputs, env, loc, where)
+            if "in" not in node and self._takes_no_input(node):
+                inputs = ()  # a Parameter or Buffer reads nothing, so passes nothing
+            passed = self._left_out(name, node, inputs, None if numbered else env, loc, where)
             if not numbered:
                 self._check_name(name, env, loc, where)
                 env.refs[name] = passed
             env.prev = passed
             return 0
         if self._flag(node, "splice", scope, path, doc):
-            return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered)
+            for key in ("feed", "name"):
+                if key in node:
+                    raise SchemaError(f"splice: a spliced group takes the list's numbers, so it has no {key}:",
+                                      doc.loc(path + (key,)), where)  # fmt: skip
+            frozen = self._flag(node, "freeze", scope, path, doc)
+            return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered, frozen)
         splice = numbered and "repeat" in node  # copies numbered in the list itself
         names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
         if has_expr(name):  # name: encoder_layer_${i}: the copies sit side by side, so named
             if "repeat" not in node:
                 raise SchemaError("a name with an expression needs repeat:", loc, where)
             names, splice = [self._copy_name(name, scope.child(i=k), path, doc) for k in range(repeat)], True
+            twice = next((n for k, n in enumerate(names) if n in names[:k]), None)
+            if twice is not None:
+                raise SchemaError(f"name: gives two copies the name '{twice}'", doc.loc(path + ("name",)),
+                                  where + ".name", "make the name differ with i")  # fmt: skip
         for n in names:
             self._check_name(n, env, loc, where)
         full = env.prefix + name
@@ -330,8 +342,8 @@ class _Expander:
         outs: list = []
         for k in range(repeat):
             if concat and k:  # each copy reads the input and all earlier copies, joined
-                copy = env.prefix + names[k] if splice else f"{full}.{k}"
-                ins = self._join(inputs, outs, copy + "_in", loc, where)
+                copy = names[k] if splice else f"{name}.{k}"
+                ins = self._join(inputs, outs, copy + "_in", env, loc, where)
                 out = ins[0]
             if splice:  # copies named in this scope, not under one name
                 inst_name = env.prefix + names[k]
@@ -343,10 +355,13 @@ class _Expander:
             outs.append(out)
             if splice:
                 env.refs[names[k]] = out
-        if concat:
-            last = env.prefix + names[-1] if splice else f"{full}.{repeat - 1}"
-            out = self._join(inputs, outs, last + "_out", loc, where)[0]
-        env.refs[names[-1]] = env.prev = out
+        if concat:  # the node's output: all copies joined (a copy's name still means the copy)
+            last = names[-1] if splice else f"{name}.{repeat - 1}"
+            out = self._join(inputs, outs, last + "_out", env, loc, where)[0]
+        if splice:
+            env.prev = out
+        else:
+            env.refs[name] = env.prev = out
         return len(names)
 
     def _count(self, n: int, loc, where) -> None:
@@ -389,19 +404,24 @@ class _Expander:
                               "letters, digits and _, not starting with a digit")  # fmt: skip
         return name
 
-    def _join(self, inputs: tuple, outs: list, name: str, loc, where) -> tuple:
+    def _join(self, inputs: tuple, outs: list, local: str, env: _Env, loc, where) -> tuple:
         """A cat node (dim 1) of the node's input and the copies so far (feed: concat)."""
         refs = []
         for value in (*inputs[:1], *outs):
             if isinstance(value, tuple):
                 raise _bundle_error("feed: concat got", value, loc, where)
             refs.append(value)
+        self._count(len(refs), loc, where)  # joins grow with the square of the copies
+        name = env.prefix + local
+        if "." not in local:  # a name in this scope: it must be free, and it can be used
+            self._check_name(local, env, loc, where)
+            env.refs[local] = Ref(name)
         if any(not isinstance(r, Ref) for r in refs):
             self.unresolved.append(len(self.nodes))
         self.nodes.append(NodeSpec(name, "cat", tuple(refs), {"dim": 1}, {}, loc, where))
         return (Ref(name),)
 
-    def _splice(self, name, node, inputs, repeat, scope, path, doc, env, numbered) -> int:
+    def _splice(self, name, node, inputs, repeat, scope, path, doc, env, numbered, frozen) -> int:
         """A block or inline group whose nodes join the enclosing list, numbered in it
         (as `layers += [conv, bn, relu]` builds an nn.Sequential); once per copy."""
         loc, where = doc.loc(path + ("splice",)), format_path(path)
@@ -419,9 +439,12 @@ class _Expander:
                 out = self._block(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
             else:
                 out = self._inline(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
-            for n in range(number, inner_env.number):  # the list's new numbers
-                self._check_name(str(n), env, loc, where)
-                env.refs[str(n)] = inner_env.refs[str(n)]
+            for key, ref in inner_env.refs.items():  # the list's new numbers, and named nodes
+                if key not in inner_env.given and not isinstance(ref, _Pending):
+                    self._check_name(key, env, loc, where)
+                    env.refs[key] = ref
+            if frozen:
+                self.frozen += [env.prefix + str(n) for n in range(number, inner_env.number)]
             start = inner_env.number
         if isinstance(out, tuple):
             raise _bundle_error("a spliced group is", out, loc, where)
@@ -443,9 +466,13 @@ class _Expander:
         (so an optional residual `add: {in: [body, input], if: ...}` leaves `body`)."""
         first = node.get("in")
         first = first[0] if isinstance(first, list) and first else first
-        if isinstance(first, str):  # to name a loop of left-out nodes
+        if isinstance(first, str) and env is not None:  # to name a loop of left-out nodes
             env.skips[name] = (parse_ref(first)[0], loc, where)
         return inputs[0] if inputs else _Skipped(name, inputs, loc, where)
+
+    def _takes_no_input(self, node: dict) -> bool:
+        op = node.get("op")
+        return isinstance(op, str) and not has_expr(op) and op in self.registry and self.registry.get(op).min_inputs == 0
 
     def _instance(self, node, full, inputs, scope, path, doc, env):
         """One op node or block instance; returns its output (Ref or tuple of Refs)."""
@@ -512,6 +539,7 @@ class _Expander:
         if into is not None:  # spliced: its nodes are numbered in the enclosing list
             inner = into
             inner.refs.update(zip(names, inputs, strict=True))
+            inner.given = frozenset(names)
             inner.scope = Scope({**self.variables, **params})
             if not isinstance(body["nodes"], list):
                 raise SchemaError(f"splice: block '{name}' must write its nodes as a list",
@@ -545,6 +573,7 @@ class _Expander:
                                   format_path(path))  # fmt: skip
             inner = into
             inner.refs.update({"input": inputs[0]} if inputs else {})
+            inner.given = frozenset({"input"})
         inner.prev = inputs[0] if inputs else None
         self._expand_nodes(node["nodes"], doc, path + ("nodes",), inner)
         out = inner.prev
@@ -699,6 +728,8 @@ class _Indexed:
 
 
 def _index(target, index: tuple, text: str, loc, where):
+    if isinstance(target, _Indexed):  # an index into a name not resolved yet
+        return _Indexed(target.base, target.index + index, text, loc, where)
     if isinstance(target, (_Pending, _Skipped)):
         return _Indexed(target, index, text, loc, where)
     if isinstance(target, tuple):  # a block with several outputs

@@ -16,7 +16,56 @@ import os
 
 from .errors import SpecError
 
-__all__ = ["apply_init", "apply_freeze", "read_state_dict"]
+__all__ = ["apply_init", "apply_freeze", "read_state_dict", "check_ties", "tie_targets"]
+
+
+def tie_targets(spec) -> dict[str, str]:
+    """'node.param' -> the parameter it finally shares (chains of ties followed)."""
+    direct = {f"{n.name}.{own}": target for n in spec.nodes for own, target in n.tie}
+    final = {}
+    for key in direct:
+        seen, target = [key], direct[key]
+        while target in direct and target not in seen:
+            seen.append(target)
+            target = direct[target]
+        final[key] = target if target not in seen else None  # None: a cycle
+    return final
+
+
+def check_ties(typed, registry) -> None:
+    """Every tie: names a parameter of the model with the same shape, not itself, no cycle."""
+    spec = typed.graph["spec"]
+    nodes = {n.name: n for n in spec.nodes}
+    finals = tie_targets(spec)
+
+    def shape_of(key: str):
+        if key in nodes and nodes[key].op == "Parameter":
+            return list(typed.nodes[key]["args"]["shape"])
+        owner, _, pname = key.rpartition(".")
+        node = nodes.get(owner)
+        if node is None or registry.get(node.op).kind != "module":
+            return None
+        built = registry.get(node.op).instantiate(typed.nodes[owner]["args"], device="meta")
+        param = dict(built.named_parameters(recurse=False)).get(pname)
+        return None if param is None else list(param.shape)
+
+    for node in spec.nodes:
+        for own, target in node.tie:
+            where = node.path + ".tie"
+            if registry.get(node.op).kind != "module":
+                raise SpecError(f"tie: applies to layers with weights, not {node.op}", node.loc, where)
+            key = f"{node.name}.{own}"
+            mine = shape_of(key)
+            if mine is None:
+                raise SpecError(f"tie: {node.op} has no parameter '{own}'", node.loc, where)
+            if finals[key] is None or finals[key] == key:
+                raise SpecError(f"tie: {key} ties back to itself", node.loc, where, "a tie names another node's weight")
+            theirs = shape_of(finals[key])
+            if theirs is None:
+                raise SpecError(f"tie: the model has no parameter '{target}'", node.loc, where,
+                                "name it as in the state_dict: node.weight")  # fmt: skip
+            if theirs != mine:
+                raise SpecError(f"tie: {own} is {mine} but {target} is {theirs}", node.loc, where)
 
 
 def read_state_dict(path: str, loc=None, where: str = "init") -> dict:
@@ -33,49 +82,71 @@ def read_state_dict(path: str, loc=None, where: str = "init") -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise SpecError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}",
-                        loc, where + ".file") from None  # fmt: skip
+        why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err):  # torch's advice to allow code would be wrong here
+            why = "it holds more than tensors (loading it would run code), and only tensors are read"
+        raise SpecError(f"cannot read {path}: {why}", loc, where + ".file") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a yamlnet checkpoint
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a Lightning checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):  # fmt: skip
         raise SpecError(f"{path} is not a state_dict (a mapping of names to tensors)", loc, where + ".file")
     return state
 
 
 def apply_init(module, spec) -> None:
     """Load every `init:` item into `module`, checking names and shapes first."""
-    import torch
-
     model_state = module.state_dict()
     for item in spec.init:
-        state = read_state_dict(item.path, item.loc, item.where)
-        into = item.into + "." if item.into else ""
-        targets = {k: v for k, v in model_state.items() if k.startswith(into)
-                   and not any(k == e or k.startswith(e + ".") for e in item.exclude)}  # fmt: skip
-        if item.into and not targets:
-            raise SpecError(f"into: '{item.into}' has no weights in this model", item.loc, item.where + ".into")
-        given = {into + k[len(item.source):]: v for k, v in state.items() if k.startswith(item.source)}
-        problems = []
-        for key, want in targets.items():
-            got = given.get(key)
-            file_key = item.source + key[len(into):]
-            if got is None:
-                problems.append(f"{key}: not in the file (looked for '{file_key}')")
-            elif tuple(got.shape) != tuple(want.shape):
-                problems.append(f"{key}: the file has {list(got.shape)} ('{file_key}'), the model "
-                                f"{list(want.shape)}")  # fmt: skip
-        unused = [k for k in given if k not in targets
-                  and not any(k == e or k.startswith(e + ".") for e in item.exclude)]  # fmt: skip
-        if unused:
-            problems.append(f"the file has weights the model lacks: {', '.join(unused[:5])}"
-                            f"{' ...' if len(unused) > 5 else ''} (exclude them, or pick them with from:)")  # fmt: skip
-        if problems:
-            raise SpecError(diagnostics=[_diag(f"init from {item.file}: {p}", item) for p in problems])
-        with torch.no_grad():
-            for key in targets:
-                model_state[key].copy_(given[key])
+        _init_item(model_state, item)
+
+
+def _init_item(model_state: dict, item) -> None:
+    """Load one `init:` item into the tensors of `model_state` (in place), or refuse it."""
+    import torch
+
+    state = read_state_dict(item.path, item.loc, item.where)
+
+    def under(key: str, prefix: str) -> bool:
+        return not prefix or key == prefix or key.startswith(prefix + ".")
+
+    def excluded(key: str) -> bool:
+        return any(under(key, e) for e in item.exclude)
+
+    into, source = item.into, item.source.rstrip(".")
+    targets = {k: v for k, v in model_state.items() if under(k, into) and not excluded(k)}
+    if item.into and not targets:
+        raise SpecError(f"into: '{item.into}' has no weights in this model", item.loc, item.where + ".into")
+
+    def file_key(key: str) -> str:  # the model key under into -> the file key under from
+        if not source:
+            return key
+        rest = key[len(into):].lstrip(".") if into else key
+        return f"{source}.{rest}" if rest else source
+
+    wanted = {file_key(k): k for k in targets}
+    problems = []
+    for key, want in targets.items():
+        got = state.get(file_key(key))
+        if got is None:
+            problems.append(f"{key}: not in the file (looked for '{file_key(key)}')")
+        elif tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{key}: the file has {list(got.shape)} ('{file_key(key)}'), the model "
+                            f"{list(want.shape)}")  # fmt: skip
+        elif got.dtype.is_floating_point != want.dtype.is_floating_point:
+            problems.append(f"{key}: the file has {got.dtype} ('{file_key(key)}'), the model {want.dtype}")
+    # file weights meant for the target that it lacks (under from:, or under into: by the same name)
+    unused = [k for k in state if under(k, source or into) and k not in wanted and not excluded(k)]
+    if unused:
+        problems.append(f"the file has weights the model lacks: {', '.join(unused[:5])}"
+                        f"{' ...' if len(unused) > 5 else ''} (exclude them, or pick them with from:)")  # fmt: skip
+    if problems:
+        raise SpecError(diagnostics=[_diag(f"{item.file}: {p}", item) for p in problems])
+    with torch.no_grad():
+        for key in targets:
+            model_state[key].copy_(state[file_key(key)])
 
 
 def _diag(message: str, item):

@@ -102,3 +102,12 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "yamlnet", "--version"], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.startswith("yamlnet ")
+
+
+def test_importing_the_cli_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, yamlnet.cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "False", proc.stderr

@@ -1,5 +1,6 @@
 """Spec-language constructs end to end: each compiles to the module it describes."""
 
+import re
 import textwrap
 
 import pytest
@@ -471,3 +472,53 @@ def test_feed_concat_joins_the_input_and_every_earlier_copy():
     b = m.block.layer2(torch.cat([x, a], 1))
     c = m.block.layer3(torch.cat([x, a, b], 1))
     assert torch.equal(m(x), torch.cat([x, a, b, c], 1))
+
+
+@pytest.mark.parametrize("nodes, message", [
+    # a copy's name is the copy, and the joins' names are taken
+    ('  - {name: "l${i}", op: Linear, repeat: 2, feed: concat, out_features: 2}\n'
+     '  - {op: cat, in: [l1_in, l1_out, l1], dim: 1}\n', None),
+    ('  - {name: "l${i}", op: Linear, repeat: 2, feed: concat, out_features: 2}\n  - {name: l1_in, op: ReLU}\n',
+     "duplicate name 'l1_in'"),
+    ('  - {name: "p${i % 2}", op: Linear, repeat: 3, out_features: 4}\n', "name: gives two copies the name 'p0'"),
+    ('  - {op: Linear, out_features: 4}\n  - {block: g, repeat: 2, splice: true}\n', "duplicate name 'gamma'"),
+    ('  - {block: b, repeat: 2, splice: true, feed: concat}\n', "so it has no feed:"),
+    ('  - {op: Linear, out_features: 4}\n  - {op: ReLU, in: "1", if: false}\n  - {op: Tanh, in: "0"}\n', None),
+    ('  - {name: fc, op: Linear, out_features: 4}\n  - {name: p, op: Parameter, shape: [4], if: false}\n'
+     '  - {op: add, in: [fc, p]}\n', "'p' is left out (if: false or repeat: 0) and has no input to pass through"),
+    ('  - {name: a, op: Linear, out_features: 4, tie: {weight: b.weight}}\n'
+     '  - {name: b, op: Linear, out_features: 4, tie: {weight: a.weight}}\n', "a.weight ties back to itself"),
+    ('  - {name: a, op: add, other: 1, tie: {weight: b.weight}}\n', "tie: applies to layers with weights, not add"),
+])  # fmt: skip
+def test_new_constructs_refuse_what_they_cannot_mean(nodes, message):
+    text = ("yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n" + nodes +
+            "blocks:\n  g:\n    nodes:\n      - {name: gamma, op: Parameter, shape: [4]}\n      - {op: mul, in: [input, gamma]}\n"
+            "  b:\n    nodes:\n      - {op: Linear, out_features: 4}\n")  # fmt: skip
+    if message is None:
+        yamlnet.build(text)
+    else:
+        with pytest.raises(yamlnet.SpecError, match=re.escape(message)):
+            yamlnet.build(text)
+
+
+def test_ties_follow_chains_and_splice_freezes():
+    r = yamlnet.build(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          a: {op: Linear, out_features: 4, tie: {weight: b.weight}}
+          b: {op: Linear, out_features: 4, tie: {weight: c.weight}}
+          c: {op: Linear, out_features: 4}
+          d:
+            nodes:
+              - {block: blk, repeat: 2, splice: true, freeze: true}
+        blocks:
+          blk:
+            nodes:
+              - {op: Linear, out_features: 4}
+        """))
+    m = r.module
+    assert m.a.weight is m.c.weight and m.b.weight is m.c.weight
+    assert sum(r.graph.nodes[n].get("params", 0) for n in r.graph) == sum(p.numel() for p in m.parameters())
+    assert [n for n, p in m.named_parameters() if not p.requires_grad] == ["d.0.weight", "d.0.bias", "d.1.weight",
+                                                                          "d.1.bias"]  # fmt: skip

@@ -124,8 +124,8 @@ def test_init_refuses_what_does_not_fit(tmp_path, torchvision_weights):
     lines = str(err.value).splitlines()
     weights = folder / "resnet18.pt"
     assert lines == [
-        f"{spec}:5:1: init: init from {weights}: fc.weight: the file has [1000, 512] ('fc.weight'), the model [5, 512]",
-        f"{spec}:5:1: init: init from {weights}: fc.bias: the file has [1000] ('fc.bias'), the model [5]",
+        f"{spec}:5:1: init: {weights}: fc.weight: the file has [1000, 512] ('fc.weight'), the model [5, 512]",
+        f"{spec}:5:1: init: {weights}: fc.bias: the file has [1000] ('fc.bias'), the model [5]",
     ]
     spec.write_text(FINETUNE.format(zoo=ZOO, weights="missing.pt"))
     with pytest.raises(yamlnet.SpecError, match=r"init.file: no such file: .*missing.pt"):
@@ -138,7 +138,7 @@ def test_init_into_a_subtree_from_a_prefix(tmp_path):
     torch.save(state, tmp_path / "w.pt")
     (tmp_path / "net.yaml").write_text(
         "yamlnet: 1\n"
-        "init: {file: w.pt, into: head, from: 'encoder.fc.'}\n"
+        "init: {file: w.pt, into: head, from: encoder.fc}\n"
         "inputs: {x: [N, 3]}\n"
         "nodes:\n"
         "  body: {op: Linear, out_features: 3}\n"

@@ -106,22 +106,11 @@ def register_tensor_functions(registry) -> None:
              _a("mode", STR), _a("align_corners", BOOL)],
        doc="F.interpolate: resize spatial dims")  # fmt: skip
     fn("clone", torch.clone, doc="torch.clone")
+    from .functions import positions
+
     fn("positions", positions, args=[_a("dim", INT)],
        doc="torch.arange over one dim of the input (default -1): the positions 0..T-1 of a "
        "sequence, e.g. for a position embedding")  # fmt: skip
-
-
-def positions(x, dim: int = -1):
-    """0, 1, ..., x.shape[dim] - 1 (int64, on x's device)."""
-    import torch
-
-    return torch.arange(x.shape[dim], device=x.device)
-
-
-# Functions of ours a standalone file (--emit-python) defines itself, under the name fx gives them.
-STANDALONE_FUNCTIONS = {
-    positions: "def {name}(x, dim=-1):\n    return torch.arange(x.shape[dim], device=x.device)\n",
-}
 
 
 def python_index(value):
