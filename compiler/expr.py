@@ -300,8 +300,11 @@ class _Interpreter:
         except TypeError:
             raise ExprError(f"cannot index {_type(value)} with {_type(key)}") from None
         except (KeyError, IndexError):
-            hint = did_you_mean(str(key), value) if isinstance(value, dict) else ""
-            raise ExprError(f"index {key!r} out of range in '{ast.unparse(node)}'", hint=hint) from None
+            if isinstance(value, dict):
+                keys = ", ".join(map(str, list(value)[:12])) + (" ..." if len(value) > 12 else "")
+                raise ExprError(f"no key {key!r} in '{ast.unparse(node)}'",
+                                hint=did_you_mean(str(key), value) or f"keys: {keys}") from None  # fmt: skip
+            raise ExprError(f"index {key!r} out of range in '{ast.unparse(node)}'") from None
         raise ExprError(f"cannot index {_type(value)} with {_type(key)}")
 
     def visit_Call(self, node: ast.Call) -> Any:

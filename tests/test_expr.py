@@ -69,13 +69,16 @@ def test_whole_string_keeps_type_and_mixed_string_interpolates():
         ("int('nan')", "int() cannot convert"),
         ("float('inf')", "not a finite number"),
         ("xs[10]", "out of range"),
+        ("t['20']", "no key '20' in 't['20']' (keys: 18, 34)"),
+        ("divisible(7, 0)", "divisible(value, divisor) takes a number and a positive integer"),
+        ("str([1])", "str() takes a number, a string or a bool"),
         ("min(x=1)", "takes no keyword arguments"),
         ("shape(x)", "shape() is not available"),
     ],
 )
 def test_refuses(text, message):
     with pytest.raises(ExprError) as info:
-        evaluate(text, Scope({"width": 8, "xs": [1]}))
+        evaluate(text, Scope({"width": 8, "xs": [1], "t": {"18": 1, "34": 2}}))
     assert message in str(info.value)
 
 
