@@ -1380,6 +1380,7 @@ class _Entry:
     droppable: frozenset = frozenset()
     present: list | None = None  # template: per member
     call: dict = field(default_factory=dict)
+    named: bool = False  # a repeat whose copies are named by name: (an expression of i)
 
 
 @dataclass
@@ -1468,16 +1469,38 @@ def _child_entry(tree: _Tree, child: _Scope, refs: list) -> _Entry:
     if rep is not None:
         rep.name, rep.refs = child.local, refs
         return rep
+    rep = _as_repeat(body, numbered=False)
+    if rep is not None:  # children named layer_0, layer_1, ...: one node of a list, name: with i
+        rep.name, rep.refs, rep.named = _named_copies(body), list(body.inputs[:1]), True
+        return _Entry(child.local, "inline", "", {}, refs, body=_Body(list(body.inputs), [rep], [rep.name]))
     if len(child.inputs) > 1 or len(child.outputs) != 1:
         raise ImportFailure(f"'{child.path}' ({type(child.module).__name__}) takes {len(child.inputs)} inputs "
                             f"and gives {len(child.outputs)} outputs; a container must take and give one")  # fmt: skip
     return _Entry(child.local, "inline", "", {}, refs, body=body)
 
 
-def _as_repeat(body: _Body) -> _Entry | None:
-    """n >= 2 chained uses of one block (or op) named 0..n-1: one repeated node."""
+def _named_copies(body: _Body) -> str | None:
+    """For chained children named PREFIX0, PREFIX1, ... (or from 1): the name: template
+    that names them (`encoder_layer_${i}`, `denselayer${i + 1}`), else None."""
     es = body.entries
-    if not es or [e.name for e in es] != [str(k) for k in range(len(es))]:
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*?)(\d+)$", es[0].name) if len(es) >= 2 else None
+    if m is None or m.group(2) not in ("0", "1"):
+        return None
+    prefix, start = m.group(1), int(m.group(2))
+    if [e.name for e in es] != [f"{prefix}{start + k}" for k in range(len(es))]:
+        return None
+    return f"{prefix}${{i}}" if start == 0 else f"{prefix}${{i + 1}}"
+
+
+def _as_repeat(body: _Body, numbered: bool = True) -> _Entry | None:
+    """n >= 2 chained uses of one block (or op) named 0..n-1 (or, not `numbered`, named
+    as _named_copies says): one repeated node."""
+    es = body.entries
+    if not es:
+        return None
+    if numbered and [e.name for e in es] != [str(k) for k in range(len(es))]:
+        return None
+    if not numbered and _named_copies(body) is None:
         return None
     first = es[0]
     if len(es) == 1 and first.kind != "block":
@@ -1551,7 +1574,7 @@ def _merge(bodies: list) -> _Body | None:
         entries.append(_Entry(
             name, e0.kind, e0.what, slots, list(fullest.refs), body,
             repeat=None if e0.repeat is None else [e.repeat if e is not None else MISSING for e in per],
-            droppable=drop, present=[e is not None for e in per], call=e0.call,
+            droppable=drop, present=[e is not None for e in per], call=e0.call, named=e0.named,
         ))  # fmt: skip
     fullest = max(present, key=lambda b: len(b.entries))
     merged = _Body(list(fullest.inputs), entries, list(fullest.outputs))
@@ -1889,6 +1912,10 @@ class _Writer:
         listed = [e.name for e in body.entries] == [str(k) for k in range(len(body.entries))] and not any(
             "repeat" in node or "if" in node for _, node in rows
         )
+        if any(e.named for e in body.entries):  # name: with i is written in a list
+            listed = True
+            rows = [(name, {"name": name, **node}) if e.named else (name, node)
+                    for (name, node), e in zip(rows, body.entries, strict=True)]  # fmt: skip
         width = max((len(_scalar(n)) for n, _ in rows), default=0) + 1
         out = []
         for (name, node), e in zip(rows, body.entries, strict=True):

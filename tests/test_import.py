@@ -88,6 +88,7 @@ def test_vision_transformer_with_class_token_and_sizes_from_forward():
     )
     r = imported(model, (["N", 3, 32, 32], "float32"), name="vit")
     assert "class_token: {op: Parameter, shape: [1, 1, 16]}" in r.text
+    assert '- {name: "encoder_layer_${i}", block: encoder_block, repeat: 2}' in r.text  # torchvision's names
     assert "size: [N, -1, -1]" in r.text and "shape: [N, 16, 16]" in r.text  # x.shape[0] is N
     assert round_trip(model, r.text, torch.randn(5, 3, 32, 32)) == 0.0
 
