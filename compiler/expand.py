@@ -433,8 +433,7 @@ class _Expander:
         for k in range(repeat):
             inst_scope = scope.child(i=k) if "repeat" in node else scope
             ins = out if isinstance(out, tuple) else (out,)
-            number = start
-            inner_env = _Env({}, inst_scope, env.prefix, number=number)
+            inner_env = _Env({}, inst_scope, env.prefix, number=start)
             if "block" in node:
                 out = self._block(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
             else:
@@ -444,7 +443,7 @@ class _Expander:
                     self._check_name(key, env, loc, where)
                     env.refs[key] = ref
             if frozen:
-                self.frozen += [env.prefix + str(n) for n in range(number, inner_env.number)]
+                self.frozen += [env.prefix + str(n) for n in range(start, inner_env.number)]
             start = inner_env.number
         if isinstance(out, tuple):
             raise _bundle_error("a spliced group is", out, loc, where)

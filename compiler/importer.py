@@ -37,8 +37,9 @@ from typing import Any
 
 from .errors import SpecError
 from .registry import REGISTRY
+from .schema import DTYPES
 
-__all__ = ["ImportFailure", "ImportResult", "import_module", "load_target", "parse_input"]
+__all__ = ["ImportFailure", "ImportResult", "import_module", "load_target", "parse_input", "snake_case"]
 
 
 class ImportFailure(SpecError):
@@ -133,25 +134,13 @@ def parse_input(text: str) -> tuple[str | None, list, str]:
     )  # fmt: skip
     if not ok:
         raise ImportFailure(f"--input {text.strip()!r}: expected a shape such as [N, 3, 224, 224]")
-    if dtype not in _DTYPES:
+    if dtype not in DTYPES:
         raise ImportFailure(
-            f"--input: unknown dtype '{dtype}'", hint=f"one of {', '.join(_DTYPES)}"
+            f"--input: unknown dtype '{dtype}'", hint=f"one of {', '.join(DTYPES)}"
         )
     return name, shape, dtype
 
 
-_DTYPES = (
-    "float32",
-    "float64",
-    "float16",
-    "bfloat16",
-    "int64",
-    "int32",
-    "int16",
-    "int8",
-    "uint8",
-    "bool",
-)
 
 
 # ---- the public entry point -----------------------------------------------------------------
@@ -173,7 +162,7 @@ def import_module(
     examples = [_example(shape, dtype, sample) for _, shape, dtype in decls]
     traced = _Traced(module, names, examples, decls, sample)
     tree = _Tree(traced)
-    name = name or _snake(type(module).__name__)
+    name = name or snake_case(type(module).__name__)
     writer = _Writer(tree, decls, name, header)
     text = writer.text()
     result = None
@@ -188,7 +177,7 @@ def import_module(
         )
     else:
         result = ImportResult(
-            text, name, 0, sum(p.numel() for p in module.parameters()), None, sample
+            text, name, 0, _count(module), None, sample
         )
     return result
 
@@ -586,7 +575,7 @@ class _Traced:
         except _Unsupported as err:
             raise ImportFailure(f"{_describe(n)}{where}: {err}", hint=err.hint) from None
         fn_name = target if isinstance(target, str) else getattr(target, "__name__", op)
-        base = _BASE.get(op) or (op if op[0].islower() else _snake(fn_name.strip("_")))
+        base = _BASE.get(op) or (op if op[0].islower() else snake_case(fn_name.strip("_")))
         self.items.append(_Item(n, op, args, inputs, owner, base=base))
 
     def is_tensor(self, v) -> bool:
@@ -1684,6 +1673,7 @@ class _Writer:
         self.header = header
         self.keep = keep_inferred
         self.blocks: dict[str, tuple] = {}  # id -> (template body, params decl)
+        self.marks: dict = {}  # (id(entry), key) -> ("omit" | "literal" | "param", value)
         self._build()
 
     def _build(self):
@@ -1709,21 +1699,23 @@ class _Writer:
             by_class.setdefault((type(s.module), level(s)), []).append(s)
         order = sorted(by_class, key=lambda key: max(h(s) for s in by_class[key]))
         used_ids: set = set()
+        place = {path: k for k, path in enumerate(tree.scopes)}  # forward order
         for cls in order:
-            groups: list = []  # [(members, bodies)]
-            for s in sorted(by_class[cls], key=lambda s: list(tree.scopes).index(s.path)):
+            groups: list = []  # [members, bodies, their merged template]
+            for s in sorted(by_class[cls], key=lambda s: place[s.path]):
                 body = _body_of(tree, s)
-                for members, bodies in groups:
-                    if _merge(bodies + [body]) is not None:
-                        members.append(s)
-                        bodies.append(body)
+                for group in groups:
+                    merged = _merge(group[1] + [body])
+                    if merged is not None:
+                        group[0].append(s)
+                        group[1].append(body)
+                        group[2] = merged
                         break
                 else:
-                    groups.append(([s], [body]))
-            base = _snake(cls[0].__name__)
-            for members, bodies in groups:
+                    groups.append([[s], [body], _merge([body])])
+            base = snake_case(cls[0].__name__)
+            for members, _, template in groups:
                 bid = _unique(base, used_ids)
-                template = _merge(bodies)
                 params = self._params(template, len(members))
                 for k, s in enumerate(members):
                     s.block = bid
@@ -1768,24 +1760,21 @@ class _Writer:
 
         walk(t, [True] * members)
         params: dict = {}
-        self_marks = {}
         for e, key, values in slots:
             defined = [v for v in values if v is not MISSING]
             if key not in ("__if__", "__repeat__"):
                 default = self._default_of(e, key)
                 if all(_same(v, default) for v in defined):
-                    self_marks[(id(e), key)] = ("omit", None)
+                    self.marks[(id(e), key)] = ("omit", None)
                     continue
                 if e.kind == "op" and key in e.droppable and not self.keep:
-                    self_marks[(id(e), key)] = ("omit", None)
+                    self.marks[(id(e), key)] = ("omit", None)
                     continue
                 if members == 1 or all(_same(v, defined[0]) for v in defined):
-                    self_marks[(id(e), key)] = ("literal", defined[0])
+                    self.marks[(id(e), key)] = ("literal", defined[0])
                     continue
             pname = self._param_for(params, e, key, values)
-            self_marks[(id(e), key)] = ("param", pname)
-        self.marks = getattr(self, "marks", {})
-        self.marks.update(self_marks)
+            self.marks[(id(e), key)] = ("param", pname)
         out = {}
         for pname, values in params.items():
             defined = [v for v in values if v is not MISSING]
@@ -2100,7 +2089,8 @@ def _flow(v) -> str:
     return _scalar(v)
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
+    """ResNet -> res_net, MLPBlock -> mlp_block: a class's name as a spec name."""
     s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
     s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s).lower()
     s = re.sub(r"\W", "_", s)

@@ -565,7 +565,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .compiler.importer import ImportFailure, import_module, load_target, parse_input
+    from .compiler.importer import (
+        ImportFailure,
+        import_module,
+        load_target,
+        parse_input,
+        snake_case,
+    )
 
     if args.out and os.path.exists(args.out) and not args.force:
         raise UserError(f"{args.out} exists; pass --force to overwrite it")
@@ -581,7 +587,7 @@ def cmd_import(args) -> int:
                         *(f"--input {i.replace(' ', '')}" for i in args.input)])  # fmt: skip
     try:
         module = load_target(args.target, kwargs)
-        result = import_module(module, inputs, name=args.name or _snake_name(attr), dims=dims,
+        result = import_module(module, inputs, name=args.name or snake_case(attr), dims=dims,
                                check=not args.no_check, header=f"Written by `{command}`.")  # fmt: skip
     except ImportFailure as err:
         raise UserError(str(err)) from err
@@ -601,12 +607,6 @@ def cmd_import(args) -> int:
         sys.stdout.write(result.text)
         print(f"{lines} lines, {result.nodes} nodes, {result.parameters:,} parameters; {checked}", file=sys.stderr)
     return EXIT_OK
-
-
-def _snake_name(name: str) -> str:
-    import re
-
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 def cmd_schema(args) -> int:
