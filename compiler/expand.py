@@ -438,12 +438,13 @@ class _Expander:
                 out = self._block(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
             else:
                 out = self._inline(node, env.prefix, ins, inst_scope, path, doc, into=inner_env)
-            for key, ref in inner_env.refs.items():  # the list's new numbers, and named nodes
-                if key not in inner_env.given and not isinstance(ref, _Pending):
-                    self._check_name(key, env, loc, where)
-                    env.refs[key] = ref
+            added = [key for key, ref in inner_env.refs.items()  # the list's new numbers, and named nodes
+                     if key not in inner_env.given and not isinstance(ref, _Pending)]  # fmt: skip
+            for key in added:
+                self._check_name(key, env, loc, where)
+                env.refs[key] = inner_env.refs[key]
             if frozen:
-                self.frozen += [env.prefix + str(n) for n in range(start, inner_env.number)]
+                self.frozen += [env.prefix + key for key in added]
             start = inner_env.number
         if isinstance(out, tuple):
             raise _bundle_error("a spliced group is", out, loc, where)

@@ -512,13 +512,17 @@ def test_ties_follow_chains_and_splice_freezes():
           d:
             nodes:
               - {block: blk, repeat: 2, splice: true, freeze: true}
+              - {block: named, splice: true, freeze: true}
         blocks:
           blk:
             nodes:
               - {op: Linear, out_features: 4}
+          named:
+            nodes:
+              - {name: scale, op: Linear, out_features: 4}
         """))
     m = r.module
     assert m.a.weight is m.c.weight and m.b.weight is m.c.weight
     assert sum(r.graph.nodes[n].get("params", 0) for n in r.graph) == sum(p.numel() for p in m.parameters())
-    assert [n for n, p in m.named_parameters() if not p.requires_grad] == ["d.0.weight", "d.0.bias", "d.1.weight",
-                                                                          "d.1.bias"]  # fmt: skip
+    assert [n for n, p in m.named_parameters() if not p.requires_grad] == [
+        "d.0.weight", "d.0.bias", "d.1.weight", "d.1.bias", "d.scale.weight", "d.scale.bias"]  # fmt: skip
