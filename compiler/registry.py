@@ -4,7 +4,9 @@ An `OpDef` is the whole truth about an op — how to build it, how it is called,
 arguments it takes (a JSON Schema per argument, used by validation and by the published
 schema), how many tensor inputs it accepts, and which constructor arguments are derived
 from the incoming shapes (`in_channels` from `input.shape[1]`, ...). Shape rules are
-not written per op: the shapes stage runs the op on meta tensors.
+mostly not written per op: the shapes stage runs the op on meta tensors. A few of the
+commonest ops register a rule of their own (`same_shape`, `rule`), because their meta
+kernels are slow Python decompositions that also load TorchDynamo on first use.
 
 Kinds and how codegen emits them:
 
@@ -66,6 +68,7 @@ class OpDef:
     hint: str = ""  # how to fix the usual shape error of this op
     int_inputs: bool = False  # a module with float weights that takes integer ids (Embedding)
     same_shape: bool = False  # shape rule: the output is shaped like the (only) input
+    rule: Callable[[Any, list, dict], Any] | None = None  # shape rule: (built, meta inputs, args) -> output
     doc: str = ""
     source: str = "yamlnet"
 

@@ -1,7 +1,10 @@
 """Stage 6 — shapes: every tensor's shape and dtype, before any weight exists.
 
 Each op is built and run on *meta* tensors (shapes without storage), so there is one
-shape rule for all of them: PyTorch's own. Shape-derived constructor arguments
+shape rule for nearly all of them: PyTorch's own. Elementwise layers keep their input's
+shape (`OpDef.same_shape`), and Linear, batch norm, adaptive average pooling and
+add/sub/mul have rules of their own (`OpDef.rule`, tested against the layers) because
+their meta kernels are slow Python decompositions. Shape-derived constructor arguments
 (`in_channels`, `in_features`, ...) are filled in from the incoming shapes first.
 
 Symbolic dims (`N`, `T`, `H` in `inputs:`) are tracked by running the graph once
@@ -21,6 +24,7 @@ Output: a copy of the graph whose op nodes also carry
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -271,13 +275,17 @@ class _Engine:
                         f"{op.name} cannot take input {_show(in_types)}: its weights are floating "
                         f"point and the input is {t.dtype}", node.loc, node.path,
                         "declare the input as float32, or put an Embedding first")  # fmt: skip
+        if op.rule is not None and not node.call:  # the op's own rule instead of its kernels
+            return self._guard(node, op, in_types, lambda: op.rule(built, inputs, args))
+        return self._guard(node, op, in_types, lambda: op.apply(built, inputs, args, node.call))
+
+    def _guard(self, node, op, in_types, run: Callable[[], Any]) -> Any:
         try:
-            out = op.apply(built, inputs, args, node.call)
+            return run()
         except Exception as err:  # noqa: BLE001 - any failure is a shape/argument error
             got = f"input {_show(in_types)}" if in_types else "no input"
             raise ShapeError(f"{op.name} cannot take {got}: {first_line(err)}",
                              node.loc, node.path, op.hint) from None  # fmt: skip
-        return out
 
     def _combine(self, outs: list, node) -> Any:
         first = outs[0]

@@ -12,7 +12,8 @@ import operator
 
 from ..registry import ArgDef, OpDef
 
-__all__ = ["register_tensor_functions", "register_parameters", "python_index", "make_tensor", "fill_call", "FILLS"]
+__all__ = ["register_tensor_functions", "register_parameters", "python_index", "make_tensor", "fill_call", "FILLS",
+           "broadcast_rule"]
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -32,17 +33,32 @@ def _a(name: str, schema: dict, required: bool = False, doc: str = "") -> ArgDef
     return ArgDef(name, schema, required, doc=doc)
 
 
+def broadcast_rule(_built, inputs: list, args: dict):
+    """Shape rule of add, sub and mul: the inputs broadcast, the dtype promotes (as
+    torch.add's meta kernel, a Python decomposition, would say; see ops/modules.py)."""
+    import torch
+
+    if len(inputs) == 2:
+        a, b = inputs
+        shape, dtype = torch.broadcast_shapes(a.shape, b.shape), torch.result_type(a, b)
+    else:
+        (a,) = inputs
+        other = args.get("other", 1)
+        shape, dtype = a.shape, torch.result_type(a, other)
+    return torch.empty(shape, dtype=dtype, device=a.device)
+
+
 def register_tensor_functions(registry) -> None:
     import torch
     import torch.nn.functional as F
 
     def fn(name, target, inputs=(1, 1), args=(), positional=(), kind="function", doc="",
-           list_input=False, size_args=(), input_names=(), prepare=None, hint=""):  # fmt: skip
+           list_input=False, size_args=(), input_names=(), prepare=None, hint="", rule=None):  # fmt: skip
         lo, hi = inputs
         registry.add(OpDef(
             name, kind, target, {a.name: a for a in args}, lo, hi, tuple(input_names),
             positional=tuple(positional), list_input=list_input, size_args=tuple(size_args),
-            doc=doc, source="torch", prepare=prepare, hint=hint,
+            doc=doc, source="torch", prepare=prepare, hint=hint, rule=rule,
         ))  # fmt: skip
 
     other = _a("other", NUM, doc="a number, when the node has one input")
@@ -50,7 +66,7 @@ def register_tensor_functions(registry) -> None:
             "e.g. a 1x1 conv on the shortcut matches channels")  # fmt: skip
     for name, target in (("add", torch.add), ("sub", torch.sub), ("mul", torch.mul)):
         extra = [_a("alpha", NUM)] if name != "mul" else []
-        fn(name, target, (1, 2), [other, *extra], ["other"], hint=same,
+        fn(name, target, (1, 2), [other, *extra], ["other"], hint=same, rule=broadcast_rule,
            doc=f"torch.{name}: element-wise, with broadcasting")  # fmt: skip
     fn("div", torch.div, (1, 2), [other, _a("rounding_mode", {"enum": ["trunc", "floor", None]})],
        ["other"], hint=same, doc="torch.div: element-wise division")  # fmt: skip
