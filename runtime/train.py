@@ -18,6 +18,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -94,6 +95,7 @@ class TrainResult:
     step: int
     epoch: int
     stopped: str  # finished | max_steps | early_stopping | SIGTERM | SIGINT
+    seconds: float = float("nan")  # the loop's own time, setup excluded (nan on ranks > 0)
 
     @property
     def exit_code(self) -> int:
@@ -193,8 +195,19 @@ def _torch_settings_restored():
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        _use_deterministic(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark = saved[2]
+
+
+def _use_deterministic(on: bool, *, warn_only: bool, compiled: bool = False) -> None:
+    """`torch.use_deterministic_algorithms`, which also sets TorchInductor's own flag and
+    so imports TorchInductor: 1.5 s of a 6 s quick start. A run that does not compile
+    (and a process that has not loaded TorchInductor) needs only the flag the eager
+    kernels read; TorchInductor, loaded later, starts from its own default."""
+    if compiled or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(on, warn_only=warn_only)
 
 
 # -- setup -----------------------------------------------------------------------------
@@ -212,7 +225,7 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
             try:  # what each rank does alone; then all agree it went well
                 seed = cfg.train["seed"]
                 _seed_all(seed)  # every rank builds the same initial weights
-                _set_determinism(cfg.train["deterministic"], env)
+                _set_determinism(cfg.train["deterministic"], env, cfg.train["compile"])
                 compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
                 run = _build(cfg, env, compiled, var_over)
             except Exception as err:  # noqa: BLE001 - every rank must hear of it, or they wait
@@ -408,10 +421,10 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
-def _set_determinism(on: bool, env: Env) -> None:
+def _set_determinism(on: bool, env: Env, compiled: bool) -> None:
     if on and env.device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    _use_deterministic(on, warn_only=True, compiled=compiled)
     torch.backends.cudnn.benchmark = not on
 
 
@@ -1000,9 +1013,11 @@ def _finish(run: Run, ending: str) -> TrainResult:
     if run.env.is_main:
         save_safetensors(run.model.state_dict(), run.out / "last.safetensors", _weights_meta(run))
     metrics = _last_metrics(run)
-    run.log.say(_summary(run, ending, metrics))
+    seconds = time.perf_counter() - run.log.t0 if hasattr(run.log, "t0") else float("nan")
+    run.log.say(_summary(run, ending, metrics, seconds))
     best = run.ckpts.best if run.ckpts.best.exists() else None
-    return TrainResult(run.out, metrics, last and run.ckpts.last, best, pos.step, pos.epoch, ending)
+    return TrainResult(run.out, metrics, last and run.ckpts.last, best, pos.step, pos.epoch, ending,
+                       seconds)  # fmt: skip
 
 
 def _last_metrics(run: Run) -> dict[str, float]:
@@ -1046,8 +1061,7 @@ def _banner(run: Run) -> str:
             f"{sizes}{f' = {per_step} per step' if per_step != batch else ''}; {run.total_steps} steps")  # fmt: skip
 
 
-def _summary(run: Run, ending: str, metrics: dict[str, float]) -> str:
-    seconds = time.perf_counter() - run.log.t0 if hasattr(run.log, "t0") else float("nan")
+def _summary(run: Run, ending: str, metrics: dict[str, float], seconds: float) -> str:
     took = f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
     best = (f"; best {run.monitor} {run.pos.best:.4f} at step {run.pos.best_step}"
