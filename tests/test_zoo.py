@@ -11,6 +11,7 @@ import torchvision
 import yamlnet
 
 from .conftest import SPECS
+from .twins import GPTTwin
 
 ZOO = SPECS / "zoo"
 
@@ -150,42 +151,6 @@ def test_init_into_a_subtree_from_a_prefix(tmp_path):
 
 
 # ---- beyond torchvision: hand-written twins -----------------------------------------------------
-class GPTTwin(torch.nn.Module):
-    """GPT-2 style, written as one would in PyTorch; names as in specs/zoo/gpt.yaml."""
-
-    def __init__(self, vocab=512, context=128, dim=128, heads=4, layers=4):
-        super().__init__()
-        nn = torch.nn
-        self.heads = heads
-        self.tok_emb = nn.Embedding(vocab, dim)
-        self.pos_emb = nn.Embedding(context, dim)
-        self.blocks = nn.ModuleList()
-        for _ in range(layers):
-            block = nn.Module()
-            block.ln_1, block.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-            block.attn = nn.Module()
-            block.attn.c_attn, block.attn.c_proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-            block.mlp = nn.Module()
-            block.mlp.c_fc, block.mlp.c_proj = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-            self.blocks.append(block)
-        self.ln_f = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab, bias=False)
-        self.head.weight = self.tok_emb.weight  # tied
-
-    def forward(self, tokens):
-        import torch.nn.functional as F
-
-        n, t = tokens.shape
-        x = self.tok_emb(tokens) + self.pos_emb(torch.arange(t, device=tokens.device))
-        for b in self.blocks:
-            q, k, v = b.attn.c_attn(b.ln_1(x)).split(x.shape[-1], dim=2)
-            q, k, v = (z.view(n, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(n, t, -1)
-            x = x + b.attn.c_proj(a)
-            x = x + b.mlp.c_proj(F.gelu(b.mlp.c_fc(b.ln_2(x)), approximate="tanh"))
-        return self.head(self.ln_f(x))
-
-
 def twin_check(model, twin, *inputs, tol=1e-5):
     """Same state_dict keys and shapes; twin's weights loaded strictly; outputs equal."""
     ours = model.state_dict()

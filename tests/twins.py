@@ -12,9 +12,10 @@ Nothing here imports yamlnet.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "LeNet5", "DigitsCNN", "LSTMClassifier", "TinyViT", "TWINS"]
+__all__ = ["MLP", "LeNet5", "DigitsCNN", "LSTMClassifier", "TinyViT", "GPTTwin", "TWINS"]
 
 
 # ---- specs/mlp.yaml ------------------------------------------------------------------
@@ -170,6 +171,46 @@ class TinyViT(nn.Module):
             x = layer(x)
         x = self.norm(x)
         return self.head(x[:, 0])
+
+
+# ---- specs/zoo/gpt.yaml -------------------------------------------------------------
+
+
+class GPTTwin(nn.Module):
+    """specs/zoo/gpt.yaml: GPT-2 style, written as one would in PyTorch (nanoGPT's layout:
+    dropout after the embeddings, the attention projection and the MLP)."""
+
+    def __init__(self, vocab=512, context=128, dim=128, heads=4, layers=4, dropout=0.0):
+        super().__init__()
+        self.heads = heads
+        self.tok_emb = nn.Embedding(vocab, dim)
+        self.pos_emb = nn.Embedding(context, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            block = nn.Module()
+            block.ln_1, block.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            block.attn = nn.Module()
+            block.attn.c_attn, block.attn.c_proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            block.attn.drop = nn.Dropout(dropout)
+            block.mlp = nn.Module()
+            block.mlp.c_fc, block.mlp.c_proj = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+            block.mlp.gelu, block.mlp.drop = nn.GELU(approximate="tanh"), nn.Dropout(dropout)
+            self.blocks.append(block)
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.tok_emb.weight  # tied
+
+    def forward(self, tokens):
+        n, t = tokens.shape
+        x = self.drop(self.tok_emb(tokens) + self.pos_emb(torch.arange(t, device=tokens.device)))
+        for b in self.blocks:
+            q, k, v = b.attn.c_attn(b.ln_1(x)).split(x.shape[-1], dim=2)
+            q, k, v = (z.view(n, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(n, t, -1)
+            x = x + b.attn.drop(b.attn.c_proj(a))
+            x = x + b.mlp.drop(b.mlp.c_proj(b.mlp.gelu(b.mlp.c_fc(b.ln_2(x)))))
+        return self.head(self.ln_f(x))
 
 
 # spec file name -> (twin class, function making a random input for a batch size)

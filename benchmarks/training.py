@@ -1,0 +1,269 @@
+"""Rows 5-7: training speed against a plain PyTorch loop and `lightning.Trainer`, time to
+the first step, and peak memory.
+
+The three sides train the same compiled model (same initial weights), on the same
+samples, batch, optimizer and loss; each reports the time of its loop alone (setup
+excluded). Steps/s is the steady rate inside one run: the steps between step `short`
+and step `steps` over the time between them — yamlnet's from the `time` column of its
+metrics.csv, the plain loop's and Lightning's (`on_train_batch_end`) from a clock read
+after those steps. What a run pays once (the first steps' warm-up, the final checkpoint)
+stays out; what recurs (logging, checkpoints every epoch) counts. The windows hold
+whole epochs' worth of epoch ends (2 in 32 steps of 16 a epoch; 6 in 180 of 29).
+
+yamlnet runs as a user gets it — deterministic algorithms, metrics.csv and TensorBoard
+rows every 10 steps, checkpoints every 50 steps and every epoch, the loss checked for NaN
+every step — only validation is off, because the plain loop has none. Lightning runs with
+its defaults (its logger, a checkpoint every epoch) and no progress bar, as yamlnet off a
+terminal.
+
+    python -m benchmarks.training --peak-rss yamlnet|plain   # row 7's child process
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import SPECS, Goal, Row, Side, process_seconds, rounds, yamlnet_cmd
+
+
+@dataclass(frozen=True)
+class Work:
+    """One training job, said the way `yamlnet train --set` says it; `steps` is the long
+    run, `short` the short one (the rate is measured between them)."""
+
+    name: str
+    spec: Path
+    overrides: dict
+    steps: int
+    short: int = 0
+
+    def window(self, times: dict[int, float]) -> float:
+        """Steps per second between the ends of step `short` and step `steps`."""
+        return (self.steps - self.short) / (times[self.steps] - times[self.short])
+
+    def sets(self) -> list[str]:
+        out = []
+        for key, value in self.overrides.items():
+            out += ["--set", f"{key}={'null' if value is None else value}"]
+        return out
+
+
+NO_VAL = {"train.scheduler": None, "train.metrics": [], "train.val_every_n_epochs": None,
+          "train.device": "cpu"}  # the CPU rows stay on the CPU where a GPU is present too
+
+
+def light(quick: bool) -> Work:
+    """digits_cnn on the bundled digits, batch 64, AdamW (the quick-start job, no validation)."""
+    return Work("digits CNN", SPECS / "digits_cnn.yaml", {"data.val_fraction": 0.0, **NO_VAL,
+                **_logged(quick)}, *((20, 5) if quick else (230, 50)))  # fmt: skip
+
+
+def heavy(quick: bool) -> Work:
+    """resnet18 on synthetic 3x64x64 images (10 classes), batch 32, SGD with momentum."""
+    size, batch = (8, 4) if quick else (512, 32)
+    return Work("resnet18 3x64x64", SPECS / "resnet18.yaml", {
+        "classes": 10, "size": 64, "data.dataset": "synthetic", "data.shape": [3, 64, 64], "data.size": size,
+        "data.val_size": 0, "data.batch_size": batch, "train.loss": "CrossEntropyLoss",
+        "train.optimizer": {"name": "SGD", "lr": 0.01, "momentum": 0.9}, **NO_VAL, **_logged(quick),
+    }, *((3, 1) if quick else (36, 4)))  # fmt: skip
+
+
+def _logged(quick: bool) -> dict:
+    """yamlnet's metrics.csv must have a row at both ends of the window."""
+    return {"train.log_every_n_steps": 1 if quick else 2}
+
+
+# -- the three sides: each returns the seconds of its loop ---------------------------------
+
+
+def yamlnet_side(work: Work) -> float:
+    import csv
+
+    import yamlnet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = yamlnet.train(work.spec, out=Path(tmp) / "run", stream=io.StringIO(),
+                               **{**work.overrides, "train.max_steps": work.steps})  # fmt: skip
+        with open(result.out / "metrics.csv", newline="") as fh:
+            times = {int(r["step"]): float(r["time"]) for r in csv.DictReader(fh)}
+    assert result.step == work.steps, result
+    return work.window(times)
+
+
+def _setup(work: Work):
+    """What the plain and Lightning sides build: the model, a loader, the optimizer."""
+    import torch
+    from yamlnet.runtime.config import load_run
+    from yamlnet.runtime.data import build_datasets
+    from yamlnet.runtime.optim import build_optimizer
+
+    import yamlnet
+
+    _, cfg, variables = load_run(work.spec, None, work.overrides)
+    torch.manual_seed(cfg.train["seed"])  # what `train` does before it builds the model
+    device = torch.device("cpu" if cfg.train["device"] == "auto" else cfg.train["device"])
+    model = yamlnet.compile(work.spec, **{**cfg.vars, **variables}).to(device)
+    train = build_datasets(cfg.data)[0]  # the samples yamlnet trains on
+    xs, ys = zip(*(train[i] for i in range(len(train))), strict=True)
+    data = torch.utils.data.TensorDataset(torch.stack(xs), torch.as_tensor(ys))
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.data["batch_size"], shuffle=True)
+    return model, loader, lambda params: build_optimizer(cfg.train["optimizer"], params)
+
+
+def _autocast(work: Work):
+    """The plain loop's autocast for the run's precision (bf16-mixed on the GPU rows)."""
+    import contextlib
+
+    import torch
+
+    device = work.overrides.get("train.device", "cpu")
+    if work.overrides.get("train.precision") == "bf16-mixed":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def plain_side(work: Work) -> float:
+    """The loop one writes by hand, with `loss.item()` each step for the log."""
+    import torch
+
+    model, loader, optimizer = _setup(work)
+    opt, loss_fn = optimizer(model.parameters()), torch.nn.CrossEntropyLoss()
+    device = next(model.parameters()).device
+    model.train()
+    done, times = 0, {}
+    while done < work.steps:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(work):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()
+            done += 1
+            times[done] = time.perf_counter()
+            if done == work.steps:
+                break
+    return work.window(times)
+
+
+def lightning_side(work: Work) -> float:
+    import lightning as L
+    import torch
+
+    model, loader, optimizer = _setup(work)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model, self.loss_fn = model, torch.nn.CrossEntropyLoss()
+
+        def training_step(self, batch, _index):
+            x, y = batch
+            loss = self.loss_fn(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return optimizer(self.parameters())
+
+    class Clock(L.Callback):
+        times: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer, *_):
+            self.times[trainer.global_step] = time.perf_counter()
+
+    clock = Clock()
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with tempfile.TemporaryDirectory() as tmp, quiet[0], quiet[1]:
+        trainer = L.Trainer(max_steps=work.steps, accelerator="cpu", devices=1, callbacks=[clock],
+                            default_root_dir=tmp, enable_progress_bar=False,
+                            enable_model_summary=False, log_every_n_steps=10)  # fmt: skip
+        trainer.fit(Module(), loader)
+    assert trainer.global_step == work.steps
+    return work.window(clock.times)
+
+
+def speed_rows(quick: bool) -> list[Row]:
+    """Row 5: steps/s of yamlnet / plain loop (>= 0.97) and / Lightning (> 1), light and heavy."""
+    _quiet_lightning()
+    rows = []
+    for tag, work in (("a", light(quick)), ("b", heavy(quick))):
+        sides = {"yamlnet": yamlnet_side, "plain": plain_side, "lightning": lightning_side}
+        rate = rounds({k: (lambda f=f, w=work: f(w)) for k, f in sides.items()},
+                      1 if quick else 3, warmup=0 if quick else 1)  # fmt: skip
+        ours = Side("yamlnet train", rate["yamlnet"], "steps/s")
+        what = f"training steps/s, {work.name} (steps {work.short + 1}-{work.steps})"
+        rows += [Row(f"5{tag}", what, ours, Side("plain loop", rate["plain"], "steps/s"), Goal(">=", 0.97)),
+                 Row(f"5{tag}L", what, ours, Side("lightning.Trainer", rate["lightning"], "steps/s"),
+                     Goal(">", 1.0))]  # fmt: skip
+    return rows
+
+
+def first_step_row(quick: bool) -> Row:
+    """Row 6: whole process of a one-step run, `yamlnet train` / the Lightning script."""
+    ours = yamlnet_cmd("train", str(SPECS / "digits_cnn.yaml"), "--max-steps", "1", *light(quick).sets())
+    theirs = [sys.executable, "-m", "benchmarks.lightning_script", "--max-steps", "1"]
+    with tempfile.TemporaryDirectory() as tmp:  # both make new versioned run folders in it
+        secs = process_seconds({"ours": ours, "theirs": theirs}, 1 if quick else 5,
+                               warmup=0 if quick else 1, cwd=Path(tmp), together=quick)  # fmt: skip
+    return Row("6", "time to the first training step (whole process, digits CNN, 1 step)",
+               Side("yamlnet train", secs["ours"], "s"),
+               Side("Lightning script", secs["theirs"], "s"), Goal("<", 1.0))  # fmt: skip
+
+
+def memory_row(quick: bool) -> Row:
+    """Row 7: peak RSS of a process training the heavy job (the light one when quick),
+    yamlnet / plain loop."""
+    cmds = {side: [sys.executable, "-m", "benchmarks.training", "--peak-rss", side]
+            + (["--quick"] if quick else []) for side in ("yamlnet", "plain")}  # fmt: skip
+    peaks = rounds({k: (lambda c=c: _peak_of(c)) for k, c in cmds.items()}, 1 if quick else 3,
+                   warmup=0, together=quick)
+    work = light(quick) if quick else heavy(quick)
+    return Row("7", f"peak RSS of a training process, {work.name} ({work.steps} steps)",
+               Side("yamlnet train", peaks["yamlnet"], "MB"),
+               Side("plain loop", peaks["plain"], "MB"), Goal("<=", 1.05))  # fmt: skip
+
+
+def _peak_of(cmd: list[str]) -> float:
+    from .common import run_process
+
+    return float(run_process(cmd).stdout.strip().splitlines()[-1])
+
+
+def _quiet_lightning() -> None:
+    """Lightning's info lines and warnings off (after its import, which sets its levels)."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401
+
+    warnings.filterwarnings("ignore", module="lightning")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peak-rss", choices=["yamlnet", "plain"], required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    work = light(True) if args.quick else heavy(False)
+    {"yamlnet": yamlnet_side, "plain": plain_side}[args.peak_rss](work)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux -> MB
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
