@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,26 @@ def compile_spec(
     registry=REGISTRY,
 ) -> Compiled:
     """Run every stage; `build=False` stops before weights are allocated."""
+    with _collector_paused():
+        return _compile(source, overrides, plugins, build, registry)
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while compiling. A compile allocates many
+    long-lived objects (nodes, modules, weights), and each full collection walks all of
+    them: at 10,000 nodes that made compile time grow faster than the graph (10k / 1k
+    nodes: 13x). What the compile leaves as garbage is collected afterwards as usual."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _compile(source, overrides, plugins, build, registry) -> Compiled:
     load_plugins(plugins)
     src = source if isinstance(source, SpecSource) else load_spec_source(source)
     validate(src, registry)
