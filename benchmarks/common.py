@@ -2,8 +2,10 @@
 and the table.
 
 Shared machines are noisy, so a figure is always a ratio of two sides measured in one
-run: the sides alternate (A B, then B A, ...) after a warm-up of each, and the ratio is
-of their medians. Absolute numbers are printed for reference only.
+run: the sides alternate (A B, then B A, ...) after a warm-up of each. The ratio is the
+median of the rounds' own ratios (A_r / B_r, measured side by side, so a slow spell of
+the machine slows both), or of the medians where the sides were measured a different
+number of times. Absolute numbers are printed for reference only.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class Goal:
 
 @dataclass(frozen=True)
 class Row:
-    """One figure of RESULTS.md. `ratio` is ours / reference, of the medians."""
+    """One figure of RESULTS.md. `ratio` is ours / reference: the median of the rounds'
+    ratios, or the ratio of the medians."""
 
     key: str  # "1a"
     figure: str
@@ -73,7 +76,12 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        return None if self.reference is None else self.ours.median / self.reference.median
+        if self.reference is None:
+            return None
+        ours, ref = self.ours.values, self.reference.values
+        if len(ours) == len(ref) > 1:  # round by round: each pair measured side by side
+            return statistics.median(a / b for a, b in zip(ours, ref, strict=True))
+        return self.ours.median / self.reference.median
 
     @property
     def verdict(self) -> str:
@@ -186,6 +194,9 @@ def table(report: Report, header: dict[str, str], title: str) -> str:
     """RESULTS.md: the header, one line per row, then the notes."""
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    lines += ["", "Each side: median (min–max) over the rounds. Ratio: yamlnet / reference, the "
+              "median of the rounds' own ratios (the sides of a round run back to back). "
+              "Written by `python -m benchmarks`."]  # fmt: skip
     lines += ["", "| # | figure | yamlnet | reference | ratio | goal | result |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in report.rows:

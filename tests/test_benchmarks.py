@@ -46,6 +46,9 @@ def test_goal_verdicts_and_table():
     assert Row("x", "f", fast, goal=Goal("<", 0.3, on="value")).verdict == "**FAIL**"
     assert Row("x", "f", fast).verdict == "—"
     assert str(fast) == "ours: 1 (0.9–1.2) ms" and Row("x", "f", fast, slow).ratio == 0.5
+    # sides measured round by round: the median of the rounds' ratios, not of the medians
+    paired = Row("x", "f", Side("a", (1.0, 3.0, 10.0), "s"), Side("b", (2.0, 2.0, 20.0), "s"))
+    assert paired.ratio == 0.5
     text = table(Report([Row("7", "peak", fast, slow, Goal("<=", 1.05))], ["no GPU"]), {"CPU": "c"}, "T")
     assert "| 7 | peak | ours: 1 (0.9–1.2) ms | ref: 2 ms | 0.500 | <= 1.05 | pass |" in text
     assert text.rstrip().endswith("- no GPU")

@@ -56,6 +56,20 @@ def test_digits_against_sklearn(sklearn_digits):
         assert torch.equal(y, torch.tensor(sklearn_digits.target[idx]))
 
 
+@pytest.mark.parametrize("shipped", [True, False], ids=["shipped-file", "load_digits"])
+def test_digits_arrays_equal_load_digits(sklearn_digits, monkeypatch, shipped):
+    """Read from scikit-learn's file (no sklearn import), or through load_digits where
+    that file is not found: the same arrays either way."""
+    import importlib.util
+
+    from yamlnet.runtime.data import digits_arrays
+
+    if not shipped:
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    pixels, labels = digits_arrays()
+    assert np.array_equal(pixels, sklearn_digits.data) and np.array_equal(labels, sklearn_digits.target)
+
+
 def test_digits_split_fixed_for_any_run_seed():
     def split(seed, **data):
         loaders = loaders_of({"dataset": "digits", **data}, seed=seed)
