@@ -21,20 +21,6 @@ def main(argv=None) -> int:
 
     from tests.twins import DigitsCNN
 
-    class Digits(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model, self.loss_fn = DigitsCNN(), torch.nn.CrossEntropyLoss()
-
-        def training_step(self, batch, _index):
-            x, y = batch
-            loss = self.loss_fn(self.model(x), y)
-            self.log("train/loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=0.002, weight_decay=0.01)
-
     torch.manual_seed(0)
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
@@ -43,8 +29,32 @@ def main(argv=None) -> int:
                                          shuffle=True)  # fmt: skip
     trainer = L.Trainer(max_steps=args.max_steps, accelerator="cpu", devices=1,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(Digits(), loader)
+    adamw = lambda params: torch.optim.AdamW(params, lr=0.002, weight_decay=0.01)  # noqa: E731
+    trainer.fit(classifier(DigitsCNN(), adamw), loader)
     return 0
+
+
+def classifier(model, optimizer):
+    """A LightningModule training `model` with cross-entropy and `optimizer(params)`,
+    logging the loss each step (the Lightning side of rows 5 and 6)."""
+    import lightning as L
+    import torch
+
+    class Classifier(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model, self.loss_fn = model, torch.nn.CrossEntropyLoss()
+
+        def training_step(self, batch, _index):
+            x, y = batch
+            loss = self.loss_fn(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return optimizer(self.parameters())
+
+    return Classifier()
 
 
 if __name__ == "__main__":

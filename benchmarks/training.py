@@ -160,23 +160,10 @@ def plain_side(work: Work) -> float:
 
 def lightning_side(work: Work) -> float:
     import lightning as L
-    import torch
+
+    from .lightning_script import classifier
 
     model, loader, optimizer = _setup(work)
-
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model, self.loss_fn = model, torch.nn.CrossEntropyLoss()
-
-        def training_step(self, batch, _index):
-            x, y = batch
-            loss = self.loss_fn(self.model(x), y)
-            self.log("train/loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return optimizer(self.parameters())
 
     class Clock(L.Callback):
         times: dict[int, float] = {}
@@ -190,7 +177,7 @@ def lightning_side(work: Work) -> float:
         trainer = L.Trainer(max_steps=work.steps, accelerator="cpu", devices=1, callbacks=[clock],
                             default_root_dir=tmp, enable_progress_bar=False,
                             enable_model_summary=False, log_every_n_steps=10)  # fmt: skip
-        trainer.fit(Module(), loader)
+        trainer.fit(classifier(model, optimizer), loader)
     assert trainer.global_step == work.steps
     return work.window(clock.times)
 
