@@ -40,7 +40,7 @@ def _forward_backward(quick: bool, gpu: str) -> Row:
     ours = yamlnet.compile(SPECS / "resnet18.yaml").cuda()
     twin = torchvision.models.resnet18().cuda()
     x = torch.randn(2 if quick else 64, 3, 224, 224, device="cuda")
-    same_network(ours, twin, x)
+    same_network(ours, twin, x, tol=5e-2)  # cuDNN may use TF32: a check that the weights match
 
     def step(model):
         def run():

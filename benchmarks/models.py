@@ -38,7 +38,7 @@ def _pairs(quick: bool) -> list[tuple[str, Callable, int]]:
     ]  # fmt: skip
 
 
-def same_network(ours, twin, x) -> None:
+def same_network(ours, twin, x, tol: float = 1e-4) -> None:
     """Load our weights into the twin (strict) and check the outputs agree."""
     import torch
 
@@ -46,7 +46,7 @@ def same_network(ours, twin, x) -> None:
     ours.eval(), twin.eval()
     with torch.no_grad():
         diff = (ours(x) - twin(x)).abs().max().item()
-    if diff > 1e-4:
+    if diff > tol:
         raise RuntimeError(f"the pair does not compute the same network: max difference {diff:g}")
     ours.train(), twin.train()
 
