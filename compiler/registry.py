@@ -68,7 +68,8 @@ class OpDef:
     hint: str = ""  # how to fix the usual shape error of this op
     int_inputs: bool = False  # a module with float weights that takes integer ids (Embedding)
     same_shape: bool = False  # shape rule: the output is shaped like the (only) input
-    rule: Callable[[Any, list, dict], Any] | None = None  # shape rule: (built, meta inputs, args) -> output
+    # shape rule: (built, meta inputs, args) -> output, or NotImplemented to run the op instead
+    rule: Callable[[Any, list, dict], Any] | None = None
     doc: str = ""
     source: str = "yamlnet"
 

@@ -276,7 +276,9 @@ class _Engine:
                         f"point and the input is {t.dtype}", node.loc, node.path,
                         "declare the input as float32, or put an Embedding first")  # fmt: skip
         if op.rule is not None and not node.call:  # the op's own rule instead of its kernels
-            return self._guard(node, op, in_types, lambda: op.rule(built, inputs, args))
+            out = self._guard(node, op, in_types, lambda: op.rule(built, inputs, args))
+            if out is not NotImplemented:
+                return out
         return self._guard(node, op, in_types, lambda: op.apply(built, inputs, args, node.call))
 
     def _guard(self, node, op, in_types, run: Callable[[], Any]) -> Any:

@@ -192,9 +192,9 @@ class CheckpointDir:
     tensors cloned, so the next steps' in-place updates do not reach it), then checksum,
     serialize, write, fsync and rename on a writer thread while training goes on. The loop
     pays for a memory copy only (resnet18 with SGD momentum: 0.02-0.04 s, where the
-    checksum and serialisation take 0.11-0.18 s on 2 cores). One write is in flight at a time; `wait()` (also
-    called by the next save and by `close()`) returns when it is on disk and raises its
-    error, if any. A crash mid-write is the same as ever: a temp file, old names intact."""
+    checksum and serialisation take 0.11-0.18 s on 2 cores). One write is in flight at a
+    time; `wait()` (also called by the next save and by `close()`) returns when it is on
+    disk and raises its error, if any. A crash mid-write is the same as ever: a temp file, old names intact."""
 
     def __init__(self, folder: str | os.PathLike, keep: int = 2):
         self.folder, self.keep = Path(folder), keep

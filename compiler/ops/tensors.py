@@ -34,17 +34,16 @@ def _a(name: str, schema: dict, required: bool = False, doc: str = "") -> ArgDef
 
 
 def broadcast_rule(_built, inputs: list, args: dict):
-    """Shape rule of add, sub and mul: the inputs broadcast, the dtype promotes (as
-    torch.add's meta kernel, a Python decomposition, would say; see ops/modules.py)."""
+    """Shape rule of add, sub and mul on two tensors: they broadcast, the dtype promotes
+    (as the meta kernel, a Python decomposition, would say; see ops/modules.py). Other
+    calls (a number `other`, `alpha`, bool tensors, a missing operand) are declined, so
+    the op's own kernel checks them."""
     import torch
 
-    if len(inputs) == 2:
-        a, b = inputs
-        shape, dtype = torch.broadcast_shapes(a.shape, b.shape), torch.result_type(a, b)
-    else:
-        (a,) = inputs
-        other = args.get("other", 1)
-        shape, dtype = a.shape, torch.result_type(a, other)
+    if len(inputs) != 2 or args or any(t.dtype == torch.bool for t in inputs):
+        return NotImplemented
+    a, b = inputs
+    shape, dtype = torch.broadcast_shapes(a.shape, b.shape), torch.result_type(a, b)
     return torch.empty(shape, dtype=dtype, device=a.device)
 
 
