@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import SPECS, Goal, Row, Side, process_seconds, rounds, yamlnet_cmd
+from .common import SPECS, Goal, Row, Side, process_seconds, rounds, run_process, yamlnet_cmd
 
 
 @dataclass(frozen=True)
@@ -217,15 +217,18 @@ def memory_row(quick: bool) -> Row:
             + (["--quick"] if quick else []) for side in ("yamlnet", "plain")}  # fmt: skip
     peaks = rounds({k: (lambda c=c: _peak_of(c)) for k, c in cmds.items()}, 1 if quick else 3,
                    warmup=0, together=quick)
-    work = light(quick) if quick else heavy(quick)
+    work = _memory_work(quick)
     return Row("7", f"peak RSS, building and training {work.name} ({work.steps} steps; imports excluded)",
                Side("yamlnet train", peaks["yamlnet"], "MB"),
                Side("plain loop", peaks["plain"], "MB"), Goal("<=", 1.05))  # fmt: skip
 
 
-def _peak_of(cmd: list[str]) -> float:
-    from .common import run_process
+def _memory_work(quick: bool) -> Work:
+    """What row 7's child processes train."""
+    return light(quick) if quick else heavy(quick)
 
+
+def _peak_of(cmd: list[str]) -> float:
     return float(run_process(cmd).stdout.strip().splitlines()[-1])
 
 
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
     import yamlnet.runtime.train  # noqa: F401  (imports before the peak is reset: not training)
 
     torch.set_num_threads(2)
-    work = light(True) if args.quick else heavy(False)
+    work = _memory_work(args.quick)
     reset = _reset_peak_rss()
     {"yamlnet": yamlnet_side, "plain": plain_side}[args.peak_rss](work)
     if reset:  # the peak since the reset: building the model and data, and training
