@@ -44,6 +44,12 @@ _writes = 0  # checkpoint files written by this process (for fault injection)
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write `state` (plain data) atomically, with a checksum over its content; `torch.save`
     streams straight into the temp file (no copy of the whole file in memory)."""
+    _commit(_write_temp(state, path), path)
+
+
+def _write_temp(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """The checkpoint, checksummed, in a temp file beside `path`: handed to the OS, not yet
+    fsync'ed nor under its name (`_commit` does both)."""
     global _writes
     payload = {**state, "format": FORMAT, "version": VERSION}
     payload["checksum"] = digest(payload)
@@ -52,7 +58,21 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         buf = io.BytesIO()
         torch.save(payload, buf)
         atomic_write(path, buf.getvalue(), fault=True)
-    _atomic(path, lambda fh: torch.save(payload, fh))
+    tmp = _temp_name(Path(path))
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+    return tmp
+
+
+def _commit(tmp: Path, path: str | os.PathLike) -> None:
+    """fsync the finished temp file, rename it to `path`, fsync the folder."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -126,10 +146,14 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fault: bool = False) -
     _atomic(path, lambda fh: fh.write(data))
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def _atomic(path: str | os.PathLike, write) -> None:
     """`write(file)` into a temp file beside `path`, fsync, rename, fsync the folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_name(path)
     with open(tmp, "wb") as fh:
         write(fh)
         fh.flush()
@@ -185,27 +209,79 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
     atomic_write(path, save(tensors, metadata=metadata))
 
 
+def _snapshot(obj: Any, spare: Any, memo: dict[int, torch.Tensor], used: set[int]) -> Any:
+    """A copy of plain data `obj` with every tensor copied to CPU memory, into the tensor at
+    the same place in `spare` where it fits (same shape and dtype, not already filled);
+    a tensor met twice (tied weights) is copied once, as a deep copy would."""
+    if isinstance(obj, torch.Tensor):
+        if id(obj) in memo:
+            return memo[id(obj)]
+        fits = (isinstance(spare, torch.Tensor) and id(spare) not in used and spare.device.type == "cpu"
+                and spare.shape == obj.shape and spare.dtype == obj.dtype)  # fmt: skip
+        copy_ = spare.copy_(obj.detach()) if fits else obj.detach().to("cpu", copy=True)
+        memo[id(obj)] = copy_
+        used.add(id(copy_))
+        return copy_
+    if isinstance(obj, dict):
+        old = spare if isinstance(spare, dict) else {}
+        out = copy.copy(obj)  # the same type and attributes (a state_dict's _metadata)
+        for key, value in obj.items():
+            out[key] = _snapshot(value, old.get(key), memo, used)
+        return out
+    if type(obj) in (list, tuple):
+        old = spare if type(spare) is type(obj) and len(spare) == len(obj) else [None] * len(obj)
+        return type(obj)(_snapshot(v, o, memo, used) for v, o in zip(obj, old, strict=True))
+    return copy.deepcopy(obj)
+
+
 class CheckpointDir:
     """The checkpoints of one run: step files, `last.pt`, `best.pt`.
 
-    `save` and `save_best` snapshot the state on the caller's thread (a deep copy: its
-    tensors cloned, so the next steps' in-place updates do not reach it), then checksum,
-    serialize, write, fsync and rename on a writer thread while training goes on. The loop
-    pays for a memory copy only (resnet18 with SGD momentum: 0.02-0.04 s, where the
-    checksum and serialisation take 0.11-0.18 s on 2 cores). One write is in flight at a
-    time; `wait()` (also called by the next save and by `close()`) returns when it is on
-    disk and raises its error, if any. A crash mid-write is the same as ever: a temp file, old names intact."""
+    Writing one is two parts: checksum and serialise the state into a temp file (CPU
+    work), then fsync it and rename it to its name (waiting on the disk). The second part
+    always runs on a writer thread, so the loop never waits for the disk. Where the first
+    runs depends on what trains:
+    - on the CPU (`background=False`) the loop does it: the cores are busy training, and a
+      thread doing that work beside them costs the training more than the loop doing it
+      between steps (resnet18 on 2 cores, 3 checkpoints in 24 steps, in one measurement:
+      +14% time with the writer doing all, +31% with it at a low priority, +11% so).
+    - on a GPU (`background=True`) the loop only copies the state to CPU memory — into the
+      buffers of the previous snapshot, already written, where they fit: 5 ms for
+      resnet18 with momentum (90 MB), where fresh memory took 45 ms — and the writer does
+      the rest while the GPU computes; no second copy of the state is held on the GPU.
+    One write is in flight at a time; `wait()` (also called by the next save and by
+    `close()`) returns when it is on disk and raises its error, if any. A crash mid-write
+    is the same as ever: a temp file, old names intact."""
 
-    def __init__(self, folder: str | os.PathLike, keep: int = 2):
-        self.folder, self.keep = Path(folder), keep
+    def __init__(self, folder: str | os.PathLike, keep: int = 2, *, background: bool = False):
+        self.folder, self.keep, self.background = Path(folder), keep, background
         self._pending: Future | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._spare: Any = None  # the last snapshot, once written: the next one's buffers
 
-    def _submit(self, fn, *args) -> None:
+    def _write(self, state: dict, path: Path, then=None) -> None:
+        """Write `state` to `path` as the class docstring says; `then()` runs on the writer
+        thread once the file is on disk under its name."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.wait()
+        if self.background:
+            snapshot = _snapshot(state, self._spare, {}, set())
+            self._spare = snapshot  # refilled only after wait(): this write is done with it
+            self._submit(lambda: self._commit_then(_write_temp(snapshot, path), path, then))
+        else:
+            tmp = _write_temp(state, path)
+            self._submit(lambda: self._commit_then(tmp, path, then))
+
+    def _submit(self, fn) -> None:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending = self._writer.submit(fn, *args)
+        self._pending = self._writer.submit(fn)
+
+    @staticmethod
+    def _commit_then(tmp: Path, path: Path, then) -> None:
+        _commit(tmp, path)
+        if then is not None:
+            then()
 
     def wait(self) -> None:
         """Block until the checkpoint being written is on disk."""
@@ -240,13 +316,11 @@ class CheckpointDir:
 
     def save(self, state: dict, step: int) -> Path:
         """Write the step file, point last.pt at it, drop the oldest beyond `keep`."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step-{step:08d}.pt"
-        self._submit(self._write_step, copy.deepcopy(state), path)
+        self._write(state, path, lambda: self._after_step_file(path))
         return path
 
-    def _write_step(self, state: dict, path: Path) -> None:
-        save_checkpoint(state, path)
+    def _after_step_file(self, path: Path) -> None:
         tmp = self.folder / f".last.pt.tmp{os.getpid()}"
         tmp.unlink(missing_ok=True)
         os.link(path, tmp)
@@ -255,8 +329,7 @@ class CheckpointDir:
             old.unlink(missing_ok=True)
 
     def save_best(self, state: dict) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._submit(save_checkpoint, copy.deepcopy(state), self.best)
+        self._write(state, self.best)
         return self.best
 
     def latest_good(self, warn) -> tuple[Path, dict] | None:

@@ -406,3 +406,32 @@ def test_a_failure_inside_pytorch_names_the_step_and_keeps_the_checkpoint(tmp_pa
     assert str(err.value) == ("step 3 (epoch 1, batch 3): Target 12 is out of bounds; the last "
                               f"good checkpoint is {tmp_path / 'r' / 'checkpoints' / 'last.pt'}")  # fmt: skip
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["position"]["step"] == 2
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["cpu-run", "gpu-run"])
+def test_checkpoints_hold_the_state_at_their_step(tmp_path, background):
+    """Each file holds the state as it was when saved, though training goes on. In the
+    background mode (GPU runs) the next snapshot is copied into the CPU buffers of the
+    one before, once that is written; tied tensors stay tied."""
+    from yamlnet.runtime.checkpoint import CheckpointDir
+
+    model = torch.nn.Linear(4, 3)
+    shared = torch.zeros(2)
+    ckpts = CheckpointDir(tmp_path / "ckpts", keep=5, background=background)
+    saved, buffers = [], []
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ckpts.save({"model": model.state_dict(), "tied": [shared, shared], "step": step}, step)
+        saved.append(model.weight.detach().clone())
+        if background:
+            buffers.append(ckpts._spare["model"]["weight"].data_ptr())
+    ckpts.close()
+    assert len(set(buffers)) == (1 if background else 0)  # one buffer, refilled each time
+    for step, weight in zip((1, 2, 3), saved, strict=True):
+        state = load_checkpoint(ckpts.folder / f"step-{step:08d}.pt")
+        assert torch.equal(state["model"]["weight"], weight) and state["step"] == step
+        assert type(state["model"]).__name__ == "OrderedDict" and hasattr(state["model"], "_metadata")
+        assert state["tied"][0].data_ptr() == state["tied"][1].data_ptr()
+    assert torch.equal(load_checkpoint(ckpts.last)["model"]["weight"], saved[-1])
+    assert not list(ckpts.folder.glob(".*tmp*"))  # every temp file renamed
