@@ -55,7 +55,7 @@ def scaling_row(quick: bool) -> Row:
 
     sizes = (100, 200, 500, 1000) if quick else (1000, 2000, 5000, 10000)
     texts = {n: chain(n) for n in sizes}
-    t = interleaved({n: (lambda s=s: yamlnet.compile(s)) for n, s in texts.items()}, 1 if quick else 3,
+    t = interleaved({n: (lambda s=s: yamlnet.compile(s)) for n, s in texts.items()}, 1 if quick else 5,
                     warmup=0 if quick else 1)  # fmt: skip
     med = {n: Side("", v, "s").median for n, v in t.items()}
     xs, ys = [math.log(n) for n in sizes], [math.log(med[n]) for n in sizes]

@@ -25,7 +25,7 @@ def _pairs(quick: bool) -> list[tuple[str, Callable, int]]:
         return lambda: (yamlnet.compile(spec, **v), twin(), torch.randn(batch, 3, pixels, pixels))
 
     image, batch = (64, 2) if quick else (224, 8)
-    heavy, light = (3, 3) if quick else (15, 60)  # rounds: about 15 s a pair on 2 cores
+    heavy, light = (3, 3) if quick else (40, 60)  # rounds: 15-35 s a pair on 2 cores
     return [
         ("resnet18", vision(SPECS / "resnet18.yaml", torchvision.models.resnet18, batch, image,
                             size=image), heavy),

@@ -1,20 +1,23 @@
 """Rows 5-7: training speed against a plain PyTorch loop and `lightning.Trainer`, time to
 the first step, and peak memory.
 
-The three sides train the same compiled model (same initial weights), on the same
-samples, batch, optimizer and loss; each reports the time of its loop alone (setup
-excluded). Steps/s is the steady rate inside one run: the steps between step `short`
-and step `steps` over the time between them — yamlnet's from the `time` column of its
+The sides train the same compiled model (same initial weights), on the same samples,
+batch, optimizer and loss; each reports the time of its loop alone (setup excluded).
+Steps/s is the steady rate inside one run: the steps between step `short` and step
+`steps` over the time between them — yamlnet's from the `time` column of its
 metrics.csv, the plain loop's and Lightning's (`on_train_batch_end`) from a clock read
 after those steps. What a run pays once (the first steps' warm-up, the final checkpoint)
-stays out; what recurs (logging, checkpoints every epoch) counts: the windows hold
-their share of epoch ends (2 in 30 steps, at 16 steps an epoch; 6 in 180, at 29).
+stays out; what recurs (logging, checkpoints) counts: the windows hold their share of
+epoch ends (2 in 30 steps, at 16 steps an epoch; 6 in 180, at 29).
 
-yamlnet runs as a user gets it — deterministic algorithms, metrics.csv and TensorBoard
-rows every 10 steps, checkpoints every 50 steps and every epoch, the loss checked for NaN
-every step — only validation is off, because the plain loop has none. Lightning runs with
-its defaults (its logger, a checkpoint every epoch) and no progress bar, as yamlnet off a
-terminal.
+The same work: every side keeps a resumable checkpoint each epoch. yamlnet runs as a
+user gets it — deterministic algorithms, metrics.csv and TensorBoard rows every 10
+steps, checkpoints every 50 steps and every epoch, the loss checked for NaN every step —
+only validation is off, because the plain loop has none. The plain loop is the one
+written by hand: `loss.item()` each step for the log, and `torch.save` of the model's
+and optimizer's state at each epoch's end. Lightning runs with its defaults (its logger,
+a checkpoint every epoch) and no progress bar, as yamlnet off a terminal. Rows 5a0 and
+5b0 take the checkpoints out of both yamlnet and the plain loop: the loop's own cost.
 
     python -m benchmarks.training --peak-rss yamlnet|plain   # row 7's child process
 """
@@ -29,7 +32,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .common import SPECS, Goal, Row, Side, process_seconds, rounds, run_process, yamlnet_cmd
@@ -65,7 +68,7 @@ NO_VAL = {"train.scheduler": None, "train.metrics": [], "train.val_every_n_epoch
 def light(quick: bool) -> Work:
     """digits_cnn on the bundled digits, batch 64, AdamW (the quick-start job, no validation)."""
     return Work("digits CNN", SPECS / "digits_cnn.yaml", {"data.val_fraction": 0.0, **NO_VAL,
-                **_logged(quick)}, *((20, 5) if quick else (230, 50)), rounds=5)  # fmt: skip
+                **_logged(quick)}, *((20, 5) if quick else (230, 50)), rounds=9)  # fmt: skip
 
 
 def heavy(quick: bool) -> Work:
@@ -75,7 +78,7 @@ def heavy(quick: bool) -> Work:
         "classes": 10, "size": 64, "data.dataset": "synthetic", "data.shape": [3, 64, 64], "data.size": size,
         "data.val_size": 0, "data.batch_size": batch, "train.loss": "CrossEntropyLoss",
         "train.optimizer": {"name": "SGD", "lr": 0.01, "momentum": 0.9}, **NO_VAL, **_logged(quick),
-    }, *((3, 1) if quick else (40, 10)), rounds=3)  # fmt: skip
+    }, *((3, 1) if quick else (40, 10)), rounds=5)  # fmt: skip
 
 
 def _logged(quick: bool) -> dict:
@@ -133,28 +136,35 @@ def _autocast(work: Work):
     return contextlib.nullcontext()
 
 
-def plain_side(work: Work) -> float:
-    """The loop one writes by hand, with `loss.item()` each step for the log."""
+def plain_side(work: Work, saves: bool = True) -> float:
+    """The loop one writes by hand: `loss.item()` each step for the log and, with `saves`,
+    the model's and optimizer's state saved at each epoch's end."""
     import torch
 
     model, loader, optimizer = _setup(work)
     opt, loss_fn = optimizer(model.parameters()), torch.nn.CrossEntropyLoss()
     device = next(model.parameters()).device
     model.train()
-    done, times = 0, {}
-    while done < work.steps:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(work):
-                loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss.item()
-            done += 1
-            times[done] = time.perf_counter()
-            if done == work.steps:
-                break
+    done, epoch, times = 0, 0, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        while done < work.steps:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(work):
+                    loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss.item()
+                done += 1
+                times[done] = time.perf_counter()
+                if done == work.steps:
+                    break
+            else:
+                epoch += 1
+                if saves:
+                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "epoch": epoch, "step": done}, Path(tmp) / "checkpoint.pt")  # fmt: skip
     return work.window(times)
 
 
@@ -182,19 +192,30 @@ def lightning_side(work: Work) -> float:
     return work.window(clock.times)
 
 
+NO_CHECKPOINTS = {"train.checkpoint_every_n_steps": None, "train.checkpoint_every_n_epochs": None}
+
+
 def speed_rows(quick: bool) -> list[Row]:
-    """Row 5: steps/s of yamlnet / plain loop (>= 0.97) and / Lightning (> 1), light and heavy."""
+    """Row 5: steps/s of yamlnet / plain loop (>= 0.97) and / Lightning (> 1), light and
+    heavy; and yamlnet / plain loop with no checkpoints on either side (>= 0.97)."""
     _quiet_lightning()
     rows = []
     for tag, work in (("a", light(quick)), ("b", heavy(quick))):
-        sides = {"yamlnet": yamlnet_side, "plain": plain_side, "lightning": lightning_side}
-        rate = rounds({k: (lambda f=f, w=work: f(w)) for k, f in sides.items()},
-                      1 if quick else work.rounds, warmup=0 if quick else 1)  # fmt: skip
+        bare = replace(work, overrides={**work.overrides, **NO_CHECKPOINTS})
+        sides = {"yamlnet": lambda w=work: yamlnet_side(w), "plain": lambda w=work: plain_side(w),
+                 "lightning": lambda w=work: lightning_side(w),
+                 "yamlnet_bare": lambda w=bare: yamlnet_side(w),
+                 "plain_bare": lambda w=work: plain_side(w, saves=False)}  # fmt: skip
+        rate = rounds(sides, 1 if quick else work.rounds, warmup=0 if quick else 1)
         ours = Side("yamlnet train", rate["yamlnet"], "steps/s")
         what = f"training steps/s, {work.name} (steps {work.short + 1}-{work.steps})"
-        rows += [Row(f"5{tag}", what, ours, Side("plain loop", rate["plain"], "steps/s"), Goal(">=", 0.97)),
-                 Row(f"5{tag}L", what, ours, Side("lightning.Trainer", rate["lightning"], "steps/s"),
-                     Goal(">", 1.0))]  # fmt: skip
+        rows += [
+            Row(f"5{tag}", f"{what}; each checkpoints every epoch", ours,
+                Side("plain loop", rate["plain"], "steps/s"), Goal(">=", 0.97)),
+            Row(f"5{tag}L", what, ours, Side("lightning.Trainer", rate["lightning"], "steps/s"), Goal(">", 1.0)),
+            Row(f"5{tag}0", f"{what}; no checkpoints", Side("yamlnet train", rate["yamlnet_bare"], "steps/s"),
+                Side("plain loop", rate["plain_bare"], "steps/s"), Goal(">=", 0.97)),
+        ]  # fmt: skip
     return rows
 
 
@@ -255,7 +276,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     work = _memory_work(args.quick)
     reset = _reset_peak_rss()
-    {"yamlnet": yamlnet_side, "plain": plain_side}[args.peak_rss](work)
+    {"yamlnet": yamlnet_side, "plain": plain_side}[args.peak_rss](work)  # both checkpoint
     if reset:  # the peak since the reset: building the model and data, and training
         status = Path("/proc/self/status").read_text()
         print(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)
