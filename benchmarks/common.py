@@ -10,6 +10,7 @@ number of times. Absolute numbers are printed for reference only.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -122,13 +123,17 @@ def rounds(sides: dict[str, Callable[[], float]], repeat: int, *, warmup: int = 
 
 
 def interleaved(sides: dict[str, Callable[[], object]], repeat: int, *, warmup: int = 1,
-                number: int = 1) -> dict[str, tuple[float, ...]]:  # fmt: skip
-    """Seconds per call of each side, timed over `number` calls, in `rounds`."""
-    return rounds({name: _timer(fn, number) for name, fn in sides.items()}, repeat, warmup=warmup)
+                number: int = 1, collect: bool = False) -> dict[str, tuple[float, ...]]:  # fmt: skip
+    """Seconds per call of each side, timed over `number` calls, in `rounds`. `collect`
+    runs Python's garbage collector before each timing (not timed), so the garbage one
+    side leaves (a built model's reference cycles) is not collected on another's time."""
+    return rounds({name: _timer(fn, number, collect) for name, fn in sides.items()}, repeat, warmup=warmup)
 
 
-def _timer(fn: Callable[[], object], number: int) -> Callable[[], float]:
+def _timer(fn: Callable[[], object], number: int, collect: bool = False) -> Callable[[], float]:
     def timed() -> float:
+        if collect:
+            gc.collect()
         start = time.perf_counter()
         for _ in range(number):
             fn()

@@ -3,7 +3,10 @@
 Row 3 compares compiling the ResNet-50 spec with constructing torchvision's ResNet-50
 (both allocate and initialise the same weights), `yamlnet validate` as a whole process
 with `python -c "import torch"`, and times `yamlnet --help`. Row 4 compiles generated
-chains of 1k..10k nodes and fits the exponent of time against size.
+chains of 1k..10k nodes and fits the exponent of time against size. Rows 3a and 4 collect
+Python's garbage before each timed call: the reference cycles a built model leaves were
+otherwise collected inside whichever call came next (a 2k-node compile once took 1.9 s
+where its other rounds took 0.6-0.8 s).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ def compile_rows(quick: bool) -> list[Row]:
 
     depth = 18 if quick else 50
     t = interleaved({"ours": lambda: yamlnet.compile(RESNET, depth=depth),
-                     "theirs": getattr(torchvision.models, f"resnet{depth}")}, 2 if quick else 11)  # fmt: skip
+                     "theirs": getattr(torchvision.models, f"resnet{depth}")}, 2 if quick else 11,
+                    collect=True)  # fmt: skip
     spec = [str(RESNET), "--set", f"depth={depth}"]
     p = process_seconds({"validate": yamlnet_cmd("validate", *spec),
                          "torch": [sys.executable, "-c", "import torch"],
@@ -56,7 +60,7 @@ def scaling_row(quick: bool) -> Row:
     sizes = (100, 200, 500, 1000) if quick else (1000, 2000, 5000, 10000)
     texts = {n: chain(n) for n in sizes}
     t = interleaved({n: (lambda s=s: yamlnet.compile(s)) for n, s in texts.items()}, 1 if quick else 5,
-                    warmup=0 if quick else 1)  # fmt: skip
+                    warmup=0 if quick else 1, collect=True)  # fmt: skip
     med = {n: Side("", v, "s").median for n, v in t.items()}
     xs, ys = [math.log(n) for n in sizes], [math.log(med[n]) for n in sizes]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
