@@ -1,6 +1,6 @@
 """Run every benchmark and write the table.
 
-    python -m benchmarks                 # the full run (about 10 minutes on 2 cores) -> RESULTS.md
+    python -m benchmarks                 # the full run (about 15 minutes on 2 cores) -> RESULTS.md
     python -m benchmarks --quick         # every row at toy size, well under a minute
     python -m benchmarks --only 1 2 5    # some rows; --out FILE to write elsewhere
 """
