@@ -152,14 +152,10 @@ def _temp_name(path: Path) -> Path:
 
 def _atomic(path: str | os.PathLike, write) -> None:
     """`write(file)` into a temp file beside `path`, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = _temp_name(path)
+    tmp = _temp_name(Path(path))
     with open(tmp, "wb") as fh:
         write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _commit(tmp, path)
 
 
 def _fsync_dir(folder: Path) -> None:

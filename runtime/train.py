@@ -427,8 +427,8 @@ def _seed_all(seed: int) -> None:
 def _set_determinism(on: bool, env: Env, compiled: bool) -> None:
     """Deterministic kernels, without the NaN fill of every new tensor that PyTorch's switch
     also turns on: the fill guards against kernels that read memory they never wrote,
-    costs 2.5-4% of a digits CNN step on CPU, and the exact-resume tests (bitwise equal
-    weights) pass without it."""
+    cost up to 4% of a digits CNN step on CPU (0-4% across runs), and the exact-resume
+    tests (bitwise equal weights) pass without it."""
     if on and env.device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
     _use_deterministic(on, warn_only=True, compiled=compiled)
