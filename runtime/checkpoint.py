@@ -58,10 +58,7 @@ def _write_temp(state: dict[str, Any], path: str | os.PathLike) -> Path:
         buf = io.BytesIO()
         torch.save(payload, buf)
         atomic_write(path, buf.getvalue(), fault=True)
-    tmp = _temp_name(Path(path))
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-    return tmp
+    return _to_temp(path, lambda fh: torch.save(payload, fh))
 
 
 def _commit(tmp: Path, path: str | os.PathLike) -> None:
@@ -146,16 +143,18 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fault: bool = False) -
     _atomic(path, lambda fh: fh.write(data))
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _to_temp(path: str | os.PathLike, write) -> Path:
+    """`write(file)` into a temp file beside `path`; returns the temp file's path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        write(fh)
+    return tmp
 
 
 def _atomic(path: str | os.PathLike, write) -> None:
     """`write(file)` into a temp file beside `path`, fsync, rename, fsync the folder."""
-    tmp = _temp_name(Path(path))
-    with open(tmp, "wb") as fh:
-        write(fh)
-    _commit(tmp, path)
+    _commit(_to_temp(path, write), path)
 
 
 def _fsync_dir(folder: Path) -> None:
