@@ -4,8 +4,18 @@ A checkpoint is one `torch.save` file of plain data (tensors, dicts, lists, numb
 strings), so `torch.load(path, weights_only=True)` reads it and loading never unpickles
 code. It holds the model, optimizer, scheduler and scaler states, every RNG state, the
 run's position (step, epoch, batch within the epoch), the resolved spec and its hash, and
-a sha256 over all of that, so a truncated or corrupted file is refused instead of
+a checksum over all of that, so a truncated or corrupted file is refused instead of
 silently resuming from garbage.
+
+The checksum is a CRC-32 of the content (each tensor's dtype, shape and bytes, every
+other value's repr), checked against what `torch.load` returned. It finds corruption,
+not tampering (`weights_only` guards against that). The zip CRCs torch.save writes are
+not enough: they cover the bytes a zip reader finds, and torch's reader can return other
+bytes without an error (one flipped bit in the zip directory made it hand back an
+uninitialised tensor while every record's CRC held). So torch.save is told not to
+compute them (an option since torch 2.6; no loader reads them): resnet18 with momentum
+(90 MB) saves in 78 ms instead of 130, and its CRC-32 takes 40 ms where the sha256 of
+format version 1 took 63. Version 1 files (sha256) still load.
 
 Files are written to a temporary name in the same folder, fsync'ed, then renamed: a
 crash at any moment leaves either the old file or the new one under the final name.
@@ -22,7 +32,9 @@ import io
 import os
 import random
 import re
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +48,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "digest", "capt
            "restore_rng", "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
 
 FORMAT = "yamlnet-checkpoint"
-VERSION = 1
+VERSION = 2  # 1: a sha256 checksum; 2: a CRC-32, written "crc32:<8 hex digits>"
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 _writes = 0  # checkpoint files written by this process (for fault injection)
 
@@ -52,13 +64,35 @@ def _write_temp(state: dict[str, Any], path: str | os.PathLike) -> Path:
     fsync'ed nor under its name (`_commit` does both)."""
     global _writes
     payload = {**state, "format": FORMAT, "version": VERSION}
-    payload["checksum"] = digest(payload)
+    payload["checksum"] = "crc32:" + digest(payload, "crc32")
     _writes += 1
     if faults.fault_at("kill_in_checkpoint", _writes):  # the crash tests: die half-way
         buf = io.BytesIO()
         torch.save(payload, buf)
         atomic_write(path, buf.getvalue(), fault=True)
-    return _to_temp(path, lambda fh: torch.save(payload, fh))
+    return _to_temp(path, lambda fh: _save_without_zip_crcs(payload, fh))
+
+
+def _save_without_zip_crcs(payload: dict, fh) -> None:
+    """`torch.save`, skipping its per-record CRC-32s (the checkpoint has its own)."""
+    with _zip_crcs(False):
+        torch.save(payload, fh)
+
+
+@contextmanager
+def _zip_crcs(on: bool):
+    """torch.save's CRC option, set for the block (a global: a save on another thread
+    meanwhile gets the same setting, which changes nothing torch.load reads)."""
+    get = getattr(torch.serialization, "get_crc32_options", None)
+    if get is None:  # torch < 2.6 always computes them
+        yield
+        return
+    was = get()
+    torch.serialization.set_crc32_options(on)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(was)
 
 
 def _commit(tmp: Path, path: str | os.PathLike) -> None:
@@ -86,7 +120,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a yamlnet checkpoint",
                               hint="eval/predict also accept a run folder")  # fmt: skip
     expected = payload.pop("checksum", None)
-    if expected != digest(payload):
+    kind, value = ("crc32", expected[6:]) if str(expected).startswith("crc32:") else ("sha256", expected)
+    if value != digest(payload, kind):
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its content")
     return payload
 
@@ -104,11 +139,25 @@ def load_weights(model: torch.nn.Module, state_dict: dict, path: str | os.PathLi
         raise CheckpointError(f"{path} does not fit the model: {first}{more}") from None
 
 
-def digest(obj: Any) -> str:
-    """sha256 over nested plain data, tensors by dtype, shape and bytes."""
-    h = hashlib.sha256()
+def digest(obj: Any, kind: str = "sha256") -> str:
+    """A hash of nested plain data, tensors by dtype, shape and bytes: sha256, or CRC-32
+    (`kind="crc32"`, 8 hex digits: as fast as memory reads, for checkpoints)."""
+    h = hashlib.sha256() if kind == "sha256" else _Crc32()
     _feed(h, obj)
     return h.hexdigest()
+
+
+class _Crc32:
+    """zlib's CRC-32 with hashlib's update/hexdigest."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
 
 
 def _feed(h, obj: Any) -> None:
