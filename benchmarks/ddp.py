@@ -21,7 +21,8 @@ DIGITS = SPECS / "digits_cnn.yaml"
 MLP = SPECS / "mlp.yaml"
 SPEED = ["data.dataset=synthetic", "data.shape=[1, 8, 8]", "data.size=8192", "data.val_size=0",
          "train.scheduler=null", "train.metrics=[]", "train.checkpoint_every_n_steps=null",
-         "train.checkpoint_every_n_epochs=null", "train.log_every_n_steps=50"]  # fmt: skip
+         "train.checkpoint_every_n_epochs=null", "train.checkpoint_every_n_minutes=null",
+         "train.log_every_n_steps=50"]  # fmt: skip
 ONE_STEP = ["data.flatten=true", "dropout=0", "train.optimizer={name: SGD, lr: 0.5}",
             "train.scheduler=null", "train.max_steps=1", "train.val_every_n_epochs=null"]  # fmt: skip
 LR = 0.5

@@ -12,7 +12,7 @@ epoch ends (2 in 30 steps, at 16 steps an epoch; 6 in 180, at 29).
 
 The same work: every side keeps a resumable checkpoint each epoch. yamlnet runs as a
 user gets it — deterministic algorithms, metrics.csv and TensorBoard rows every 10
-steps, checkpoints every 50 steps and every epoch, the loss checked for NaN every step —
+steps, checkpoints every epoch and every 10 minutes, the loss checked for NaN every step —
 only validation is off, because the plain loop has none. The plain loop is the one
 written by hand: `loss.item()` each step for the log, and `torch.save` of the model's
 and optimizer's state at each epoch's end. Lightning runs with its defaults (its logger,
@@ -192,7 +192,8 @@ def lightning_side(work: Work) -> float:
     return work.window(clock.times)
 
 
-NO_CHECKPOINTS = {"train.checkpoint_every_n_steps": None, "train.checkpoint_every_n_epochs": None}
+NO_CHECKPOINTS = {"train.checkpoint_every_n_steps": None, "train.checkpoint_every_n_epochs": None,
+                  "train.checkpoint_every_n_minutes": None}
 
 
 def speed_rows(quick: bool) -> list[Row]:

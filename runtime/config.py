@@ -60,8 +60,11 @@ TRAIN_PROPS: dict[str, dict] = {
     "val_every_n_epochs": _int(1, null=True, doc="validate after every N epochs"),
     "val_every_n_steps": _int(None, null=True, doc="also validate every N optimizer steps"),
     "log_every_n_steps": _int(10, doc="metrics.csv / TensorBoard / plain-line cadence"),
-    "checkpoint_every_n_steps": _int(50, null=True, doc="checkpoint every N optimizer steps"),
+    "checkpoint_every_n_steps": _int(None, null=True, doc="checkpoint every N optimizer steps"),
     "checkpoint_every_n_epochs": _int(1, null=True, doc="checkpoint after every N epochs"),
+    "checkpoint_every_n_minutes": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": 10,
+                                   "description": "also checkpoint once this many minutes of "
+                                                  "training passed since the last checkpoint"},
     "keep_checkpoints": _int(2, doc="step checkpoints kept (the newest); best.pt is extra"),
     "monitor": {"type": ["string", "null"], "default": None,
                 "description": "metric for best.pt and early stopping (default: val/accuracy "

@@ -150,6 +150,8 @@ class Run:
     lock: str | None = None  # lockfile text of the network, made on first use
     stop: Any = None  # the _StopSignals of the run
     stopping: str | None = None  # a stop signal every rank has seen (SIGTERM, SIGINT)
+    last_save: float = 0.0  # perf_counter() at the last resumable checkpoint (or the start)
+    save_due: bool = False  # rank 0's clock asks for a checkpoint (every rank has seen it)
     pending: list = field(default_factory=list)  # losses of the accumulation group so far
 
 
@@ -651,6 +653,7 @@ def _loop(run: Run) -> TrainResult:
     _write_lock(run)
     log.say(_banner(run))
     n_train = run.loaders.sizes[0]
+    run.last_save = time.perf_counter()
     ending = _ending(run)
     while ending is None:
         run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.samples)
@@ -762,22 +765,27 @@ def _ddp_backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
 
 
 def _step_extras(run: Run, loss_sum: torch.Tensor) -> torch.Tensor:
-    """[this rank's loss in its slot, SIGTERM seen, SIGINT seen], to sum over ranks."""
+    """[this rank's loss in its slot, SIGTERM seen, SIGINT seen, a checkpoint due by rank
+    0's clock], to sum over ranks."""
     env = run.env
-    extras = torch.zeros(env.world_size + 2, dtype=torch.float32, device=env.device)
+    extras = torch.zeros(env.world_size + 3, dtype=torch.float32, device=env.device)
     extras[env.rank] = loss_sum.float()
     signum = run.stop.signum if run.stop is not None else None
     if signum is not None:
         extras[env.world_size + (signum == signal.SIGINT)] = 1
+    if env.rank == 0 and _clock_says_save(run):
+        extras[env.world_size + 2] = 1
     return extras
 
 
 def _note_stop(run: Run, shared: list[float]) -> None:
+    """Take the stop signals and rank 0's checkpoint request from the shared extras."""
     world = run.env.world_size
     if shared[world]:
         run.stopping = "SIGTERM"
     elif shared[world + 1]:
         run.stopping = "SIGINT"
+    run.save_due = bool(shared[world + 2])
 
 
 def _backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
@@ -877,9 +885,21 @@ def _after_step(run: Run) -> str | None:
         ending = stopping
     # at an epoch's last step, _after_epoch validates first and then saves (if due)
     deferred = pos.batch == run.epoch_batches and _epoch_checkpoint_due(run, pos.epoch + 1)
-    if ending is None and every and pos.step % every == 0 and not deferred:
+    if ending is None and not deferred and (every and pos.step % every == 0 or _time_to_save(run)):
         _checkpoint(run)
     return ending
+
+
+def _time_to_save(run: Run) -> bool:
+    """`checkpoint_every_n_minutes` since the last checkpoint. On several ranks rank 0's
+    clock decides, its answer riding with the step's all-reduce: every rank saves at the
+    same step (a checkpoint is a collective)."""
+    return run.save_due if run.env.distributed else _clock_says_save(run)
+
+
+def _clock_says_save(run: Run) -> bool:
+    minutes = run.cfg.train["checkpoint_every_n_minutes"]
+    return bool(minutes) and time.perf_counter() - run.last_save >= 60 * minutes
 
 
 def _stop_signal(run: Run) -> str | None:
@@ -992,6 +1012,7 @@ def _lock_text(run: Run) -> str:
 
 def _checkpoint(run: Run) -> Path | None:
     state = _state(run)  # a collective: every rank is here, at the same step
+    run.last_save, run.save_due = time.perf_counter(), False
     if not run.env.is_main:
         return None
     return run.ckpts.save(state, run.pos.step)

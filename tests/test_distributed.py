@@ -87,6 +87,18 @@ def test_one_ddp_step_equals_one_step_on_the_global_batch(tmp_path):
     assert max(g.abs().max().item() for g in grads1.values()) > 1e-3
 
 
+def test_ranks_agree_on_a_checkpoint_by_rank_0s_clock(tmp_path):
+    """checkpoint_every_n_minutes on 2 ranks: rank 0's clock decides and its answer rides
+    with the step's all-reduce, so both ranks save at the same steps (a checkpoint is a
+    collective: ranks that disagreed would hang)."""
+    two = yamlnet(tmp_path, "train", str(MLP), "--out", "two", "--nproc", "2", *SGD,
+                  "--set", "train.max_steps=4", "--set", "train.checkpoint_every_n_minutes=1e-9",
+                  "--set", "train.keep_checkpoints=10", timeout=120)  # fmt: skip
+    assert two.returncode == 0, two.stderr + two.stdout
+    steps = sorted(p.name for p in (tmp_path / "two" / "checkpoints").glob("step-*.pt"))
+    assert steps == [f"step-{s:08d}.pt" for s in (1, 2, 3, 4)]
+
+
 # -- a whole run ------------------------------------------------------------------------
 
 RUN = ("--epochs", "2", "--set", "train.checkpoint_every_n_steps=5")

@@ -380,6 +380,19 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_not_restarted(tmp_path):
         yamlnet.train(spec, out=r.out, resume=True, stream=_Sink())
 
 
+@pytest.mark.parametrize("minutes", [1e-9, 1000.0])
+def test_checkpoints_by_the_clock(tmp_path, minutes):
+    """train.checkpoint_every_n_minutes: a step checkpoint once that long has passed since
+    the last one: after every step when it is a nanosecond or so, none when it is hours
+    (the end of the run is saved either way)."""
+    spec = _mlp(tmp_path)
+    r = yamlnet.train(spec, out=tmp_path / "r", stream=_Sink(), **{
+        "train.max_steps": 5, "train.checkpoint_every_n_epochs": None, "train.keep_checkpoints": 10,
+        "train.checkpoint_every_n_minutes": minutes, "train.val_every_n_epochs": None})  # fmt: skip
+    steps = sorted(p.name for p in (r.out / "checkpoints").glob("step-*.pt"))
+    assert steps == [f"step-{s:08d}.pt" for s in ((1, 2, 3, 4, 5) if minutes < 1 else (5,))]
+
+
 def test_evaluate_refuses_an_unknown_split(digits_run):
     with pytest.raises(yamlnet.SpecError, match="unknown split 'test'"):
         yamlnet.evaluate(DIGITS, digits_run.out, split="test")
