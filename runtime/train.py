@@ -755,7 +755,7 @@ def _ddp_backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
     shared = run.forward.rider.take().tolist()
     count = len(run.pending)
     run.pending.clear()
-    _note_stop(run, shared)
+    _note_shared(run, shared)
     values = shared[: env.world_size]
     bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
     if bad:
@@ -778,7 +778,7 @@ def _step_extras(run: Run, loss_sum: torch.Tensor) -> torch.Tensor:
     return extras
 
 
-def _note_stop(run: Run, shared: list[float]) -> None:
+def _note_shared(run: Run, shared: list[float]) -> None:
     """Take the stop signals and rank 0's checkpoint request from the shared extras."""
     world = run.env.world_size
     if shared[world]:
@@ -813,7 +813,7 @@ def _share_losses(run: Run, loss: torch.Tensor):
 
     def values() -> list[float]:
         out = wait().tolist()
-        _note_stop(run, out)
+        _note_shared(run, out)
         return out[: env.world_size]
 
     return values
