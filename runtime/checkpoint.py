@@ -34,7 +34,6 @@ import random
 import re
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,29 +67,23 @@ def _write_temp(state: dict[str, Any], path: str | os.PathLike) -> Path:
     _writes += 1
     if faults.fault_at("kill_in_checkpoint", _writes):  # the crash tests: die half-way
         buf = io.BytesIO()
-        torch.save(payload, buf)
+        _save_without_zip_crcs(payload, buf)
         atomic_write(path, buf.getvalue(), fault=True)
     return _to_temp(path, lambda fh: _save_without_zip_crcs(payload, fh))
 
 
 def _save_without_zip_crcs(payload: dict, fh) -> None:
-    """`torch.save`, skipping its per-record CRC-32s (the checkpoint has its own)."""
-    with _zip_crcs(False):
-        torch.save(payload, fh)
-
-
-@contextmanager
-def _zip_crcs(on: bool):
-    """torch.save's CRC option, set for the block (a global: a save on another thread
-    meanwhile gets the same setting, which changes nothing torch.load reads)."""
+    """`torch.save`, skipping its per-record CRC-32s (the checkpoint has its own). The
+    option is global: a save on another thread meanwhile skips them too, which changes
+    nothing torch.load reads."""
     get = getattr(torch.serialization, "get_crc32_options", None)
     if get is None:  # torch < 2.6 always computes them
-        yield
+        torch.save(payload, fh)
         return
     was = get()
-    torch.serialization.set_crc32_options(on)
+    torch.serialization.set_crc32_options(False)
     try:
-        yield
+        torch.save(payload, fh)
     finally:
         torch.serialization.set_crc32_options(was)
 
