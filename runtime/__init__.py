@@ -7,12 +7,16 @@ metrics.csv), `tensorboard` (event files), `train` (the loop), `evaluate` (eval 
 predict). The runtime imports the compiler; the compiler never imports the runtime.
 """
 
+from functools import cache
+
 __all__ = ["package_version"]
 
 
+@cache
 def package_version() -> str:
     """yamlnet's installed version, for checkpoints and artifacts (read from the package
-    metadata, so the runtime need not import the face)."""
+    metadata, so the runtime need not import the face; read once: it takes a millisecond,
+    and every checkpoint asks)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

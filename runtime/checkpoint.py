@@ -208,10 +208,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Every RNG state, as plain data (python's tuple, numpy's and torch's as tensors)."""
+    """Every RNG state, as plain data: python's as (version, int64 tensor of its 625 words,
+    gauss), numpy's key and torch's state as tensors. Tensors, not lists of ints: one
+    record each to checksum and pickle, not 625 objects."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state = {
-        "python": random.getstate(),
+        "python": (version, torch.tensor(internal, dtype=torch.int64), gauss),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
@@ -222,6 +225,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
+    if isinstance(internal, torch.Tensor):  # older checkpoints hold a tuple of ints
+        internal = internal.tolist()
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

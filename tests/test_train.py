@@ -485,3 +485,24 @@ def test_every_damaged_byte_is_refused_or_harmless(tmp_path, version):
         assert loaded["model"].keys() == state["model"].keys(), at
         assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items()), at
     assert refused > len(good) // 3, refused  # the rest: zip padding and the like
+
+
+def test_rng_states_round_trip_through_a_checkpoint_in_either_form(tmp_path):
+    """Python's RNG state is saved as a tensor of its words (older checkpoints: a tuple of
+    ints); either form, read back from a file, restores the same stream of draws."""
+    import random
+
+    import numpy as np
+    from yamlnet.runtime.checkpoint import capture_rng, restore_rng, save_checkpoint
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    state = capture_rng()
+    assert isinstance(state["python"][1], torch.Tensor) and state["python"][1].dtype == torch.int64
+    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    version, words, gauss = state["python"]
+    older = {**state, "python": (version, tuple(words.tolist()), gauss)}
+    for form in (state, older):
+        save_checkpoint({"rng": form}, tmp_path / "c.pt")
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"])
+        assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
