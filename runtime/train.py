@@ -13,6 +13,7 @@ same float operations, in the same order, as the run that was never stopped.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -169,7 +170,7 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
                       overrides=overrides)  # fmt: skip
         together = True  # every rank ends here alike, unless an error of one rank's own
         try:
-            with _StopSignals() as stop:
+            with _StopSignals() as stop, _setup_objects_frozen():
                 run.stop = stop
                 run.log = (RunLog if run.env.is_main else NullLog)(
                     run.out, _columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
@@ -201,6 +202,27 @@ def _torch_settings_restored():
         _use_deterministic(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark = saved[2]
         torch.utils.deterministic.fill_uninitialized_memory = saved[3]
+
+
+@contextmanager
+def _setup_objects_frozen():
+    """The objects alive when the loop starts (torch's and every imported module's, the
+    model: hundreds of thousands) moved out of the garbage collector's reach while it
+    runs, as `gc.freeze` does. Python's full collections scan every tracked object; the
+    loop's own allocations (a checkpoint's above all) set one off now and then, and with
+    ~420k objects each took 180 ms in the middle of a training window (digits CNN, 1.4 s).
+    Frozen, a collection scans only what the loop made. The setup's garbage is collected
+    first, so it is not kept alive; afterwards everything is unfrozen. A caller that froze
+    objects itself keeps its own arrangement."""
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _use_deterministic(on: bool, *, warn_only: bool, compiled: bool = False) -> None:

@@ -506,3 +506,31 @@ def test_rng_states_round_trip_through_a_checkpoint_in_either_form(tmp_path):
         random.seed(0), np.random.seed(0), torch.manual_seed(0)
         restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"])
         assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch):
+    """The garbage collector leaves the objects alive at the loop's start alone while it
+    runs (a full collection would scan them all, a long pause mid-training), and gets them
+    back after; a caller that froze objects itself keeps its own frozen set, no more."""
+    import gc
+
+    from yamlnet.runtime import train as T
+
+    seen: list[int] = []
+    step = T._after_step
+    monkeypatch.setattr(T, "_after_step", lambda run: seen.append(gc.get_freeze_count()) or step(run))
+    spec, sets = _mlp(tmp_path), {"train.max_steps": 2, "train.val_every_n_epochs": None}
+    assert gc.get_freeze_count() == 0
+    yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(), **sets)
+    assert len(seen) == 2 and min(seen) > 10_000, seen  # torch alone is more than that
+    assert gc.get_freeze_count() == 0
+    seen.clear()
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        yamlnet.train(spec, out=tmp_path / "b", stream=_Sink(), **sets)
+        # ours would add the run's own objects (the model, say): the count only shrinks,
+        # as frozen objects are freed
+        assert len(seen) == 2 and max(seen) <= mine and 0 < gc.get_freeze_count() <= mine
+    finally:
+        gc.unfreeze()
