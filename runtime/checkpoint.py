@@ -15,7 +15,8 @@ bytes without an error (one flipped bit in the zip directory made it hand back a
 uninitialised tensor while every record's CRC held). So torch.save is told not to
 compute them (an option since torch 2.6; no loader reads them): resnet18 with momentum
 (90 MB) saves in 78 ms instead of 130, and its CRC-32 takes 40 ms where the sha256 of
-format version 1 took 63. Version 1 files (sha256) still load.
+format version 1 took 63. Files of earlier versions still load; a file of a later version
+(a newer yamlnet's) is refused with a line saying so.
 
 Files are written to a temporary name in the same folder, fsync'ed, then renamed: a
 crash at any moment leaves either the old file or the new one under the final name.
@@ -47,7 +48,9 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "digest", "capt
            "restore_rng", "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
 
 FORMAT = "yamlnet-checkpoint"
-VERSION = 2  # 1: a sha256 checksum; 2: a CRC-32, written "crc32:<8 hex digits>"
+# 1: a sha256 checksum; 2: a CRC-32, written "crc32:<8 hex digits>"; 3: Python's RNG state
+# as a tensor of its words (a tuple of ints before)
+VERSION = 3
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 _writes = 0  # checkpoint files written by this process (for fault injection)
 
@@ -112,6 +115,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a yamlnet checkpoint",
                               hint="eval/predict also accept a run folder")  # fmt: skip
+    version = payload.get("version")
+    if isinstance(version, int) and version > VERSION:  # (or a damaged version number)
+        raise CheckpointError(f"{path} was written by a newer yamlnet (checkpoint format {version}; "
+                              f"this one reads up to {VERSION}), or is corrupt", hint="upgrade yamlnet")  # fmt: skip
     expected = payload.pop("checksum", None)
     kind, value = ("crc32", expected[6:]) if str(expected).startswith("crc32:") else ("sha256", expected)
     if value != digest(payload, kind):
@@ -225,7 +232,7 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
-    if isinstance(internal, torch.Tensor):  # older checkpoints hold a tuple of ints
+    if isinstance(internal, torch.Tensor):  # a tensor since format 3, a tuple of ints before
         internal = internal.tolist()
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]

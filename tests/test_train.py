@@ -450,19 +450,19 @@ def test_checkpoints_hold_the_state_at_their_step(tmp_path, background):
     assert not list(ckpts.folder.glob(".*tmp*"))  # every temp file renamed
 
 
-@pytest.mark.parametrize("version", [2, 1])
+@pytest.mark.parametrize("version", [3, 1])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a damaged pickle header
 def test_every_damaged_byte_is_refused_or_harmless(tmp_path, version):
     """One byte flipped, at each offset of a checkpoint in turn: the damaged file is
     refused with one line, or it loads to exactly what was saved (the byte held no data:
-    alignment padding, say). Version 2 files carry a CRC-32 of their content, version 1
-    files (written by earlier yamlnet) a sha256; both load and both are checked."""
+    alignment padding, say). Files of format 2 and later carry a CRC-32 of their content,
+    version 1 files (written by earlier yamlnet) a sha256; both load and both are checked."""
     from yamlnet.runtime.checkpoint import CheckpointError, digest, save_checkpoint
 
     torch.manual_seed(0)
     state = {"model": torch.nn.Linear(6, 3).state_dict(), "step": 7, "name": "x"}
     path = tmp_path / "c.pt"
-    if version == 2:
+    if version == 3:
         save_checkpoint(state, path)
         assert torch.load(path, weights_only=True)["checksum"].startswith("crc32:")
     else:
@@ -495,17 +495,23 @@ def test_rng_states_round_trip_through_a_checkpoint_in_either_form(tmp_path):
     import numpy as np
     from yamlnet.runtime.checkpoint import capture_rng, restore_rng, save_checkpoint
 
-    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    random.gauss(0, 1)  # leaves the second of a pair of draws in the gauss slot
     state = capture_rng()
+    assert state["python"][2] is not None
     assert isinstance(state["python"][1], torch.Tensor) and state["python"][1].dtype == torch.int64
-    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    expected = (random.gauss(0, 1), random.random(), np.random.rand(), torch.rand(()).item())
     version, words, gauss = state["python"]
     older = {**state, "python": (version, tuple(words.tolist()), gauss)}
     for form in (state, older):
         save_checkpoint({"rng": form}, tmp_path / "c.pt")
-        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
         restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"])
-        assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+        assert (random.gauss(0, 1), random.random(), np.random.rand(), torch.rand(()).item()) == expected
 
 
 def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch):
@@ -518,7 +524,12 @@ def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch)
 
     seen: list[int] = []
     step = T._after_step
-    monkeypatch.setattr(T, "_after_step", lambda run: seen.append(gc.get_freeze_count()) or step(run))
+
+    def noting(run):
+        seen.append(gc.get_freeze_count())
+        return step(run)
+
+    monkeypatch.setattr(T, "_after_step", noting)
     spec, sets = _mlp(tmp_path), {"train.max_steps": 2, "train.val_every_n_epochs": None}
     assert gc.get_freeze_count() == 0
     yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(), **sets)
@@ -534,3 +545,49 @@ def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch)
         assert len(seen) == 2 and max(seen) <= mine and 0 < gc.get_freeze_count() <= mine
     finally:
         gc.unfreeze()
+
+
+def test_the_collector_is_unfrozen_when_training_fails_and_untouched_when_off(tmp_path, monkeypatch):
+    """A failure mid-training still gives the frozen objects back to the collector; a
+    program that switched the collector off finds nothing frozen."""
+    import gc
+
+    from yamlnet.runtime import train as T
+
+    step = T._after_step
+
+    def failing(run):
+        assert gc.get_freeze_count() > 10_000
+        raise RuntimeError("a failure mid-training")
+
+    monkeypatch.setattr(T, "_after_step", failing)
+    spec, sets = _mlp(tmp_path), {"train.max_steps": 2, "train.val_every_n_epochs": None}
+    with pytest.raises(RuntimeError, match="mid-training"):
+        yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(), **sets)
+    assert gc.get_freeze_count() == 0
+    seen: list[int] = []
+
+    def noting(run):
+        seen.append(gc.get_freeze_count())
+        return step(run)
+
+    monkeypatch.setattr(T, "_after_step", noting)
+    gc.disable()
+    try:
+        yamlnet.train(spec, out=tmp_path / "b", stream=_Sink(), **sets)
+    finally:
+        gc.enable()
+    assert seen == [0, 0]
+
+
+def test_a_checkpoint_from_a_newer_yamlnet_is_refused_in_one_line(tmp_path):
+    """A later checkpoint format (a newer yamlnet's) is refused with a line saying so, not
+    read as if it were this one's."""
+    from yamlnet.runtime import checkpoint as C
+
+    payload = {"step": 1, "format": C.FORMAT, "version": C.VERSION + 1}
+    torch.save({**payload, "checksum": "crc32:" + C.digest(payload, "crc32")}, tmp_path / "c.pt")
+    newer = rf"written by a newer yamlnet \(checkpoint format {C.VERSION + 1}; this one reads up to {C.VERSION}\)"
+    with pytest.raises(C.CheckpointError, match=newer) as err:
+        load_checkpoint(tmp_path / "c.pt")
+    assert "\n" not in str(err.value)
