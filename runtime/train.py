@@ -213,8 +213,9 @@ def _setup_objects_frozen():
     and with ~420k objects each took 180 ms, in a digits CNN benchmark whose 180 measured
     steps take 1.4 s. Frozen, a collection scans only what the loop made.
     The price: one collection first (50 ms with torch alone loaded, 180 ms at 420k
-    objects), so the setup's garbage is not kept alive; and a frozen object that becomes
-    garbage during training is freed only after it. Afterwards everything is unfrozen,
+    objects), so the setup's garbage is not kept alive; and frozen objects that become
+    garbage in a reference cycle during training are freed only after it (without a
+    cycle they are freed at once, as ever). Afterwards everything is unfrozen,
     whatever froze it. Skipped when the caller froze objects itself (its arrangement
     stands) or switched the collector off."""
     if gc.get_freeze_count() or not gc.isenabled():
