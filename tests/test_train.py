@@ -514,10 +514,8 @@ def test_rng_states_round_trip_through_a_checkpoint_in_either_form(tmp_path):
         assert (random.gauss(0, 1), random.random(), np.random.rand(), torch.rand(()).item()) == expected
 
 
-def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch):
-    """The garbage collector leaves the objects alive at the loop's start alone while it
-    runs (a full collection would scan them all, a long pause mid-training), and gets them
-    back after; a caller that froze objects itself keeps its own frozen set, no more."""
+def _freeze_counts_at_each_step(monkeypatch) -> list[int]:
+    """A list that gets `gc.get_freeze_count()` at the end of each training step."""
     import gc
 
     from yamlnet.runtime import train as T
@@ -530,6 +528,16 @@ def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch)
         return step(run)
 
     monkeypatch.setattr(T, "_after_step", noting)
+    return seen
+
+
+def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch):
+    """The garbage collector leaves the objects alive at the loop's start alone while it
+    runs (a full collection would scan them all, a long pause mid-training), and gets them
+    back after; a caller that froze objects itself keeps its own frozen set, no more."""
+    import gc
+
+    seen = _freeze_counts_at_each_step(monkeypatch)
     spec, sets = _mlp(tmp_path), {"train.max_steps": 2, "train.val_every_n_epochs": None}
     assert gc.get_freeze_count() == 0
     yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(), **sets)
@@ -548,36 +556,29 @@ def test_the_setup_objects_are_frozen_while_the_loop_runs(tmp_path, monkeypatch)
 
 
 def test_the_collector_is_unfrozen_when_training_fails_and_untouched_when_off(tmp_path, monkeypatch):
-    """A failure mid-training still gives the frozen objects back to the collector; a
-    program that switched the collector off finds nothing frozen."""
+    """A program that switched the collector off finds nothing frozen; a failure
+    mid-training still gives the frozen objects back to the collector."""
     import gc
 
     from yamlnet.runtime import train as T
 
-    step = T._after_step
-
-    def failing(run):
-        assert gc.get_freeze_count() > 10_000
-        raise RuntimeError("a failure mid-training")
-
-    monkeypatch.setattr(T, "_after_step", failing)
+    seen = _freeze_counts_at_each_step(monkeypatch)
     spec, sets = _mlp(tmp_path), {"train.max_steps": 2, "train.val_every_n_epochs": None}
-    with pytest.raises(RuntimeError, match="mid-training"):
-        yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(), **sets)
-    assert gc.get_freeze_count() == 0
-    seen: list[int] = []
-
-    def noting(run):
-        seen.append(gc.get_freeze_count())
-        return step(run)
-
-    monkeypatch.setattr(T, "_after_step", noting)
     gc.disable()
     try:
         yamlnet.train(spec, out=tmp_path / "b", stream=_Sink(), **sets)
     finally:
         gc.enable()
     assert seen == [0, 0]
+
+    def failing(run):
+        assert gc.get_freeze_count() > 10_000
+        raise RuntimeError("a failure mid-training")
+
+    monkeypatch.setattr(T, "_after_step", failing)
+    with pytest.raises(RuntimeError, match="mid-training"):
+        yamlnet.train(spec, out=tmp_path / "a", stream=_Sink(), **sets)
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_checkpoint_from_a_newer_yamlnet_is_refused_in_one_line(tmp_path):
