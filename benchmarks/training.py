@@ -108,7 +108,7 @@ def _setup(work: Work):
     """What the plain and Lightning sides build: the model, a loader, the optimizer."""
     import torch
     from yamlnet.runtime.config import load_run
-    from yamlnet.runtime.data import build_datasets
+    from yamlnet.runtime.data import build_splits
     from yamlnet.runtime.optim import build_optimizer
 
     import yamlnet
@@ -117,8 +117,8 @@ def _setup(work: Work):
     torch.manual_seed(cfg.train["seed"])  # what `train` does before it builds the model
     device = torch.device("cpu" if cfg.train["device"] == "auto" else cfg.train["device"])
     model = yamlnet.compile(work.spec, **{**cfg.vars, **variables}).to(device)
-    train = build_datasets(cfg.data)[0]  # the samples yamlnet trains on
-    xs, ys = zip(*(train[i] for i in range(len(train))), strict=True)
+    train = build_splits(cfg.data).train  # the samples yamlnet trains on
+    xs, ys = zip(*(tuple(train[i].values()) for i in range(len(train))), strict=True)
     data = torch.utils.data.TensorDataset(torch.stack(xs), torch.as_tensor(ys))
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.data["batch_size"], shuffle=True)
     return model, loader, lambda params: build_optimizer(cfg.train["optimizer"], params)

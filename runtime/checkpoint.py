@@ -44,7 +44,7 @@ import torch
 from . import faults
 from .errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "digest", "capture_rng",
+__all__ = ["save_checkpoint", "load_checkpoint", "NotACheckpoint", "load_weights", "digest", "capture_rng",
            "restore_rng", "CheckpointDir", "atomic_write", "save_safetensors"]  # fmt: skip
 
 FORMAT = "yamlnet-checkpoint"
@@ -102,6 +102,10 @@ def _commit(tmp: Path, path: str | os.PathLike) -> None:
     _fsync_dir(Path(path).parent)
 
 
+class NotACheckpoint(CheckpointError):
+    """A readable torch file that is not a yamlnet checkpoint (a plain state_dict, say)."""
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a checkpoint; `CheckpointError` if unreadable or corrupt."""
     path = Path(path)
@@ -113,8 +117,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'})") from None  # fmt: skip
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a yamlnet checkpoint",
-                              hint="eval/predict also accept a run folder")  # fmt: skip
+        raise NotACheckpoint(f"{path} is not a yamlnet checkpoint",
+                             hint="eval/predict also accept a run folder")  # fmt: skip
     version = payload.get("version")
     if isinstance(version, int) and version > VERSION:  # (or a damaged version number)
         raise CheckpointError(f"{path} was written by a newer yamlnet (checkpoint format {version}; "

@@ -36,6 +36,23 @@ _NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
 _NAMED = {"type": "object", "required": ["name"], "properties": {"name": _NAME}}
 
 
+_CLASS_DIM = {"type": "integer", "description": "the output's class dimension (default 1; -1 for "
+                                              "[N, T, classes] sequence logits)"}
+_TERM = {**_NAMED, "properties": {
+    "name": _NAME,
+    "output": {"type": "string", "description": "the spec output it reads (default: train.output)"},
+    "target": {"type": "string", "description": "the batch field it compares against"},
+    "loss_weight": {"type": "number", "minimum": 0, "description": "its factor in the total loss"},
+    "class_dim": _CLASS_DIM,
+    "label": _NAME}}  # fmt: skip
+_METRIC = {**_NAMED, "properties": {
+    "name": _NAME,
+    "output": {"type": "string", "description": "the spec output it measures"},
+    "target": {"type": "string", "description": "the batch field it compares against"},
+    "class_dim": _CLASS_DIM,
+    "label": {"type": "string", "description": "its column in metrics.csv"}}}  # fmt: skip
+
+
 def _int(default, minimum=1, null=False, doc=""):
     return {"type": ["integer", "null"] if null else "integer", "minimum": minimum,
             "default": default, "description": doc}  # fmt: skip
@@ -49,9 +66,14 @@ TRAIN_PROPS: dict[str, dict] = {
     "scheduler": {"anyOf": [_NAMED, {"type": "null"}], "default": None,
                   "description": "a torch.optim.lr_scheduler class and its arguments; extra keys: "
                                  "warmup_steps (linear warmup), interval (step or epoch)"},
-    "loss": {**_NAMED, "default": {"name": "CrossEntropyLoss"}, "description": "a torch.nn loss"},
-    "metrics": {"type": "array", "items": _NAMED, "default": [{"name": "accuracy"}],
-                "description": "accuracy, top_k_accuracy (k), mse, mae"},
+    "loss": {"anyOf": [_TERM, {"type": "array", "items": _TERM, "minItems": 1}],
+             "default": {"name": "CrossEntropyLoss"},
+             "description": "a torch.nn loss, or a list of weighted terms each on a named output "
+                            "(keys output, target, loss_weight, class_dim, label)"},
+    "metrics": {"type": "array", "items": _METRIC, "default": [{"name": "accuracy"}],
+                "description": "torchmetrics classes by name (F1Score, JaccardIndex, Perplexity, "
+                               "...) or accuracy, top_k_accuracy (k), mse, mae; keys output, "
+                               "target, class_dim, label beside the class's own"},
     "output": {"type": ["string", "null"], "default": None,
                "description": "the model output the loss reads (default: the first)"},
     "grad_accum": _int(1, doc="micro-batches per optimizer step"),
@@ -110,7 +132,10 @@ DATA_PROPS: dict[str, dict] = {
     "val_transforms": {"type": "array", "items": _NAMED, "default": [],
                        "description": "torchvision.transforms.v2 for validation samples"},
     "input": {"type": ["string", "null"], "default": None,
-              "description": "the model input fed with the samples (default: the only one)"},
+              "description": "the model input the source's only input field feeds"},
+    "inputs": {"type": ["object", "null"], "default": None,
+               "additionalProperties": {"type": "string"},
+               "description": "{spec input: batch field}; default: by name, or the only one"},
 }  # fmt: skip
 
 
@@ -135,8 +160,10 @@ def section_schemas() -> dict[str, dict]:
     """`data:` and `train:` for the published (editor) schema. Unlike the checks above,
     which see the sections after bare names became mappings, it takes both spellings."""
     train, data = copy.deepcopy(train_schema()), copy.deepcopy(data_schema())
-    for key in ("optimizer", "loss", "scheduler"):
+    for key in ("optimizer", "scheduler"):
         train["properties"][key] = _or_bare_name(train["properties"][key])
+    loss = train["properties"]["loss"]
+    loss["anyOf"] = [_NAME, _TERM, {**loss["anyOf"][1], "items": {"anyOf": [_NAME, _TERM]}}]
     for props, key in ((train["properties"], "metrics"), (data["properties"], "transforms"),
                        (data["properties"], "val_transforms")):  # fmt: skip
         props[key]["items"] = _or_bare_name(props[key]["items"])
@@ -296,6 +323,8 @@ def _normalise(section: str, body: dict) -> dict:
     for key in _NAMED_KEYS[section]:
         if isinstance(body.get(key), str):
             body[key] = {"name": body[key]}
+    if section == "train" and isinstance(body.get("loss"), list):
+        body["loss"] = [{"name": v} if isinstance(v, str) else v for v in body["loss"]]
     for key in _NAMED_LISTS[section]:
         if isinstance(body.get(key), list):
             body[key] = [{"name": v} if isinstance(v, str) else v for v in body[key]]

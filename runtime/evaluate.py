@@ -19,16 +19,15 @@ import torch
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
 from ..compiler.load import SpecSource, load_spec_source
-from .checkpoint import CheckpointDir, load_checkpoint, load_weights
+from .checkpoint import CheckpointDir, NotACheckpoint, load_checkpoint, load_weights
 from .config import load_run_config, split_overrides
-from .data import EpochSampler, Transformed, build_datasets, build_transforms
+from .data import EpochSampler, Transformed, build_splits, build_transforms
 from .distributed import Env, all_sum, pick_device
 from .errors import CheckpointError, ConfigError
-from .metrics import build_metrics
-from .optim import build_loss
+from .tasks import Task, as_tuple, build_task, loss_items, sample_batch, to_device
 
 __all__ = ["Evaluator", "evaluate", "predict", "resolve_checkpoint", "compile_checkpoint",
-           "Predictions", "autocast_for", "pick_output", "output_index", "to_device", "fits_input",
+           "Predictions", "autocast_for", "output_index", "fits_input",
            "is_float_input", "IMAGE_EXTENSIONS"]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -36,47 +35,49 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 @dataclass(frozen=True)
 class Evaluator:
-    """A model with its loss and metrics: mean loss and metrics over a loader (summed on
-    the device, reduced over ranks). The training loop and `yamlnet eval` share it."""
+    """A model with its task: mean loss (and each term's) and the task's metrics over a
+    loader. Losses are summed on the device and reduced over ranks; the torchmetrics
+    metrics gather their own state over ranks. The training loop and `yamlnet eval`
+    share it."""
 
     model: torch.nn.Module
     forward: Any  # the model, or its torch.compile'd form
-    loss_fn: torch.nn.Module
-    metrics: dict
+    task: Task
     autocast: Any
-    output_index: int
     env: Env
 
     @torch.no_grad()
     def __call__(self, loader, prefix: str = "val") -> dict[str, float]:
         self.model.eval()
-        # every rank sums every key (a rank may have no batches: all-reduce zeros)
-        sums = {k: torch.zeros(2, device=self.env.device) for k in ("loss", *self.metrics)}
+        dev = self.env.device
+        labels = ["loss", *self.task.loss_labels()]
+        sums = torch.zeros(len(labels) + 1, device=dev)  # every rank sums (a rank may have no batches)
+        metrics = self.task.new_metrics(dev)
         try:
-            for x, y in loader:
-                for k, pair in self._batch(x, y).items():
-                    sums[k] += pair
+            for batch in loader:
+                sums += self._batch(to_device(dev, batch, self.task.fields), metrics)
         finally:
             self.model.train()
-        reduced = {k: all_sum(v, self.env) for k, v in sums.items()}
-        return {f"{prefix}/{k}": float(v[0] / v[1]) for k, v in reduced.items()}
+        sums = all_sum(sums, self.env)
+        values = {label: float(v / sums[-1]) for label, v in zip(labels, sums[:-1], strict=True)}
+        values.update({k: _value(m.compute()) for k, m in metrics.items()})
+        return {f"{prefix}/{k}": v for k, v in values.items()}
 
-    def _batch(self, x, y) -> dict[str, torch.Tensor]:
-        """{name: [sum, count]} for one batch."""
-        x, y = to_device(self.env.device, x, y)
+    def _batch(self, batch: dict, metrics: dict) -> torch.Tensor:
+        """[loss, each term's loss (several terms), samples], the losses times the samples."""
         with self.autocast():
-            pred = pick_output(self.forward(x), self.output_index)
-            loss = self.loss_fn(pred, y)
-        n = torch.tensor(float(len(y)), device=pred.device)
-        parts = {"loss": (loss.float() * n, n)}
-        parts.update({k: fn(pred.float(), y) for k, fn in self.metrics.items()})
-        return {k: torch.stack([s.float(), c.float()]) for k, (s, c) in parts.items()}
+            outs = as_tuple(self.forward(*self.task.inputs(batch)))
+            total, parts = self.task.loss(outs, batch)
+        self.task.update(metrics, outs, batch)
+        n = float(len(batch[self.task.feeds[0]]))
+        values = [total, *parts] if len(parts) > 1 else [total]
+        return torch.stack([v.detach().float() * n for v in values] + [total.new_tensor(n).float()])
 
 
-def to_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Tensors moved to `device` (asynchronously to CUDA: the loaders pin memory there)."""
-    nb = device.type == "cuda"
-    return tuple(t.to(device, non_blocking=nb) for t in tensors)
+def _value(result) -> float:
+    """A metric's value as a number (a one-element tensor); what is not one is refused
+    where the metric is built."""
+    return float(result)
 
 
 def fits_input(sample_shape: tuple, inp) -> bool:
@@ -91,11 +92,6 @@ def is_float_input(inp) -> bool:
     return inp.dtype.startswith(("float", "bfloat"))
 
 
-def pick_output(out, index: int) -> torch.Tensor:
-    """The output the loss reads, from a model that returns one tensor or a tuple."""
-    return out[index] if isinstance(out, tuple) else out
-
-
 def autocast_for(precision: str, device: torch.device):
     """A context factory: autocast for the mixed precisions, a no-op for 32."""
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
@@ -104,10 +100,10 @@ def autocast_for(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def output_index(compiled: Compiled, cfg) -> int:
-    """Which of the spec's outputs `train.output` names (default: the first)."""
+def output_index(compiled: Compiled, cfg, wanted: str | None = None) -> int:
+    """Which of the spec's outputs `wanted` or else `train.output` names (default: the first)."""
     names = [name for name, _ in compiled.spec.outputs]
-    wanted = cfg.train["output"]
+    wanted = wanted or cfg.train["output"]
     if wanted is None:
         return 0
     if wanted not in names:
@@ -117,7 +113,8 @@ def output_index(compiled: Compiled, cfg) -> int:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
-    """A checkpoint file, or a run folder (its best.pt, else its newest good checkpoint)."""
+    """A checkpoint file, a run folder (its best.pt, else its newest good checkpoint), a
+    Lightning checkpoint of a SpecModule, or a plain weights file (see `plain_weights`)."""
     path = Path(path)
     if path.is_dir():
         ckpts = CheckpointDir(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
@@ -135,7 +132,35 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
         state = lightning_checkpoint(path)
         if state is not None:
             return path, state
-    return path, load_checkpoint(path)
+    if path.suffix == ".safetensors":
+        return path, plain_weights(path)
+    try:
+        return path, load_checkpoint(path)
+    except NotACheckpoint:
+        return path, plain_weights(path)
+
+
+def plain_weights(path: Path) -> dict:
+    """A state_dict file as eval/predict/export/generate take it: what `yamlnet compile
+    --out` writes (torch.save of a state_dict, read with weights_only), a .safetensors
+    file (the run folder's last/best.safetensors) or torchvision's weights. The run
+    configuration is then the spec's own."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            weights = load_file(str(path))
+        else:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: one line
+        raise CheckpointError(f"cannot read {path} as weights: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
+    for key in ("state_dict", "model"):  # {"model": {...}} and Lightning-like wrappers
+        if isinstance(weights, dict) and isinstance(weights.get(key), dict):
+            weights = weights[key]
+    if not isinstance(weights, dict) or not weights or \
+            not all(isinstance(v, torch.Tensor) for v in weights.values()):  # fmt: skip
+        raise CheckpointError(f"{path} is neither a yamlnet checkpoint nor a state_dict of tensors")
+    return {"model": dict(weights), "config": {}}
 
 
 def lightning_checkpoint(path: Path) -> dict | None:
@@ -163,8 +188,9 @@ def compile_checkpoint(source: SpecSource, path: Path, state: dict, variables: d
     return compiled
 
 
-def _session(spec, checkpoint, config, plugins, overrides, device: str | None):
-    """Config, compiled model with the checkpoint's weights, device."""
+def session(spec, checkpoint, config, plugins, overrides, device: str | None):
+    """Config, compiled model with the checkpoint's weights (in eval mode, on the device),
+    the device, and the checkpoint's content."""
     path, state = resolve_checkpoint(checkpoint)
     run_over, var_over = split_overrides(dict(overrides))
     source = load_spec_source(Path(spec))
@@ -172,7 +198,7 @@ def _session(spec, checkpoint, config, plugins, overrides, device: str | None):
                           run_over)  # fmt: skip
     compiled = compile_checkpoint(source, path, state, {**cfg.vars, **var_over}, plugins)
     dev = pick_device(device or "auto")
-    return cfg, compiled, compiled.module.to(dev).eval(), dev, path
+    return cfg, compiled, compiled.module.to(dev).eval(), dev, state
 
 
 def _with_saved_sections(doc, saved: dict):
@@ -196,27 +222,28 @@ def evaluate(spec: str | os.PathLike, checkpoint: str | os.PathLike, *, split: s
     """
     if split not in ("val", "train"):
         raise ConfigError(f"unknown split '{split}'", hint="use val or train")
-    cfg, compiled, model, dev, _ = _session(spec, checkpoint, config, plugins, overrides, device)
+    cfg, compiled, model, dev, _ = session(spec, checkpoint, config, plugins, overrides, device)
     with cfg.located():
-        loader = _split_loader(cfg, split)
-        evaluator = Evaluator(model, model, build_loss(cfg.train["loss"]).to(dev),
-                              build_metrics(cfg.train["metrics"], cfg.error),
-                              autocast_for(cfg.train["precision"], dev), output_index(compiled, cfg),
+        loader, fields = _split_loader(cfg, split)
+        task = build_task(compiled, cfg, fields, sample_batch(loader.dataset), dev)
+        evaluator = Evaluator(model, model, task, autocast_for(cfg.train["precision"], dev),
                               Env(0, 1, 0, dev))  # fmt: skip
     return evaluator(loader, prefix=split)
 
 
 def _split_loader(cfg, split: str):
     """The split in order, with the validation transforms (no augmentation)."""
-    train, val = build_datasets(cfg.data)
-    ds = val if split == "val" else train
+    splits = build_splits(cfg.data)
+    ds = splits.val if split == "val" else splits.train
     if ds is None:
         raise ConfigError(f"dataset '{cfg.data['dataset']}' has no validation split",
                           path="data.dataset", hint="use --split train")  # fmt: skip
     tf = build_transforms(cfg.data["val_transforms"], "data.val_transforms")
     sampler = EpochSampler(len(ds), shuffle=False, seed=0)
     size = cfg.data["val_batch_size"] or cfg.data["batch_size"]
-    return torch.utils.data.DataLoader(Transformed(ds, tf, 0), batch_size=size, sampler=sampler)
+    loader = torch.utils.data.DataLoader(Transformed(ds, tf, 0, splits.fields), batch_size=size,
+                                         sampler=sampler)  # fmt: skip
+    return loader, splits.fields
 
 
 @dataclass(frozen=True)
@@ -252,20 +279,21 @@ def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str 
             **overrides: Any) -> Predictions:  # fmt: skip
     """Run a checkpoint on the samples in `inputs`: a .pt/.npz/.csv file of inputs (one per
     row, with or without the batch dim), an image, or a folder of images."""
-    cfg, compiled, model, dev, _ = _session(spec, checkpoint, config, plugins, overrides, device)
+    cfg, compiled, model, dev, _ = session(spec, checkpoint, config, plugins, overrides, device)
+    first = loss_items(cfg)[0]
     with cfg.located():
-        index = output_index(compiled, cfg)
+        index = output_index(compiled, cfg, first.get("output"))
     inp = compiled.spec.inputs[0]
     x = read_inputs(Path(inputs), cfg, channels=inp.shape[1] if len(inp.shape) == 4 else None)
     if x.dim() == len(inp.shape) - 1:
         x = x.unsqueeze(0)  # a single sample
     _check_inputs(x, inp)
     with torch.no_grad():
-        chunks = [pick_output(model(part.to(dev)), index).float().cpu() for part in x.split(batch_size)]
+        chunks = [as_tuple(model(part.to(dev)))[index].float().cpu() for part in x.split(batch_size)]
     meta = compiled.spec.meta or {}
     names = [n for n, _ in compiled.spec.outputs]
     return Predictions(torch.cat(chunks), names[index],
-                       cfg.train["loss"]["name"] in CLASSIFICATION_LOSSES, meta.get("class_names"))  # fmt: skip
+                       first["name"] in CLASSIFICATION_LOSSES, meta.get("class_names"))  # fmt: skip
 
 
 def _check_inputs(x: torch.Tensor, inp) -> None:

@@ -1,84 +1,144 @@
-"""Metrics by name. Each is a function of one batch returning (sum, count) as tensors, so
-a validation pass adds them up on the device and a distributed run reduces them across
-ranks with one all-reduce; the value is sum / count.
+"""Metrics from torchmetrics, by class name with the class's own arguments.
+
+    metrics: [accuracy, {name: F1Score, average: macro}, {name: JaccardIndex, output: masks}]
+
+A name is looked up in torchmetrics' namespaces (classification, regression,
+segmentation, text: `Accuracy`, `F1Score`, `AUROC`, `ConfusionMatrix`, `JaccardIndex`,
+`Perplexity`, `MeanSquaredError`, ...). The short names older runs wrote keep working and
+keep their columns in metrics.csv: `accuracy`, `top_k_accuracy` (`k`; logged as
+`top5_accuracy`), `mse`, `mae`. For classification metrics `task` and `num_classes` are
+read off the output they measure (its class dimension, `class_dim`, and the target's
+dtype) when left out. torchmetrics keeps each metric's state and, on several processes,
+gathers it over ranks when it computes: a distributed validation gives the one-process
+values.
 
     >>> import torch
-    >>> sum_, n = METRICS["accuracy"].fn(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))
-    >>> float(sum_ / n)
+    >>> m = build_metric({"name": "accuracy"}, out_shape=(2, 2), target=torch.tensor([1, 1]), where="m")
+    >>> m.update(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1])); float(m.compute())
     0.5
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+import inspect
+import re
+from functools import cache
 
 import torch
 
-__all__ = ["MetricDef", "METRICS", "build_metrics", "metric_mode"]
+from ..compiler.errors import did_you_mean
+from .errors import ConfigError
 
+__all__ = ["build_metric", "metric_class", "metric_label", "LEGACY", "CLASS_LAST"]
 
-@dataclass(frozen=True)
-class MetricDef:
-    name: str
-    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    mode: str  # "max" or "min": which way is better
-    args: tuple[str, ...] = ()
-
-
-def _accuracy(pred: torch.Tensor, target: torch.Tensor):
-    hits = (pred.argmax(dim=1) == target).sum()  # pred (B, classes), target (B,)
-    return hits.float(), torch.tensor(float(target.numel()), device=pred.device)
-
-
-def _top_k(pred: torch.Tensor, target: torch.Tensor, k: int = 5):
-    top = pred.topk(min(k, pred.shape[1]), dim=1).indices  # (B, k)
-    hits = (top == target.unsqueeze(1)).any(dim=1).sum()
-    return hits.float(), torch.tensor(float(target.numel()), device=pred.device)
-
-
-def _mse(pred: torch.Tensor, target: torch.Tensor):
-    diff = pred.float() - target.float().reshape(pred.shape)
-    return (diff**2).sum(), torch.tensor(float(diff.numel()), device=pred.device)
-
-
-def _mae(pred: torch.Tensor, target: torch.Tensor):
-    diff = pred.float() - target.float().reshape(pred.shape)
-    return diff.abs().sum(), torch.tensor(float(diff.numel()), device=pred.device)
-
-
-METRICS: dict[str, MetricDef] = {
-    "accuracy": MetricDef("accuracy", _accuracy, "max"),
-    "top_k_accuracy": MetricDef("top_k_accuracy", _top_k, "max", ("k",)),
-    "mse": MetricDef("mse", _mse, "min"),
-    "mae": MetricDef("mae", _mae, "min"),
+# short names -> (torchmetrics class, fixed arguments, arguments renamed)
+LEGACY: dict[str, tuple[str, dict, dict]] = {
+    "accuracy": ("Accuracy", {}, {}),
+    "top_k_accuracy": ("Accuracy", {"top_k": 5}, {"k": "top_k"}),
+    "mse": ("MeanSquaredError", {}, {}),
+    "mae": ("MeanAbsoluteError", {}, {}),
 }
+CLASS_LAST = {"Perplexity"}  # metrics that take scores as [..., classes], not [N, classes, ...]
+_OWN_KEYS = ("name", "output", "target", "class_dim", "label")  # ours, not the class's
 
 
-def build_metrics(items: list[dict], error) -> dict[str, Callable]:
-    """{'accuracy': fn, 'top5_accuracy': fn, ...} from the checked `train.metrics` list;
-    `error(message, path, hint)` makes the located exception."""
-    from ..compiler.errors import did_you_mean
+@cache
+def _known() -> dict[str, type]:
+    import torchmetrics
+    from torchmetrics import classification, regression, segmentation, text
 
-    out = {}
-    for i, item in enumerate(items):
-        name, kwargs = item["name"], {k: v for k, v in item.items() if k != "name"}
-        if name not in METRICS:
-            raise error(f"unknown metric '{name}'", ("train", "metrics", i, "name"),
-                        did_you_mean(name, METRICS) or "metrics: " + ", ".join(METRICS))  # fmt: skip
-        mdef = METRICS[name]
-        for key in kwargs:
-            if key not in mdef.args:
-                raise error(f"metric {name} takes no argument '{key}'", ("train", "metrics", i, key))
-        if name == "top_k_accuracy" and not (isinstance(kwargs.get("k", 5), int) and kwargs.get("k", 5) >= 1):
-            raise error("k must be a positive integer", ("train", "metrics", i, "k"))
-        label = f"top{kwargs.get('k', 5)}_accuracy" if name == "top_k_accuracy" else name
-        out[label] = partial(mdef.fn, **kwargs)
+    out: dict[str, type] = {}
+    for module in (torchmetrics, classification, regression, segmentation, text):  # the last wins
+        out.update({n: c for n, c in vars(module).items() if isinstance(c, type)
+                    and issubclass(c, torchmetrics.Metric) and not n.startswith("_")})  # fmt: skip
     return out
 
 
-def metric_mode(label: str) -> str:
-    """'min' for losses and errors, 'max' for the rest ('val/top5_accuracy' -> 'max')."""
-    base = label.rsplit("/", 1)[-1]
-    return "min" if base in ("loss", "mse", "mae") or base.endswith("loss") else "max"
+def metric_class(name: str, where: str) -> type:
+    """The torchmetrics class a metric item names (a legacy short name included)."""
+    known = _known()
+    cls_name = LEGACY[name][0] if name in LEGACY else name
+    if cls_name not in known:
+        hint = did_you_mean(name, [*LEGACY, *known]) or "a torchmetrics class, or " + ", ".join(LEGACY)
+        raise ConfigError(f"unknown metric '{name}'", path=f"{where}.name", hint=hint)
+    return known[cls_name]
+
+
+def metric_label(item: dict) -> str:
+    """The column a metric is logged under: `label`, a legacy name, or the class name in
+    snake_case (F1Score -> f1_score)."""
+    if item.get("label"):
+        return str(item["label"])
+    name = item["name"]
+    if name == "top_k_accuracy":
+        return f"top{item.get('k', 5)}_accuracy"
+    if name in LEGACY:
+        return name
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def build_metric(item: dict, *, out_shape: tuple, target: torch.Tensor, where: str,
+                 class_dim: int = 1):  # fmt: skip
+    """The torchmetrics object for one checked `train.metrics` item. `out_shape` is the
+    measured output's shape and `target` a batch of its targets, from which `task` and
+    `num_classes` are filled in when the class takes them and the item does not say."""
+    name = item["name"]
+    cls = metric_class(name, where)
+    fixed, renamed = LEGACY.get(name, ("", {}, {}))[1:]
+    kwargs = {**fixed, **{renamed.get(k, k): v for k, v in item.items() if k not in _OWN_KEYS}}
+    if name == "top_k_accuracy" and not (isinstance(kwargs["top_k"], int) and kwargs["top_k"] >= 1):
+        raise ConfigError("k must be a positive integer", path=f"{where}.k")
+    params = _params(cls)
+    if "task" in params:
+        _fill_task(kwargs, out_shape, target, class_dim, where)
+    elif "num_classes" in params and "num_classes" not in kwargs and len(out_shape) > 1:
+        kwargs["num_classes"] = int(out_shape[class_dim])
+    if "input_format" in params:
+        kwargs.setdefault("input_format", "index")  # the runtime hands it class ids
+    _check_args(cls, params, kwargs, where)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cls.__name__}: {str(err).splitlines()[0]}", path=where) from None
+
+
+def _params(cls) -> dict:
+    """The arguments a metric class takes (task wrappers such as Accuracy take theirs in
+    __new__)."""
+    fn = cls.__new__ if "__new__" in vars(cls) else cls.__init__
+    return dict(inspect.signature(fn).parameters)
+
+
+def _fill_task(kwargs: dict, out_shape: tuple, target: torch.Tensor, class_dim: int, where: str) -> None:
+    """task: multiclass when integer targets meet scores over C >= 2 classes; binary for
+    one score per sample (or float 0/1 targets of the output's shape); multilabel for
+    float targets over C > 1 labels. Anything else is to be said."""
+    classes = int(out_shape[class_dim]) if len(out_shape) > 1 else 1
+    if "task" not in kwargs:
+        if not target.is_floating_point() and classes >= 2:
+            kwargs["task"] = "multiclass"
+        elif classes == 1 or tuple(target.shape) == tuple(out_shape[:1]):
+            kwargs["task"] = "binary"
+        elif target.is_floating_point() and tuple(target.shape) == tuple(out_shape):
+            kwargs["task"] = "multilabel"
+        else:
+            raise ConfigError(f"cannot tell the task from outputs {list(out_shape)} and targets "
+                              f"{list(target.shape)} {target.dtype}", path=where,
+                              hint="set task: binary, multiclass or multilabel")  # fmt: skip
+    if kwargs["task"] == "multiclass":
+        kwargs.setdefault("num_classes", classes)
+    elif kwargs["task"] == "multilabel":
+        kwargs.setdefault("num_labels", classes)
+
+
+def _check_args(cls, params: dict, kwargs: dict, where: str) -> None:
+    named = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD and k not in ("self", "cls")}
+    for key in kwargs:
+        if key not in named and key not in _METRIC_BASE_ARGS:
+            hint = did_you_mean(key, named) or "arguments: " + ", ".join(sorted(named))
+            raise ConfigError(f"{cls.__name__} takes no argument '{key}'", path=f"{where}.{key}",
+                              hint=hint)  # fmt: skip
+
+
+# keyword arguments every torchmetrics Metric takes (through **kwargs)
+_METRIC_BASE_ARGS = ("compute_on_cpu", "dist_sync_on_step", "sync_on_compute", "compute_with_cache")

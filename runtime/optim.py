@@ -134,13 +134,13 @@ def _check_schedule(interval, warmup, plateau: bool, path: str) -> None:
 _TENSOR_ARGS = ("weight", "pos_weight")  # lists in YAML, tensors for the loss
 
 
-def build_loss(item: dict) -> torch.nn.Module:
+def build_loss(item: dict, where: str = "train.loss") -> torch.nn.Module:
     """{name: CrossEntropyLoss, label_smoothing: 0.1} -> the torch.nn loss module."""
     known = {n: c for n, c in _classes(torch.nn, torch.nn.Module).items() if n.endswith("Loss")}
-    cls = _lookup(item["name"], known, "loss", "train.loss")
+    cls = _lookup(item["name"], known, "loss", where)
     kwargs = _kwargs(item)
     for key in _TENSOR_ARGS:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = torch.tensor(kwargs[key], dtype=torch.float32)
-    return _construct(cls, (), kwargs, "train.loss")
+    return _construct(cls, (), kwargs, where)
 

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import default_collate
 
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
@@ -66,18 +65,10 @@ from .distributed import (
     sync_buffers,
 )
 from .errors import CheckpointError, ConfigError, TrainingError, first_line
-from .evaluate import (
-    Evaluator,
-    autocast_for,
-    fits_input,
-    is_float_input,
-    output_index,
-    pick_output,
-    to_device,
-)
+from .evaluate import Evaluator, autocast_for
 from .log import NullLog, RunLog, format_duration
-from .metrics import build_metrics, metric_mode
-from .optim import Schedule, build_loss, build_optimizer, build_scheduler
+from .optim import Schedule, build_optimizer, build_scheduler
+from .tasks import Task, as_tuple, build_task, sample_batch, to_device
 
 __all__ = ["train", "TrainResult", "Position", "prepare", "plan", "Run",
            "resolve_out_dir", "EXIT_SIGNAL_BASE"]  # fmt: skip
@@ -119,6 +110,7 @@ class Position:
     skipped: int = 0  # non-finite micro-batches skipped (on_nonfinite: skip)
     val_step: int = -1  # step of the last validation
     samples: int = 0  # samples of this epoch consumed by all ranks together
+    term_sums: list = field(default_factory=list)  # each loss term since the last row (several terms)
 
 
 @dataclass
@@ -132,15 +124,13 @@ class Run:
     forward: Any  # what trains: the model, compiled or not, wrapped in DDP on several ranks
     evaluate: Any  # what validates: the model, compiled or not (no DDP: no collectives)
     loaders: Loaders
-    loss_fn: torch.nn.Module
-    metrics: dict
+    task: Task
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: Any
     autocast: Any
     out: Path | None
     ckpts: CheckpointDir | None
-    output_index: int
     monitor: str | None
     mode: str
     epoch_batches: int  # micro-batches of this rank in the current epoch
@@ -154,6 +144,7 @@ class Run:
     last_save: float = 0.0  # perf_counter() at the last resumable checkpoint (or the start)
     save_due: bool = False  # rank 0's clock asks for a checkpoint (every rank has seen it)
     pending: list = field(default_factory=list)  # losses of the accumulation group so far
+    pending_terms: list = field(default_factory=list)  # and their terms (several terms)
 
 
 def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -308,10 +299,9 @@ def plan(spec, *, config=None, out=None, resume: bool | str = False, plugins=(),
     source, cfg, var_over = load_run(spec, config, overrides)
     with cfg.located():
         compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
-        tcfg = cfg.train
-        build_metrics(tcfg["metrics"], cfg.error)
-        build_loss(tcfg["loss"])
-        build_optimizer(tcfg["optimizer"], compiled.module.parameters())
+        loaders = build_loaders(cfg.data, seed=cfg.train["seed"])
+        build_task(compiled, cfg, loaders.fields, _first_batch(loaders, cfg), torch.device("cpu"))
+        build_optimizer(cfg.train["optimizer"], compiled.module.parameters())
         return resolve_out_dir(out, compiled, resume)
 
 
@@ -324,28 +314,24 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
                         "set it to false on CPU (each process then normalises its own batch)")  # fmt: skip
     if env.distributed and tcfg["sync_batchnorm"]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    input_index = _input_index(compiled, cfg)
-    out_index = output_index(compiled, cfg)
     loaders = build_loaders(cfg.data, seed=tcfg["seed"], rank=env.rank, world=env.world_size,
                             pin_memory=_pin_memory(cfg, env))  # fmt: skip
-    _check_sample(loaders, compiled, cfg, input_index)
+    task = build_task(compiled, cfg, loaders.fields, _first_batch(loaders, cfg), env.device)
     batches = len(loaders.train)
     steps_per_epoch = -(-batches // tcfg["grad_accum"])
     total = tcfg["max_steps"] or tcfg["epochs"] * steps_per_epoch
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
-    metrics = build_metrics(tcfg["metrics"], cfg.error)
-    monitor, mode = _monitor(cfg, loaders, metrics)
+    monitor, mode = _monitor(cfg, loaders, task)
     inner = torch.compile(model) if tcfg["compile"] else model
     run = Run(
         cfg=cfg, env=env, compiled=compiled, model=model,
         forward=inner, evaluate=inner,  # DDP wraps it once every rank is ready
-        loaders=loaders, loss_fn=build_loss(tcfg["loss"]).to(env.device),
-        metrics=metrics, optimizer=optimizer,
+        loaders=loaders, task=task, optimizer=optimizer,
         schedule=build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch=steps_per_epoch,
                                  total_steps=total, mode=mode),
         scaler=torch.amp.GradScaler(env.device.type, enabled=tcfg["precision"] == "16-mixed"),
         autocast=autocast_for(tcfg["precision"], env.device), out=None,
-        ckpts=None, output_index=out_index, monitor=monitor, mode=mode,
+        ckpts=None, monitor=monitor, mode=mode,
         epoch_batches=batches, total_steps=total, variables={**cfg.vars, **var_over},
     )  # fmt: skip
     _preflight(run)  # before the run folder exists: a run that cannot start leaves none
@@ -469,60 +455,38 @@ def _pin_memory(cfg: RunConfig, env: Env) -> bool:
     return env.device.type == "cuda" if pin is None else pin
 
 
-def _input_index(compiled: Compiled, cfg: RunConfig) -> int:
-    names = [i.name for i in compiled.spec.inputs]
-    wanted = cfg.data["input"]
-    if wanted is None:
-        if len(names) != 1:
-            raise cfg.error(f"the spec has inputs {', '.join(names)}; say which one the data "
-                            "feeds", ("data", "input"), "set data.input")  # fmt: skip
-        return 0
-    if wanted not in names:
-        raise cfg.error(f"the spec has no input '{wanted}'", ("data", "input"),
-                        did_you_mean(wanted, names) or "inputs: " + ", ".join(names))  # fmt: skip
-    if len(names) != 1:
-        raise cfg.error("training feeds one input; this spec has several", ("data", "input"))
-    return names.index(wanted)
-
-
-def _check_sample(loaders: Loaders, compiled: Compiled, cfg: RunConfig, index: int) -> None:
-    """The data's samples must fit the spec's input, before any step runs."""
+def _first_batch(loaders: Loaders, cfg: RunConfig) -> dict:
+    """Two training samples, collated: what the task is sized from and the preflight runs."""
     try:
-        x, _ = loaders.train.dataset[(0, 0)]
+        return sample_batch(loaders.train.dataset)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise cfg.error(f"cannot load a training sample: {first_line(err)}", ("data", "transforms"),
                         "do the transforms fit the samples?") from None  # fmt: skip
-    inp = compiled.spec.inputs[index]
-    if not fits_input(tuple(x.shape), inp):
-        raise cfg.error(f"samples of '{cfg.data['dataset']}' have shape {list(x.shape)}; the spec's "
-                        f"input '{inp.name}' takes [{', '.join(map(str, inp.shape))}]",
-                        ("data", "dataset"), "change the input shape or the data")  # fmt: skip
-    if x.is_floating_point() != is_float_input(inp):
-        raise cfg.error(f"samples are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}",
-                        ("data", "dataset"))  # fmt: skip
 
 
 def _preflight(run: Run) -> None:
     """One forward pass and loss on two training samples before any step, so a loss that
     does not fit the outputs or the targets is reported up front, not at step 1. (Eval
     mode: no dropout draws, no BatchNorm statistics touched.)"""
-    ds = run.loaders.train.dataset
-    x, y = default_collate([ds[(0, i)] for i in range(min(2, len(ds)))])
-    x, y = to_device(run.env.device, x, y)
-    name = run.cfg.train["loss"]["name"]
-    pred = None
+    batch = to_device(run.env.device, _first_batch(run.loaders, run.cfg), run.task.fields)
+    name = " + ".join(t.fn.__class__.__name__ for t in run.task.terms)
+    outs = None
     run.model.eval()
     try:
         with torch.no_grad(), run.autocast(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pred = pick_output(run.model(x), run.output_index)
-            loss = run.loss_fn(pred, y)
+            outs = as_tuple(run.model(*run.task.inputs(batch)))
+            loss, _ = run.task.loss(outs, batch)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        raise run.cfg.error(f"{name} cannot take outputs {list(pred.shape) if pred is not None else '?'} "
-                            f"and targets {list(y.shape)} {y.dtype}: {first_line(err)}",
-                            ("train", "loss")) from None  # fmt: skip
+        shapes = [list(outs[t.output].shape) for t in run.task.terms] if outs is not None else "?"
+        targets = [f"{list(batch[t.target].shape)} {batch[t.target].dtype}" for t in run.task.terms]
+        raise run.cfg.error(f"{name} cannot take outputs {', '.join(map(str, shapes))} and targets "
+                            f"{', '.join(targets)}: {first_line(err)}", ("train", "loss"),
+                            _class_dim_hint(run, outs)) from None  # fmt: skip
     finally:
         run.model.train()
+    pred = outs[run.task.terms[0].output]
+    y = batch[run.task.terms[0].target]
     if any("target size" in str(w.message) for w in caught):
         raise run.cfg.error(f"{name} got outputs {list(pred.shape)} but targets {list(y.shape)}; it "
                             "would broadcast them", ("train", "loss"),
@@ -532,9 +496,20 @@ def _preflight(run: Run) -> None:
                             ("train", "loss"), "use reduction: mean or sum")  # fmt: skip
 
 
-def _monitor(cfg: RunConfig, loaders: Loaders, metrics: dict) -> tuple[str | None, str]:
+def _class_dim_hint(run: Run, outs) -> str:
+    """For scores whose classes are not at dim 1 ([N, T, vocab]): say class_dim."""
+    if outs is None:
+        return ""
+    shapes = [tuple(outs[t.output].shape) for t in run.task.terms]
+    if any(len(s) > 2 and t.class_dim == 1 for s, t in zip(shapes, run.task.terms, strict=True)):
+        return "for scores shaped [N, T, classes] set class_dim: -1 on the loss"
+    return ""
+
+
+def _monitor(cfg: RunConfig, loaders: Loaders, task: Task) -> tuple[str | None, str]:
     tcfg = cfg.train
-    names = ["val/loss"] + [f"val/{m}" for m in metrics]
+    modes = {f"val/{k}": v for k, v in task.modes().items()}
+    names = list(modes)
     monitor = tcfg["monitor"] or ("val/accuracy" if "val/accuracy" in names else "val/loss")
     if monitor not in names:
         raise cfg.error(f"cannot monitor '{monitor}'", ("train", "monitor"),
@@ -544,7 +519,7 @@ def _monitor(cfg: RunConfig, loaders: Loaders, metrics: dict) -> tuple[str | Non
             raise cfg.error(f"'{monitor}' needs validation data; this dataset has none",
                             ("train", "monitor"))  # fmt: skip
         monitor = None
-    return monitor, tcfg["mode"] or (metric_mode(monitor) if monitor else "min")
+    return monitor, tcfg["mode"] or (modes[monitor] if monitor else "min")
 
 
 def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
@@ -685,10 +660,11 @@ def _loop(run: Run) -> TrainResult:
         run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.samples)
         run.loaders.train.generator.manual_seed((tcfg["seed"] * 100_003 + pos.epoch) % 2**63)
         run.epoch_batches = pos.batch + len(run.loaders.train)
-        for x, y in run.loaders.train:
-            _guarded_micro_step(run, x, y)
+        first = run.task.feeds[0]
+        for batch in run.loaders.train:
+            _guarded_micro_step(run, batch)
             pos.batch += 1
-            pos.samples = min(n_train, pos.samples + len(y) * run.env.world_size)
+            pos.samples = min(n_train, pos.samples + len(batch[first]) * run.env.world_size)
             if not _steps_now(run, pos.batch):
                 continue  # accumulating
             _optimizer_step(run)
@@ -714,11 +690,11 @@ def _ending(run: Run) -> str | None:
     return None
 
 
-def _guarded_micro_step(run: Run, x, y) -> None:
+def _guarded_micro_step(run: Run, batch: dict) -> None:
     """A failure inside PyTorch at some step (a label out of range for the head, say) ends
     the run with one line naming the step; the last good checkpoint stays."""
     try:
-        _micro_step(run, x, y)
+        _micro_step(run, batch)
     except (RuntimeError, IndexError, ValueError) as err:
         pos = run.pos
         if run.env.distributed and is_comm_error(err):
@@ -733,28 +709,29 @@ def _kept(run: Run) -> str:
     return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
 
 
-def _micro_step(run: Run, x, y) -> None:
+def _micro_step(run: Run, batch: dict) -> None:
     """Forward and backward of one micro-batch; a non-finite loss stops or is skipped.
     On several ranks, the ranks' losses and pending stop signals are shared (one small
     all-reduce, travelling while backward runs), so every rank takes the same decision
     at the same step. A batch that may be skipped waits for it before backward."""
-    x, y = to_device(run.env.device, x, y)
+    batch = to_device(run.env.device, batch, run.task.fields)
     # a skipped batch must leave no trace, but its forward pass has already moved the
     # BatchNorm running statistics (to NaN): keep the buffers to put them back
     skip = run.cfg.train["on_nonfinite"] == "skip"
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
     syncs = _steps_now(run, run.pos.batch + 1)  # DDP all-reduces the gradients in this backward only
     with _no_sync(run, syncs), run.autocast():
-        loss = run.loss_fn(pick_output(run.forward(x), run.output_index), y)
+        loss, parts = run.task.loss(as_tuple(run.forward(*run.task.inputs(batch))), batch)
+    terms = torch.stack([p.detach().float() for p in parts]) if len(parts) > 1 else None
     if faults.fault_at("nan_at_step", run.pos.step + 1, run.env.rank):
         loss = loss * float("nan")
     if run.env.distributed and not skip:
-        _ddp_backward(run, loss, syncs)
+        _ddp_backward(run, loss, syncs, terms)
         return
-    shared = _share_losses(run, loss)
+    shared = _share_losses(run, loss, terms)
     if not skip:
         _backward(run, loss, syncs)  # (a NaN stops the run below: its gradients go unused)
-    values = shared()
+    values, term_values = shared()
     bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
     if bad:
         _non_finite(run, values[bad[0]], kept, bad)
@@ -763,24 +740,35 @@ def _micro_step(run: Run, x, y) -> None:
         return
     run.pos.loss_sum += sum(values) / len(values)
     run.pos.loss_count += 1
+    _add_terms(run.pos, term_values)
     if skip:
         _backward(run, loss, syncs)
 
 
-def _ddp_backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
+def _add_terms(pos: Position, values: list[float] | None) -> None:
+    """Each loss term's (rank-mean) value into its running sum, for the logged rows."""
+    if values is not None:
+        pos.term_sums = [a + b for a, b in zip(pos.term_sums or [0.0] * len(values), values, strict=True)]
+
+
+def _ddp_backward(run: Run, loss: torch.Tensor, syncs: bool, terms: torch.Tensor | None) -> None:
     """Backward on several ranks. The losses of an accumulation group, and any stop
     signal, ride with the group's gradient all-reduce (GradientRider); the decisions
     (stop on a NaN, log the mean loss) are taken at the group's end, alike on all ranks."""
     env = run.env
     run.pending.append(loss.detach())
+    if terms is not None:
+        run.pending_terms.append(terms)
     if syncs:
-        run.forward.rider.carry(_step_extras(run, torch.stack(run.pending).sum()))
+        group_terms = torch.stack(run.pending_terms).sum(0) if run.pending_terms else None
+        run.forward.rider.carry(_step_extras(run, torch.stack(run.pending).sum(), group_terms))
     _backward(run, loss, syncs)
     if not syncs:
         return
     shared = run.forward.rider.take().tolist()
     count = len(run.pending)
     run.pending.clear()
+    run.pending_terms.clear()
     _note_shared(run, shared)
     values = shared[: env.world_size]
     bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
@@ -788,14 +776,18 @@ def _ddp_backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
         _non_finite(run, values[bad[0]], [], bad)  # stops (skipping takes the other path)
     run.pos.loss_sum += sum(values) / env.world_size
     run.pos.loss_count += count
+    _add_terms(run.pos, _shared_terms(shared, env.world_size))
 
 
-def _step_extras(run: Run, loss_sum: torch.Tensor) -> torch.Tensor:
+def _step_extras(run: Run, loss_sum: torch.Tensor, terms: torch.Tensor | None = None) -> torch.Tensor:
     """[this rank's loss in its slot, SIGTERM seen, SIGINT seen, a checkpoint due by rank
-    0's clock], to sum over ranks."""
+    0's clock, then each loss term (several terms)], to sum over ranks."""
     env = run.env
-    extras = torch.zeros(env.world_size + 3, dtype=torch.float32, device=env.device)
+    k = 0 if terms is None else len(terms)
+    extras = torch.zeros(env.world_size + 3 + k, dtype=torch.float32, device=env.device)
     extras[env.rank] = loss_sum.float()
+    if k:
+        extras[env.world_size + 3 :] = terms
     signum = run.stop.signum if run.stop is not None else None
     if signum is not None:
         extras[env.world_size + (signum == signal.SIGINT)] = 1
@@ -827,22 +819,28 @@ def _no_sync(run: Run, syncs: bool):
     return nullcontext()
 
 
-def _share_losses(run: Run, loss: torch.Tensor):
-    """Start sharing this micro-batch's loss and any pending stop signal; returns the
-    function giving every rank's loss (and setting run.stopping when one must stop)."""
+def _share_losses(run: Run, loss: torch.Tensor, terms: torch.Tensor | None):
+    """Start sharing this micro-batch's loss (and its terms) and any pending stop signal;
+    returns the function giving every rank's loss and the terms' rank-mean (and setting
+    run.stopping when one must stop)."""
     env = run.env
     if not env.distributed:
-        return lambda: [loss.item()]
+        return lambda: ([loss.item()], None if terms is None else terms.tolist())
     pos = run.pos
-    wait = all_sum_started(_step_extras(run, loss.detach()), env,
+    wait = all_sum_started(_step_extras(run, loss.detach(), terms), env,
                            f"step {pos.step + 1} (epoch {pos.epoch + 1})")  # fmt: skip
 
-    def values() -> list[float]:
+    def values() -> tuple[list[float], list[float] | None]:
         out = wait().tolist()
         _note_shared(run, out)
-        return out[: env.world_size]
+        return out[: env.world_size], _shared_terms(out, env.world_size)
 
     return values
+
+
+def _shared_terms(shared: list[float], world: int) -> list[float] | None:
+    terms = shared[world + 3 :]
+    return [v / world for v in terms] if terms else None
 
 
 def _average_gradients(run: Run) -> None:
@@ -960,8 +958,11 @@ def _log_train(run: Run) -> None:
     pos = run.pos
     if pos.loss_count:
         lr = run.optimizer.param_groups[0]["lr"]
-        run.log.write(pos.step, pos.epoch, {"train/loss": pos.loss_sum / pos.loss_count, "lr": lr})
-    pos.loss_sum, pos.loss_count = 0.0, 0
+        row = {"train/loss": pos.loss_sum / pos.loss_count, "lr": lr}
+        for label, total in zip(run.task.loss_labels(), pos.term_sums, strict=False):
+            row[f"train/{label}"] = total / pos.loss_count
+        run.log.write(pos.step, pos.epoch, row)
+    pos.loss_sum, pos.loss_count, pos.term_sums = 0.0, 0, []
 
 
 def _validate(run: Run) -> str | None:
@@ -988,8 +989,7 @@ def _validate(run: Run) -> str | None:
 
 
 def _evaluator(run: Run) -> Evaluator:
-    return Evaluator(run.model, run.evaluate, run.loss_fn, run.metrics, run.autocast,
-                     run.output_index, run.env)  # fmt: skip
+    return Evaluator(run.model, run.evaluate, run.task, run.autocast, run.env)
 
 
 def _is_better(run: Run, value: float | None) -> bool:
@@ -1023,6 +1023,7 @@ def _state(run: Run) -> dict[str, Any] | None:
         "spec": {"name": run.compiled.spec.name, "hash": run.compiled.hash,
                  "lock": _lock_text(run)},
         "config": {"data": run.cfg.data, "train": run.cfg.train, "vars": run.variables},
+        "data_info": run.loaders.fields.info,  # what serving needs of the data (a tokenizer)
         "world_size": run.env.world_size,
         "total_steps": run.total_steps,
         "yamlnet_version": package_version(),
@@ -1097,9 +1098,9 @@ def _write_lock(run: Run) -> None:
 
 
 def _columns(run: Run) -> list[str]:
-    cols = ["train/loss", "lr"]
+    cols = ["train/loss", "lr", *(f"train/{label}" for label in run.task.loss_labels())]
     if run.loaders.val is not None:
-        cols += ["val/loss"] + [f"val/{m}" for m in run.metrics]
+        cols += [f"val/{m}" for m in run.task.modes()]
     return cols
 
 

@@ -8,8 +8,10 @@ import yaml
 from torch.utils.data.distributed import DistributedSampler
 from yamlnet.compiler.load import load_spec_source
 from yamlnet.runtime.config import load_run_config
-from yamlnet.runtime.data import EpochSampler, build_loaders, build_transforms, read_tensor_file
+from yamlnet.runtime.data import EpochSampler, build_loaders, build_splits, build_transforms
 from yamlnet.runtime.errors import ConfigError
+from yamlnet.runtime.sources import read_tensor_file
+from yamlnet.runtime.tables import encode_table
 
 
 def data_cfg(data: dict, overrides=None) -> dict:
@@ -21,8 +23,14 @@ def loaders_of(data: dict, seed: int = 0, **kw):
     return build_loaders(data_cfg(data), seed=seed, **kw)
 
 
+def pair(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A one-input source's batch as (inputs, targets)."""
+    x, y = batch.values()
+    return x, y
+
+
 def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*loader, strict=True)
+    xs, ys = zip(*map(pair, loader), strict=True)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -62,7 +70,7 @@ def test_digits_arrays_equal_load_digits(sklearn_digits, monkeypatch, shipped):
     that file is not found: the same arrays either way."""
     import importlib.util
 
-    from yamlnet.runtime.data import digits_arrays
+    from yamlnet.runtime.sources import digits_arrays
 
     if not shipped:
         monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
@@ -82,7 +90,7 @@ def test_digits_split_fixed_for_any_run_seed():
 
 def test_digits_flatten(sklearn_digits):
     loaders = loaders_of({"dataset": "digits", "flatten": True, "shuffle": False})
-    x, _ = next(iter(loaders.train))
+    x, _ = pair(next(iter(loaders.train)))
     assert x.shape == (64, 64)
     idx = loaders.train.dataset.base.indices[:64]
     assert torch.equal(x, torch.tensor(sklearn_digits.data[idx] / 16.0, dtype=torch.float32))
@@ -218,6 +226,325 @@ def test_missing_file_located(tmp_path):
     assert str(info.value) == f"<spec>:4:3: data.train: no such file: {missing}"
 
 
+# -- tensors: several arrays, CSV tables -----------------------------------------------
+
+
+def splits_of(data: dict):
+    return build_splits(data_cfg({"dataset": "tensors", **data}))
+
+
+def write_csv(path, header: list[str] | None, rows: list[list]) -> str:
+    lines = ([",".join(header)] if header else []) + [",".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def columns_of(ds) -> dict[str, torch.Tensor]:
+    """A Table's columns, or a Subset's rows of them, in index order."""
+    if hasattr(ds, "columns"):
+        return ds.columns
+    return {k: v[ds.indices] for k, v in ds.dataset.columns.items()}
+
+
+def test_tensors_npz_several_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 3)), rng.normal(size=(8, 2, 2)).astype(np.float32)
+    t, u = np.arange(8) % 3, rng.normal(size=(8, 1))
+    np.savez(tmp_path / "train.npz", a=a, b=b, t=t, u=u, unused=np.zeros(8))
+    np.savez(tmp_path / "val.npz", a=a[:2], b=b[:2], t=t[:2], u=u[:2])
+    splits = splits_of({"train": str(tmp_path / "train.npz"), "val": str(tmp_path / "val.npz"),
+                        "input_fields": ["a", "b"], "target_fields": ["t", "u"]})  # fmt: skip
+    assert splits.fields.inputs == ("a", "b") and splits.fields.targets == ("t", "u")
+    got = splits.train.columns
+    assert set(got) == {"a", "b", "t", "u"}
+    for name, ref in (("a", a), ("b", b), ("u", u)):
+        assert got[name].dtype == torch.float32
+        assert torch.equal(got[name], torch.tensor(ref, dtype=torch.float32))
+    assert got["t"].dtype == torch.int64 and got["t"].tolist() == t.tolist()
+    assert torch.equal(splits.val.columns["b"], torch.tensor(b[:2]))
+    as_floats = splits_of({"train": str(tmp_path / "train.npz"), "input_fields": ["a"],
+                           "target_fields": ["t"], "task": "regression"})  # fmt: skip
+    assert as_floats.train.dataset.columns["t"].dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def diabetes_csv(tmp_path_factory):
+    """scikit-learn's diabetes data with a header; its targets are whole numbers."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    assert np.all(y == np.round(y))  # the case under test: whole-number regression targets
+    path = tmp_path_factory.mktemp("diabetes") / "diabetes.csv"
+    header = [f"f{i}" for i in range(x.shape[1])] + ["progression"]
+    write_csv(path, header, [[repr(float(v)) for v in row] for row in np.column_stack([x, y])])
+    return str(path), x, y
+
+
+def test_csv_whole_number_regression_targets(diabetes_csv):
+    path, x, y = diabetes_csv
+    splits = splits_of({"train": path, "target_column": "progression", "task": "regression",
+                        "val_fraction": 0})  # fmt: skip
+    got = splits.train.columns
+    assert got["y"].dtype == torch.float32 and got["y"].shape == (len(y), 1)
+    assert torch.equal(got["y"], torch.tensor(y[:, None], dtype=torch.float32))
+    assert torch.equal(got["x"], torch.tensor(x, dtype=torch.float32))
+    guessed = splits_of({"train": path, "target_column": "progression", "val_fraction": 0})
+    assert guessed.train.columns["y"].dtype == torch.int64  # without task: whole numbers: classes
+
+
+COLORS = ["red", "blue", "red", "green", "blue", "red"]
+
+
+def test_csv_categorical_onehot_from_the_train_file(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ["size", "color", "price"],
+                      [[i, c, 10 * i] for i, c in enumerate(COLORS)])  # fmt: skip
+    val = write_csv(tmp_path / "val.csv", ["price", "color", "size"],
+                    [[5, "green", 1], [6, "purple", 2], [7, "red", 3]])  # fmt: skip
+    splits = splits_of({"train": train, "val": val, "target_column": "price",
+                        "task": "regression"})  # fmt: skip
+    assert splits.fields.info["encoding"]["codes"]["color"] == {
+        "kind": "onehot", "categories": ["blue", "green", "red"]}  # fmt: skip
+    eye = {"blue": [1, 0, 0], "green": [0, 1, 0], "red": [0, 0, 1]}
+    expected = [[i, *eye[c]] for i, c in enumerate(COLORS)]
+    assert splits.train.columns["x"].tolist() == expected
+    # 'purple' is not among the training file's categories: a row of zeros
+    assert splits.val.columns["x"].tolist() == [[1, 0, 1, 0], [2, 0, 0, 0], [3, 0, 0, 1]]
+    assert splits.val.columns["y"].tolist() == [[5.0], [6.0], [7.0]]
+
+
+def test_csv_categories_from_the_train_split_only(tmp_path):
+    names = [f"c{i:02d}" for i in range(20)]  # every row its own category
+    path = write_csv(tmp_path / "t.csv", ["color", "y"], [[c, i % 2] for i, c in enumerate(names)])
+    splits = splits_of({"train": path, "val_fraction": 0.25, "split_seed": 3,
+                        "categorical": {"color": "onehot"}})  # fmt: skip
+    train_idx, val_idx = splits.train.indices, splits.val.indices
+    categories = splits.fields.info["encoding"]["codes"]["color"]["categories"]
+    assert categories == sorted(names[i] for i in train_idx) and len(val_idx) == 5
+    x = splits.train.dataset.columns["x"]
+    assert x.shape == (20, 15)
+    assert torch.equal(x[train_idx], torch.eye(15)[[categories.index(names[i]) for i in train_idx]])
+    assert not x[val_idx].any()  # categories seen only in the held-out rows: all zeros
+    index = splits_of({"train": path, "val_fraction": 0.25, "split_seed": 3,
+                       "categorical": {"color": "index"}, "input_fields": ["color"]})  # fmt: skip
+    ids = index.train.dataset.columns["color"]
+    assert ids.dtype == torch.int64 and ids.shape == (20,)
+    assert ids[train_idx].tolist() == [categories.index(names[i]) for i in train_idx]
+    assert ids[val_idx].tolist() == [15] * 5  # unseen: len(categories)
+
+
+def test_csv_standardize_with_train_split_statistics(tmp_path):
+    rng = np.random.default_rng(1)
+    table = np.column_stack([rng.normal(5, 3, 40), rng.uniform(0, 100, 40), rng.normal(size=40)])
+    colors = [COLORS[i % len(COLORS)] for i in range(40)]
+    rows = [[*map(repr, map(float, values)), c] for values, c in zip(table, colors, strict=True)]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "target", "color"], rows)
+    splits = splits_of({"train": path, "standardize": True, "val_fraction": 0.25,
+                        "target_column": "target",
+                        "input_fields": {"num": ["a", "b"], "color": ["color"]}})  # fmt: skip
+    train_idx, val_idx = splits.train.indices, splits.val.indices
+    from yamlnet.runtime.data import split
+
+    part, _ = split(list(range(40)), 0.25, 0)
+    assert train_idx == part.indices  # the split the source promises
+    codes = splits.fields.info["encoding"]["codes"]
+    mean, std = table[train_idx, :2].mean(axis=0), table[train_idx, :2].std(axis=0)
+    assert [codes["a"]["mean"], codes["b"]["mean"]] == pytest.approx(mean, rel=1e-12)
+    assert [codes["a"]["std"], codes["b"]["std"]] == pytest.approx(std, rel=1e-12)
+    num = splits.train.dataset.columns["num"]
+    expected = torch.tensor((table[:, :2] - mean) / std, dtype=torch.float32)
+    assert torch.allclose(num, expected, atol=1e-6)
+    zero = torch.zeros(2, dtype=torch.float64)
+    assert torch.allclose(num[train_idx].double().mean(0), zero, atol=1e-6)
+    assert not torch.allclose(num[val_idx].double().mean(0), zero, atol=1e-3)
+    assert set(splits.train.dataset.columns["color"].unique().tolist()) == {0.0, 1.0}  # not scaled
+    assert splits.train.dataset.columns["y"].dtype == torch.float32  # not whole: regression
+
+
+def test_csv_two_input_fields_feed_a_two_input_spec(tmp_path):
+    from yamlnet.runtime.tasks import resolve_feeds
+
+    path = write_csv(tmp_path / "t.csv", ["age", "size", "color", "price"],
+                     [[20 + i, i / 4, c, 100 + i] for i, c in enumerate(COLORS)])  # fmt: skip
+    data = {"dataset": "tensors", "train": path, "task": "regression", "val_fraction": 0,
+            "input_fields": {"num": ["age", "size"], "color": ["color"]},
+            "target_fields": ["price"], "batch_size": 6, "shuffle": False}  # fmt: skip
+    loaders = loaders_of(data)
+    assert resolve_feeds(["num", "color"], loaders.fields, data_cfg(data)) == ("num", "color")
+    batch = next(iter(loaders.train))
+    assert batch["num"].shape == (6, 2) and batch["color"].shape == (6, 3)
+    assert batch["num"][:, 0].tolist() == [20, 21, 22, 23, 24, 25]
+    assert batch["price"].shape == (6, 1) and loaders.fields.targets == ("price",)
+
+
+def test_csv_classification_labels_as_class_ids(tmp_path):
+    labels = ["setosa", "virginica", "setosa", "versicolor"]
+    path = write_csv(tmp_path / "t.csv", ["a", "species"], [[i, s] for i, s in enumerate(labels)])
+    splits = splits_of({"train": path, "task": "classification", "val_fraction": 0})
+    classes = ["setosa", "versicolor", "virginica"]  # sorted
+    assert splits.fields.info["classes"] == classes
+    y = splits.train.columns["y"]
+    assert y.dtype == torch.int64 and y.tolist() == [classes.index(s) for s in labels]
+    halves = write_csv(tmp_path / "h.csv", None, [[1, 1.5], [2, -0.5], [3, 1.5]])
+    splits = splits_of({"train": halves, "task": "classification", "val_fraction": 0})
+    assert splits.train.columns["y"].tolist() == [1, 0, 1]
+    assert splits.fields.info["classes"] == ["-0.5", "1.5"]
+    ids = splits_of({"train": halves, "task": "regression", "val_fraction": 0})
+    assert ids.train.columns["y"].tolist() == [[1.5], [-0.5], [1.5]]
+
+
+def test_encode_table_reproduces_the_training_inputs(tmp_path):
+    rows = [[20 + i, i / 3, c, f"s{i % 4}", 100 + 7 * i] for i, c in enumerate(COLORS * 3)]
+    path = write_csv(tmp_path / "t.csv", ["age", "size", "color", "shop", "price"], rows)
+    splits = splits_of({"train": path, "standardize": True, "val_fraction": 0.3,
+                        "task": "regression", "target_column": "price",
+                        "categorical": {"shop": "index"}})  # fmt: skip
+    trained = splits.train.dataset.columns
+    encoding = splits.fields.info["encoding"]
+    again = encode_table(path, encoding)
+    assert set(again) == {"x", "y"} and all(torch.equal(again[k], trained[k]) for k in again)
+    # a file without the target column, its columns in another order: the same inputs
+    names = ["age", "size", "color", "shop", "price"]
+    order = ["shop", "color", "age", "size"]
+    reordered = [[r[names.index(n)] for n in order] for r in rows]
+    inputs = encode_table(write_csv(tmp_path / "new.csv", order, reordered), encoding)
+    assert set(inputs) == {"x"} and torch.equal(inputs["x"], trained["x"])
+    header = ["age", "size", "color", "shop"]
+    as_rows = encode_table([header] + [[str(v) for v in r[:4]] for r in rows], encoding)
+    assert torch.equal(as_rows["x"], trained["x"])
+
+
+def test_encode_table_without_a_header(tmp_path):
+    rows = [[i, c, i % 2] for i, c in enumerate(COLORS)]
+    path = write_csv(tmp_path / "t.csv", None, rows)
+    splits = splits_of({"train": path, "val_fraction": 0})
+    encoding = splits.fields.info["encoding"]
+    assert encoding["header"] is False and encoding["columns"] == ["0", "1", "2"]
+    new = write_csv(tmp_path / "new.csv", None, [r[:2] for r in rows])  # no target column
+    assert torch.equal(encode_table(new, encoding)["x"], splits.train.columns["x"])
+    assert torch.equal(encode_table(path, encoding)["y"], splits.train.columns["y"])
+
+
+def test_encoding_is_plain_data(tmp_path):
+    import json
+
+    path = write_csv(tmp_path / "t.csv", ["a", "c", "y"], [[i, COLORS[i], "no"] for i in range(6)])
+    info = splits_of({"train": path, "standardize": True, "task": "classification"}).fields.info
+    assert json.loads(json.dumps(info)) == info
+    assert info["encoding"]["codes"]["y"] == {"kind": "class", "classes": ["no"]}
+
+
+def csv_error(tmp_path, files: dict[str, str], **data) -> str:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    paths = {k: str(tmp_path / v) for k, v in data.items() if k in ("train", "val")}
+    with pytest.raises(ConfigError) as info:
+        splits_of({**data, **paths})
+    text = str(info.value)
+    assert "\n" not in text
+    return text.replace(str(tmp_path) + "/", "")
+
+
+HOUSES = "age,size,color,price\n30,1.5,red,100\n40,2.5,blue,200\n50,3,green,300\n"
+
+
+@pytest.mark.parametrize("files, data, expected", [
+    ({"t.csv": HOUSES}, {"input_fields": ["agee", "size"]},
+     "data.train: cannot read t.csv: no column named 'agee' (did you mean age?)"),
+    ({"t.csv": HOUSES}, {"target_fields": ["cost"]},
+     "data.train: cannot read t.csv: no column named 'cost' (columns: age, size, color, price)"),
+    ({"t.csv": HOUSES, "v.csv": "age,color,price\n1,red,2\n"}, {"val": "v.csv"},
+     "data.val: cannot read v.csv: no column named 'size' (columns: age, color, price)"),
+    ({"t.csv": "a,b,c\n1,2,3\n4,5\n"}, {},
+     "data.train: cannot read t.csv: line 3 has 2 values; the header has 3"),
+    ({"t.csv": "1,2,3\n4,5,6\n\n7,8,9,10\n"}, {},
+     "data.train: cannot read t.csv: line 4 has 4 values; line 1 has 3"),
+    ({"t.csv": "a,price\n1,10\n2,abc\n"}, {"task": "regression"},
+     "data.train: cannot read t.csv: could not convert 'abc' in column 'price' (line 3) to a "
+     "number (task: regression needs a number in every row)"),
+    ({"t.csv": "a,label\n1,cat\n2,dog\n"}, {},
+     "data.train: cannot read t.csv: could not convert 'cat' in column 'label' (line 2) to a "
+     "number (set data.task: classification to read text labels as classes)"),
+    ({"t.csv": ""}, {}, "data.train: cannot read t.csv: no rows of numbers (the file is empty)"),
+    ({"t.csv": "a,b\n"}, {},
+     "data.train: cannot read t.csv: no rows of numbers (the file has only a header)"),
+    ({"t.csv": "age,y\n1,0\n2,1\nnan,0\n"}, {},
+     "data.train: cannot read t.csv: column 'age' has a missing or infinite value on line 4: "
+     "'nan' (fill in or drop such rows)"),
+    ({"t.csv": "age,y\n1,0\n,1\nNA,0\n"}, {},
+     "data.train: cannot read t.csv: column 'age' has a missing or infinite value on line 3: "
+     "'' (fill in or drop such rows)"),
+    ({"t.csv": "age,y\n1,0\n2,1\n"}, {"target_fields": ["y"], "task": "regression",
+                                     "val": "v.csv"}, None),
+    ({"t.csv": "zip,y\n" + "".join(f"z{i},1\n" for i in range(1001))}, {"val_fraction": 0},
+     "data.train: cannot read t.csv: column 'zip' has 1001 categories; one-hot takes at most "
+     "1000 (set data.categorical: {zip: index} and feed it to an Embedding)"),
+    ({"t.csv": "age,y\n1,0\nold,1\n2,0\n"}, {},
+     "data.train: cannot read t.csv: could not convert 'old' in column 'age' (line 3) to a "
+     "number (set data.categorical: {age: onehot} to read its values as categories)"),
+    ({"t.csv": HOUSES}, {"categorical": {"colr": "index"}},
+     "data.categorical.colr: 'colr' is not an input column (did you mean color?)"),
+    ({"t.csv": HOUSES}, {"input_fields": ["age", "price"], "target_column": "price"},
+     "data.input_fields: column 'price' is both an input and a target"),
+    ({"t.csv": HOUSES}, {"input_fields": {"price": ["age"]}, "target_fields": ["price"]},
+     "data.target_fields: field 'price' is both an input and a target (name the fields apart)"),
+    ({"t.csv": HOUSES}, {"target_fields": {"both": ["age", "price"]}},
+     "data.target_fields.both: target field 'both' groups 2 columns, but class labels take one "
+     "column each (set data.task: regression, or give each column its own field)"),
+    ({"t.csv": "a,a\n1,2\n"}, {},
+     "data.train: cannot read t.csv: the header names column 'a' twice"),
+    ({"t.csv": "c,y\nred,x\nblue,y\n", "v.csv": "c,y\nred,z\n"},
+     {"val": "v.csv", "task": "classification"},
+     "data.val: cannot read v.csv: column 'y' has 'z' on line 2, not one of the training file's "
+     "classes (classes: x, y)"),
+    ({"t.csv": "a,y\n1,0\n2,1\n", "v.csv": "a,y\n3,1.5\n"}, {"val": "v.csv"},
+     "data.val: cannot read v.csv: column 'y' has '1.5' on line 2, not a class id (a whole "
+     "number >= 0)"),
+    ({"t.csv": "a,y\n1,0\n", "v.npz": ""}, {"val": "v.npz"},
+     "data.val: train and val files differ in format (give both as .csv, or both as .pt/.npz)"),
+])  # fmt: skip
+def test_csv_errors(tmp_path, files, data, expected):
+    if expected is None:  # the val file is missing
+        expected = f"data.val: no such file: {tmp_path / 'v.csv'}".replace(str(tmp_path) + "/", "")
+    assert csv_error(tmp_path, files, train="t.csv", **data) == expected
+
+
+def test_array_errors(tmp_path):
+    np.savez(tmp_path / "f.npz", a=X, b=X, t=Y)
+    npz = str(tmp_path / "f.npz")
+
+    def error(**data) -> str:
+        with pytest.raises(ConfigError) as info:
+            splits_of({"train": npz, **data})
+        return str(info.value).replace(str(tmp_path) + "/", "")
+
+    assert error(input_fields=["a", "bb"]) == \
+        "data.train: cannot read f.npz: no array 'bb' (did you mean b?)"
+    assert error(input_fields=["a"], target_fields=["y"]) == \
+        "data.train: cannot read f.npz: no array 'y' (keys: a, b, t)"  # fmt: skip
+    assert error(standardize=True) == \
+        "data.standardize: standardize applies to .csv files (.pt/.npz arrays are read as they are)"
+    assert error(input_fields={"x": ["a", "b"]}) == \
+        "data.input_fields: a mapping groups .csv columns; .pt/.npz take a list of keys"
+    np.savez(tmp_path / "f.npz", x=X, y=X)
+    assert error(task="classification") == ("data.train: cannot read f.npz: target 'y' holds "
+                                            "numbers that are not whole; task: classification "
+                                            "needs class ids")  # fmt: skip
+    torch.save((torch.tensor(X), torch.tensor(Y)), tmp_path / "p.pt")
+    with pytest.raises(ConfigError) as info:
+        splits_of({"train": str(tmp_path / "p.pt"), "input_fields": ["a"], "target_fields": ["t"]})
+    assert "holds an (inputs, targets) pair, not named arrays" in str(info.value)
+
+
+def test_csv_errors_are_located_in_the_spec(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ["a", "y"], [[1, 0], [2, 1]])
+    spec = f"yamlnet: 1\ndata:\n  dataset: tensors\n  train: {path}\n  input_fields: [aa]\n"
+    cfg = load_run_config(load_spec_source(spec).main)
+    with pytest.raises(ConfigError) as info, cfg.located():
+        build_splits(cfg.data)
+    expected = f"data.train: cannot read {path}: no column named 'aa' (did you mean a?)"
+    assert str(info.value) == f"<spec>:4:3: {expected}"
+
+
 # -- image_folder ----------------------------------------------------------------------
 
 
@@ -240,7 +567,7 @@ def image_root(tmp_path):
 
 def check_images(dataset, folder, pixels):
     for i in range(len(dataset)):
-        x, y = dataset[(0, i)]
+        x, y = pair(dataset[(0, i)])
         index = dataset.base.indices[i] if hasattr(dataset.base, "indices") else i
         path, label = folder.samples[index]
         assert y == label == ("dog" in path)
@@ -254,15 +581,15 @@ def test_image_folder(image_root):
     root, pixels = image_root
     whole = loaders_of({"dataset": "image_folder", "root": str(root), "val_fraction": 0})
     assert whole.val is None and whole.sizes == (6, 0)
-    folder = whole.train.dataset.base
-    assert folder.classes == ["cat", "dog"]
+    folder = whole.train.dataset.base.base  # the ImageFolder under the {image, label} view
+    assert folder.classes == ["cat", "dog"] == whole.fields.info["classes"]
     check_images(whole.train.dataset, folder, pixels)
     split = loaders_of({"dataset": "image_folder", "root": str(root), "val_fraction": 0.5})
     assert split.sizes == (3, 3)
-    folder = split.train.dataset.base.dataset
+    folder = split.train.dataset.base.dataset.base
     check_images(split.train.dataset, folder, pixels)
     check_images(split.val.dataset, folder, pixels)
-    x, y = next(iter(split.train))
+    x, y = pair(next(iter(split.train)))
     assert x.shape == (3, 3, 4, 5) and y.dtype == torch.int64
 
 
@@ -428,7 +755,7 @@ def test_augmentation_depends_on_sample_and_epoch_only():
     assert torch.equal(epoch_batches(serial, 1, start=7), first[7:])  # resumed part-way
     order = serial.train_sampler.indices()
     base = serial.train.dataset.base
-    assert not torch.equal(first[0], base[order[0]][0])  # it really augments
+    assert not torch.equal(first[0], base[order[0]]["input"])  # it really augments
     epoch2 = epoch_batches(serial, 2)
     position = serial.train_sampler.indices().index(order[0])
     assert not torch.equal(epoch2[position], first[0])  # a new crop each epoch

@@ -12,7 +12,7 @@ from yamlnet.compiler.errors import SpecError
 from yamlnet.compiler.load import load_spec_source
 from yamlnet.runtime.config import DATA_PROPS, TRAIN_PROPS, load_run_config, split_overrides
 from yamlnet.runtime.errors import ArgLocation, ConfigError
-from yamlnet.runtime.metrics import METRICS, build_metrics, metric_mode
+from yamlnet.runtime.metrics import build_metric
 from yamlnet.runtime.optim import build_loss, build_optimizer, build_scheduler
 
 # one line per problem, each starting with where it was written
@@ -261,17 +261,24 @@ def test_builder_errors_located_by_the_run_config():
     assert str(info.value).startswith("<spec>:2:1: train.scheduler: StepLR: ")
 
 
+def build_metrics(items, cfg, shape=(4, 10), target=None):
+    target = torch.zeros(shape[0], dtype=torch.int64) if target is None else target
+    with cfg.located():
+        return [build_metric(item, out_shape=shape, target=target, where=f"train.metrics[{i}]")
+                for i, item in enumerate(items)]  # fmt: skip
+
+
 def test_unknown_metric_located_with_did_you_mean():
     cfg = cfg_of("yamlnet: 1\ntrain:\n  metrics: [accuracy, acuracy]\n")
     with pytest.raises(ConfigError) as info:
-        build_metrics(cfg.train["metrics"], cfg.error)
+        build_metrics(cfg.train["metrics"], cfg)
     expected = (
         "<spec>:3:23: train.metrics[1].name: unknown metric 'acuracy' (did you mean accuracy?)"
     )
     assert str(info.value) == expected
     cfg = cfg_of("yamlnet: 1\n", overrides={"train.metrics": [{"name": "accuracy", "k": 3}]})
-    with pytest.raises(ConfigError, match=r"^--set train\.metrics=.*takes no argument 'k'$"):
-        build_metrics(cfg.train["metrics"], cfg.error)
+    with pytest.raises(ConfigError, match=r"^--set train\.metrics=.*takes no argument 'k'"):
+        build_metrics(cfg.train["metrics"], cfg)
 
 
 # -- prepare() and the command line ----------------------------------------------------
@@ -388,44 +395,51 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path, spec, args, expected):
 # -- metrics ---------------------------------------------------------------------------
 
 
+def metric_value(item: dict, pred: torch.Tensor, target: torch.Tensor) -> float:
+    m = build_metric(item, out_shape=tuple(pred.shape), target=target, where="m")
+    m.update(pred, target.reshape(pred.shape) if target.is_floating_point() else target)
+    return float(m.compute())
+
+
 def test_accuracy_and_top_k_by_hand():
+    """The short names keep their meaning, now measured by torchmetrics."""
     pred = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.2, 0.1], [0.5, 0.1, 0.4], [0.2, 0.5, 0.3]])
     target = torch.tensor([1, 1, 0, 0])
     # argmax 1, 0, 0, 1 -> hit, miss, hit, miss
-    assert [float(v) for v in METRICS["accuracy"].fn(pred, target)] == [2.0, 4.0]
+    assert metric_value({"name": "accuracy"}, pred, target) == 0.5
     # top-2 {1,0}, {0,1}, {0,2}, {1,2} -> hit, hit, hit, miss
-    assert [float(v) for v in METRICS["top_k_accuracy"].fn(pred, target, k=2)] == [3.0, 4.0]
-    s, _ = METRICS["top_k_accuracy"].fn(pred, target, k=10)  # k above the classes: all hit
-    assert float(s) == 4.0
+    assert metric_value({"name": "top_k_accuracy", "k": 2}, pred, target) == 0.75
 
 
 def test_mse_and_mae_by_hand():
     pred = torch.tensor([[1.0], [2.0], [4.0]])
     target = torch.tensor([0.0, 2.0, 1.0])  # (B,) against (B, 1)
-    s, n = METRICS["mse"].fn(pred, target)
-    assert (float(s), float(n)) == (1.0 + 0.0 + 9.0, 3.0)
-    s, n = METRICS["mae"].fn(pred, target)
-    assert (float(s), float(n)) == (1.0 + 0.0 + 3.0, 3.0)
+    assert metric_value({"name": "mse"}, pred, target) == pytest.approx((1.0 + 0.0 + 9.0) / 3)
+    assert metric_value({"name": "mae"}, pred, target) == pytest.approx((1.0 + 0.0 + 3.0) / 3)
 
 
-def test_build_metrics_labels_and_arguments():
-    fns = build_metrics([{"name": "accuracy"}, {"name": "top_k_accuracy", "k": 2},
-                         {"name": "top_k_accuracy"}], ConfigError)  # fmt: skip
-    assert list(fns) == ["accuracy", "top2_accuracy", "top5_accuracy"]
-    pred, target = torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor([1])
-    assert float(fns["top2_accuracy"](pred, target)[0]) == 1.0
-    assert float(fns["accuracy"](pred, target)[0]) == 0.0
+def test_metric_labels_and_arguments():
+    from yamlnet.runtime.metrics import metric_label
+
+    items = [{"name": "accuracy"}, {"name": "top_k_accuracy", "k": 2}, {"name": "top_k_accuracy"},
+             {"name": "F1Score", "average": "macro"}, {"name": "AUROC", "label": "auc"}]  # fmt: skip
+    assert [metric_label(i) for i in items] == ["accuracy", "top2_accuracy", "top5_accuracy",
+                                                 "f1_score", "auc"]  # fmt: skip
     cfg = cfg_of("yamlnet: 1\ntrain:\n  metrics: [{name: top_k_accuracy, k: 0}]\n")
     with pytest.raises(ConfigError, match=r"^<spec>:3:\d+: train\.metrics\[0\]\.k: k must be"):
-        build_metrics(cfg.train["metrics"], cfg.error)
+        build_metrics(cfg.train["metrics"], cfg)
 
 
-@pytest.mark.parametrize("label, mode", [
-    ("val/loss", "min"), ("train/loss", "min"), ("val/mse", "min"), ("val/mae", "min"),
-    ("val/accuracy", "max"), ("val/top5_accuracy", "max"), ("val/nll_loss", "min"),
-])  # fmt: skip
-def test_metric_mode(label, mode):
-    assert metric_mode(label) == mode
+def test_task_and_classes_are_read_off_the_output():
+    """F1Score with no task: multiclass over the output's 3 classes, equal to torchmetrics'
+    own function called by hand."""
+    from torchmetrics.functional import f1_score
+
+    pred = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.2, 0.1], [0.5, 0.1, 0.4], [0.2, 0.3, 0.5]])
+    target = torch.tensor([1, 1, 0, 2])
+    got = metric_value({"name": "F1Score", "average": "macro"}, pred, target)
+    want = f1_score(pred, target, task="multiclass", num_classes=3, average="macro")
+    assert got == pytest.approx(float(want)) and 0 < got < 1
 
 
 # -- optimizers and schedules ----------------------------------------------------------

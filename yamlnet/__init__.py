@@ -17,7 +17,8 @@ from .compiler.errors import SpecError
 
 __version__ = "0.1.0"
 __all__ = [
-    "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict", "export",
+    "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict", "generate",
+    "export",
     "from_module", "published_schema", "SpecError", "__version__",
 ]  # fmt: skip
 
@@ -81,6 +82,14 @@ def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str 
     from .runtime.evaluate import predict as _predict
 
     return _predict(spec, checkpoint, inputs, **kwargs)
+
+
+def generate(spec: str | os.PathLike, checkpoint: str | os.PathLike, prompt: str, **kwargs: Any):
+    """Continue `prompt` with a trained language model (the run's tokenizer, the last
+    block_size tokens as context): a `Generation` (`.text` is the continuation)."""
+    from .runtime.generate import generate as _generate
+
+    return _generate(spec, checkpoint, prompt, **kwargs)
 
 
 def export(spec: str | os.PathLike, *, format: str, **kwargs: Any):

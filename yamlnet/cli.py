@@ -30,6 +30,8 @@ examples:
   yamlnet train specs/digits_cnn.yaml --out runs/digits --resume
   yamlnet train specs/digits_cnn.yaml --nproc 2 --max-restarts 1
   yamlnet eval specs/digits_cnn.yaml --checkpoint runs/digits
+  yamlnet train specs/zoo/gpt.yaml --out runs/gpt
+  yamlnet generate specs/zoo/gpt.yaml --checkpoint runs/gpt --prompt "The spec"
   yamlnet import torchvision.models:resnet18 --input x=[N,3,224,224] -o resnet18.yaml
 """
 
@@ -209,6 +211,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", metavar="FILE", help="data:/train: overrides, as for train")
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--batch-size", type=int, default=256)
+
+    c = command("generate", cmd_generate, "continue a text prompt with a trained language model",
+                run_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
+    c.add_argument("--prompt", required=True, help="the text to continue")
+    c.add_argument("--max-new-tokens", type=int, default=200, metavar="K", help="tokens to add (200)")
+    c.add_argument("--temperature", type=float, default=1.0, help="divides the scores: below 1 is "
+                   "more predictable, above 1 more varied (1.0)")  # fmt: skip
+    c.add_argument("--top-k", type=int, metavar="K", help="draw from the K likeliest tokens only")
+    c.add_argument("--seed", type=int, default=0, help="the same seed gives the same text (0)")
+    c.add_argument("--config", metavar="FILE", help="data:/train: overrides, as for train")
+    c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
 
     c = command("export", cmd_export, "export for deployment (onnx, torchscript, pt2), verified "
                 "in a fresh process", spec_opts)  # fmt: skip
@@ -535,6 +551,19 @@ def _write_outputs(outputs, path: str) -> None:
         buf = io.BytesIO()
         np.savez(buf, outputs=outputs.numpy())
         _write(path, buf.getvalue())
+
+
+def cmd_generate(args) -> int:
+    from pathlib import Path
+
+    from .runtime.generate import generate
+
+    result = generate(Path(args.spec), args.checkpoint, args.prompt,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, seed=args.seed, config=args.config, device=args.device,
+                      **_overrides(args.set))  # fmt: skip
+    sys.stdout.write(result.prompt + result.text + "\n")
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:

@@ -29,9 +29,8 @@ import torch
 from .compiler.compile import compile_spec
 from .runtime.config import load_run
 from .runtime.data import build_loaders
-from .runtime.evaluate import output_index, pick_output
-from .runtime.metrics import build_metrics
-from .runtime.optim import build_loss, build_optimizer, build_scheduler
+from .runtime.optim import build_optimizer, build_scheduler
+from .runtime.tasks import as_tuple, build_task, sample_batch
 
 __all__ = ["SpecModule"]
 
@@ -43,39 +42,45 @@ class SpecModule(L.LightningModule):
     def __init__(self, spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
                  **overrides: Any):  # fmt: skip
         super().__init__()
+        self._loaders = None
         source, self.cfg, var_over = load_run(spec, config, overrides)
         with self.cfg.located():
             torch.manual_seed(self.cfg.train["seed"])  # the weights `yamlnet train` starts from
             self.compiled = compile_spec(source, {**self.cfg.vars, **var_over})
             self.model = self.compiled.module
-            self.loss_fn = build_loss(self.cfg.train["loss"])
-            self.metric_fns = build_metrics(self.cfg.train["metrics"], self.cfg.error)
-            self.output = output_index(self.compiled, self.cfg)
+            loaders = build_loaders(self.cfg.data, seed=self.cfg.train["seed"])  # (its fields only)
+            self.task = build_task(self.compiled, self.cfg, loaders.fields,
+                                   sample_batch(loaders.train.dataset), torch.device("cpu"))
+            for i, term in enumerate(self.task.terms):  # moved with the module to its device
+                self.add_module(f"loss_{i}", term.fn)
+            self._metrics = None
             build_optimizer(self.cfg.train["optimizer"], self.model.parameters())  # its errors now
         self.variables = {**self.cfg.vars, **var_over}
-        self._loaders = None
 
     def forward(self, *inputs):
         return self.model(*inputs)
 
     def _loss(self, batch):
-        x, y = batch
-        pred = pick_output(self.model(x), self.output)
-        return pred, y, self.loss_fn(pred, y)
+        outs = as_tuple(self.model(*self.task.inputs(batch)))
+        loss, _ = self.task.loss(outs, batch)
+        return outs, loss, len(batch[self.task.feeds[0]])
 
     def training_step(self, batch, batch_idx):
-        _, y, loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
+        _, loss, n = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._metrics = self.task.new_metrics(self.device)
+
     def validation_step(self, batch, batch_idx):
-        pred, y, loss = self._loss(batch)
-        n = len(y)
+        outs, loss, n = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
-        for name, fn in self.metric_fns.items():
-            total, count = fn(pred.float(), y)
-            self.log(f"val/{name}", total / count, prog_bar=name == "accuracy", batch_size=int(count),
-                     sync_dist=True)  # fmt: skip
+        self.task.update(self._metrics, outs, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self._metrics.items():  # torchmetrics gathers over ranks itself
+            self.log(f"val/{name}", metric.compute(), prog_bar=name == "accuracy")
 
     def configure_optimizers(self):
         tcfg = self.cfg.train
