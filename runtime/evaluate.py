@@ -1,4 +1,5 @@
-"""Run a trained checkpoint: `evaluate` on a split of the spec's data, `predict` on a file.
+"""Run a trained checkpoint: `evaluate` on a split of the spec's data (`predict` and
+`generate`, in their own modules, start from the same `session`).
 
 The model is rebuilt from the spec with the variables the run was trained with (kept in
 the checkpoint), and the checkpoint's `data:`/`train:` sections are the defaults, so
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..compiler.compile import Compiled, compile_spec
@@ -24,11 +24,10 @@ from .config import load_run_config, split_overrides
 from .data import EpochSampler, Transformed, build_splits, build_transforms
 from .distributed import Env, all_sum, pick_device
 from .errors import CheckpointError, ConfigError
-from .tasks import Task, as_tuple, build_task, loss_items, sample_batch, to_device
+from .tasks import Task, as_tuple, build_task, sample_batch, to_device
 
-__all__ = ["Evaluator", "evaluate", "predict", "resolve_checkpoint", "compile_checkpoint",
-           "Predictions", "autocast_for", "output_index", "fits_input",
-           "is_float_input", "IMAGE_EXTENSIONS"]  # fmt: skip
+__all__ = ["Evaluator", "evaluate", "session", "resolve_checkpoint", "compile_checkpoint",
+           "plain_weights", "autocast_for", "output_index", "IMAGE_EXTENSIONS"]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -78,18 +77,6 @@ def _value(result) -> float:
     """A metric's value as a number (a one-element tensor); what is not one is refused
     where the metric is built."""
     return float(result)
-
-
-def fits_input(sample_shape: tuple, inp) -> bool:
-    """Whether samples of `sample_shape` (no batch dim) fit spec input `inp`; its
-    symbolic dims take any size."""
-    want = inp.shape[1:]
-    return len(want) == len(sample_shape) and all(
-        isinstance(w, str) or w == s for w, s in zip(want, sample_shape, strict=True))
-
-
-def is_float_input(inp) -> bool:
-    return inp.dtype.startswith(("float", "bfloat"))
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -244,110 +231,3 @@ def _split_loader(cfg, split: str):
     loader = torch.utils.data.DataLoader(Transformed(ds, tf, 0, splits.fields), batch_size=size,
                                          sampler=sampler)  # fmt: skip
     return loader, splits.fields
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Model outputs for every input sample, in file order."""
-
-    outputs: torch.Tensor  # (samples, ...) of the chosen output
-    output_name: str
-    classifier: bool  # outputs are class scores (the run's loss is a classification loss)
-    class_names: list[str] | None
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per sample: for a classifier the class, its probability (softmax) and
-        its name when the spec's meta has class_names; otherwise the raw output values."""
-        out = self.outputs
-        if not (self.classifier and out.dim() == 2):
-            return [{"index": i, "output": v.tolist()} for i, v in enumerate(out)]
-        p, k = out.float().softmax(dim=1).max(dim=1)
-        rows = [{"index": i, "class": int(c), "probability": round(float(q), 6)}
-                for i, (c, q) in enumerate(zip(k, p, strict=True))]  # fmt: skip
-        names = self.class_names
-        if names and len(names) == out.shape[1]:
-            for row in rows:
-                row["name"] = str(names[row["class"]])
-        return rows
-
-
-CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss", "MultiMarginLoss")
-
-
-def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str | os.PathLike, *,
-            batch_size: int = 256, config=None, plugins=(), device: str | None = None,
-            **overrides: Any) -> Predictions:  # fmt: skip
-    """Run a checkpoint on the samples in `inputs`: a .pt/.npz/.csv file of inputs (one per
-    row, with or without the batch dim), an image, or a folder of images."""
-    cfg, compiled, model, dev, _ = session(spec, checkpoint, config, plugins, overrides, device)
-    first = loss_items(cfg)[0]
-    with cfg.located():
-        index = output_index(compiled, cfg, first.get("output"))
-    inp = compiled.spec.inputs[0]
-    x = read_inputs(Path(inputs), cfg, channels=inp.shape[1] if len(inp.shape) == 4 else None)
-    if x.dim() == len(inp.shape) - 1:
-        x = x.unsqueeze(0)  # a single sample
-    _check_inputs(x, inp)
-    with torch.no_grad():
-        chunks = [as_tuple(model(part.to(dev)))[index].float().cpu() for part in x.split(batch_size)]
-    meta = compiled.spec.meta or {}
-    names = [n for n, _ in compiled.spec.outputs]
-    return Predictions(torch.cat(chunks), names[index],
-                       first["name"] in CLASSIFICATION_LOSSES, meta.get("class_names"))  # fmt: skip
-
-
-def _check_inputs(x: torch.Tensor, inp) -> None:
-    fits = x.dim() == len(inp.shape) and fits_input(tuple(x.shape[1:]), inp)
-    if not fits or len(x) == 0:
-        raise ConfigError(f"inputs have shape {list(x.shape)}; the spec's input '{inp.name}' takes "
-                          f"[{', '.join(map(str, inp.shape))}]")  # fmt: skip
-    if x.is_floating_point() != is_float_input(inp):
-        raise ConfigError(f"inputs are {x.dtype}; the spec's input '{inp.name}' is {inp.dtype}")
-
-
-def read_inputs(path: Path, cfg, channels: int | str | None = None) -> torch.Tensor:
-    """Inputs from a file or a folder of images; images get the spec's val_transforms."""
-    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
-        return _read_images(path, cfg, channels)
-    if not path.is_file():
-        raise ConfigError(f"no such file: {path}")
-    ext = path.suffix.lower()
-    if ext not in (".pt", ".pth", ".npz", ".csv"):
-        raise ConfigError(f"cannot read '{ext}' files", hint="use .pt, .npz, .csv or images")
-    try:
-        x = torch.as_tensor(_read_array(path, ext))
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
-        raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
-    return x.float() if x.is_floating_point() else x
-
-
-def _read_array(path: Path, ext: str):
-    if ext in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        return obj["x"] if isinstance(obj, dict) else obj
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:
-            return arrays["x"] if "x" in arrays.files else arrays[arrays.files[0]]
-    return np.loadtxt(path, delimiter=",", ndmin=2)
-
-
-def _read_images(path: Path, cfg, channels) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-
-    mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels, ImageReadMode.UNCHANGED)
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) \
-        if path.is_dir() else [path]  # fmt: skip
-    if not files:
-        raise ConfigError(f"no images in {path}")
-    transform = build_transforms(cfg.data["val_transforms"], "data.val_transforms")
-    out = []
-    for f in files:
-        try:
-            img = decode_image(str(f), mode=mode).float() / 255.0
-        except (RuntimeError, OSError) as err:
-            raise ConfigError(f"cannot read image {f}: {err}") from None
-        out.append(transform(img) if transform else img)
-    if len({tuple(t.shape) for t in out}) > 1:
-        raise ConfigError(f"the images in {path} differ in size",
-                          hint="add a Resize to data.val_transforms")  # fmt: skip
-    return torch.stack(out)

@@ -79,11 +79,11 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
     """
     if format not in EXPORTERS:
         raise ConfigError(f"unknown format '{format}'", hint="use " + ", ".join(FORMATS))
-    compiled, ckpt = _model(spec, checkpoint, plugins, overrides)
+    compiled, ckpt, state = _model(spec, checkpoint, plugins, overrides)
     model = compiled.module.eval()
     examples = example_inputs(compiled, dims or {}, batch=2)
     fixed = {name: _size(name, 1, dims or {}, 2) for name in static}  # symbol -> its size
-    meta = metadata(compiled, ckpt, fixed)
+    meta = metadata(compiled, ckpt, fixed, state)
     path = Path(out or f"{compiled.spec.name}.{SUFFIX[format]}")
     t0 = time.perf_counter()
     options = {"opset": opset, "onnx_exporter": onnx_exporter, "trace": trace, "static": fixed}
@@ -98,16 +98,18 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
     return ExportResult(path, format, meta, seconds, checks)
 
 
-def _model(spec, checkpoint, plugins, overrides) -> tuple[Compiled, str | None]:
-    """The compiled spec, with a checkpoint's variables and weights when given."""
+def _model(spec, checkpoint, plugins, overrides) -> tuple[Compiled, str | None, dict]:
+    """The compiled spec, with a checkpoint's (or a weights file's) variables and weights
+    when given, and the checkpoint's content."""
     if checkpoint is None:
         torch.manual_seed(0)
-        return compile_spec(load_spec_source(Path(spec)), dict(overrides), plugins=tuple(plugins)), None
+        source = load_spec_source(Path(spec))
+        return compile_spec(source, dict(overrides), plugins=tuple(plugins)), None, {}
     from .evaluate import compile_checkpoint, resolve_checkpoint
 
     path, state = resolve_checkpoint(checkpoint)
     source = load_spec_source(Path(spec))
-    return compile_checkpoint(source, path, state, dict(overrides), plugins), str(path)
+    return compile_checkpoint(source, path, state, dict(overrides), plugins), str(path), state
 
 
 def example_inputs(compiled: Compiled, dims: dict[str, int], batch: int) -> tuple[torch.Tensor, ...]:
@@ -146,9 +148,12 @@ def _dynamic_shapes(compiled: Compiled, static: dict[str, int]) -> dict[str, dic
     return spec
 
 
-def metadata(compiled: Compiled, checkpoint: str | None, fixed: dict[str, int]) -> dict[str, Any]:
+def metadata(compiled: Compiled, checkpoint: str | None, fixed: dict[str, int],
+             state: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """What travels inside every artifact (as JSON under the key 'yamlnet'); dims held
-    static appear as their sizes."""
+    static appear as their sizes. From a trained run also what deployment must do to an
+    input first: for images the decoding and the run's validation transforms, for tables
+    the encoding (columns, categories, standardisation), and the class names."""
     spec = compiled.spec
     meta = {
         "yamlnet_version": package_version(),
@@ -159,10 +164,28 @@ def metadata(compiled: Compiled, checkpoint: str | None, fixed: dict[str, int]) 
         "outputs": [name for name, _ in spec.outputs],
         "checkpoint": checkpoint,
     }  # fmt: skip
+    meta.update(_run_metadata(compiled, state or {}))
     for key in ("class_names", "preprocessing"):
         if key in (spec.meta or {}):
             meta[key] = spec.meta[key]
     return meta
+
+
+def _run_metadata(compiled: Compiled, state: dict) -> dict[str, Any]:
+    info, data = state.get("data_info") or {}, (state.get("config") or {}).get("data") or {}
+    out: dict[str, Any] = {}
+    if info.get("classes"):
+        out["class_names"] = list(info["classes"])
+    if info.get("encoding"):
+        out["encoding"] = info["encoding"]
+    first = compiled.spec.inputs[0]
+    if data and len(first.shape) == 4:
+        out["preprocessing"] = {
+            "decode": "uint8 pixels to float32 in [0, 1], channels first (RGB, or grayscale "
+                      "for one channel)",
+            "transforms": data.get("val_transforms") or [],  # torchvision.transforms.v2, in order
+        }  # fmt: skip
+    return out
 
 
 # -- the exporters ---------------------------------------------------------------------

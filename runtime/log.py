@@ -13,11 +13,16 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import atomic_write
 from .tensorboard import EventWriter
 
-__all__ = ["RunLog", "NullLog", "format_duration"]
+if TYPE_CHECKING:
+    from .run import Run
+
+__all__ = ["RunLog", "NullLog", "format_duration", "log_columns", "banner", "end_summary",
+           "last_metrics"]  # fmt: skip
 
 
 def format_duration(seconds: float) -> str:
@@ -115,3 +120,44 @@ class NullLog:
     def close(self) -> None:
         pass
 
+
+# -- what a run says: its columns, banner and closing line ---------------------------
+
+
+def last_metrics(run: Run) -> dict[str, float]:
+    """The newest value of each column of metrics.csv."""
+    out: dict[str, float] = {}
+    path = run.out / "metrics.csv"
+    if run.env.is_main and path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                out.update({k: float(v) for k, v in row.items() if v and k not in ("step", "epoch", "time")})
+    return out
+
+
+def log_columns(run: Run) -> list[str]:
+    cols = ["train/loss", "lr", *(f"train/{label}" for label in run.task.loss_labels())]
+    if run.loaders.val is not None:
+        cols += [f"val/{m}" for m in run.task.modes()]
+    return cols
+
+
+def banner(run: Run) -> str:
+    n_train, n_val = run.loaders.sizes
+    t, spec = run.cfg.train, run.compiled.spec
+    params = sum(p.numel() for p in run.model.parameters())
+    batch, world, accum = run.cfg.data["batch_size"], run.env.world_size, t["grad_accum"]
+    per_step = batch * world * accum
+    sizes = f"{batch}" + (f" x {world} processes" if world > 1 else "") + (f" x {accum} accumulated" if accum > 1 else "")
+    return (f"run {run.out}: {spec.name} ({params:,} parameters, hash {run.compiled.hash[:12]})\n"
+            f"device {run.env.device}, precision {t['precision']}, {world} process(es); "
+            f"data {run.cfg.data['dataset']}: {n_train} train / {n_val} val, batch "
+            f"{sizes}{f' = {per_step} per step' if per_step != batch else ''}; {run.total_steps} steps")  # fmt: skip
+
+
+def end_summary(run: Run, ending: str, metrics: dict[str, float], seconds: float) -> str:
+    took = f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+    best = (f"; best {run.monitor} {run.pos.best:.4f} at step {run.pos.best_step}"
+            if run.pos.best is not None else "")  # fmt: skip
+    return f"{ending} at step {run.pos.step} in {took}: {shown}{best}; saved in {run.out}"

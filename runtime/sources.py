@@ -73,16 +73,24 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     "size": {"type": "integer", "minimum": 1, "default": 1024},
     "val_size": {"type": "integer", "minimum": 0, "default": 256},
     "seed": {"type": "integer", "default": 0},
-}, doc="random normal inputs of a declared shape (for benchmarks and smoke tests)")  # fmt: skip
+    "vocab": {"type": ["integer", "null"], "minimum": 1, "default": None,
+              "description": "token ids in [0, vocab) instead of normal values; the class is "
+                             "then the first token's id modulo classes (learnable)"},
+}, doc="random inputs of a declared shape (for benchmarks and smoke tests)")  # fmt: skip
 def _synthetic(args: dict) -> Splits:
     g = torch.Generator().manual_seed(args["seed"])
     n, n_val = args["size"], args["val_size"]
     if (n + n_val) * int(np.prod(args["shape"])) > 1 << 28:
         raise ConfigError("synthetic data over 2**28 values (1 GiB); lower size or shape",
                           path="data.size")  # fmt: skip
-    x = torch.randn(n + n_val, *args["shape"], generator=g)
+    if args["vocab"] is not None:
+        x = torch.randint(0, args["vocab"], (n + n_val, *args["shape"]), generator=g)
+    else:
+        x = torch.randn(n + n_val, *args["shape"], generator=g)
     if args["classes"] is None:
         y = torch.randn(n + n_val, *args["target_shape"], generator=g)
+    elif args["vocab"] is not None:
+        y = x.reshape(n + n_val, -1)[:, 0] % args["classes"]  # (N,) from the first token
     else:
         y = torch.randint(0, args["classes"], (n + n_val,), generator=g)
     whole = Table({"input": x, "target": y})

@@ -184,8 +184,10 @@ def test_a_killed_worker_without_restarts_stops_the_job_naming_it(tmp_path):
     res = yamlnet(tmp_path, "train", str(DIGITS), "--out", "run", "--nproc", "2", *RUN,
                   faults="kill_after_step=7@1")  # fmt: skip
     assert res.returncode == 128 + signal.SIGKILL, res.stderr
-    assert re.search(r"error: rank 1 \(pid \d+\) was killed by SIGKILL(; rank 0 \(pid \d+\) exited with "
-                     r"code 1)?; the job stopped", res.stderr), res.stderr  # fmt: skip
+    # rank 0 notices the dead peer itself (exit 1), or, on a busy machine, the launcher's
+    # SIGTERM reaches it first
+    assert re.search(r"error: rank 1 \(pid \d+\) was killed by SIGKILL(; rank 0 \(pid \d+\) (exited with "
+                     r"code 1|was killed by SIGTERM))?; the job stopped", res.stderr), res.stderr  # fmt: skip
     assert_clean(res.stdout + res.stderr)
     for path in (tmp_path / "run" / "checkpoints").glob("*.pt"):
         load_checkpoint(path)

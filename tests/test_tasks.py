@@ -219,3 +219,58 @@ def test_loss_list_round_trips_through_the_lock_file(tmp_path):
     result = yamlnet.train(spec, out=tmp_path / "run", **{"train.max_steps": 1})
     lock = yaml.safe_load((result.out / "spec.lock.yaml").read_text())
     assert [t["output"] for t in lock["train"]["loss"]] == ["logits", "aux_logits"]
+
+
+def image_folder(root, size: int = 40):
+    """Two classes of three random RGB images each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / cls / f"{k}.png")
+    return root
+
+
+ONE_STEP = ["--max-steps", "1", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
+            "--set", "train.val_every_n_steps=1"]  # fmt: skip
+OWN_DATA = ["digits_cnn", "mlp", "lenet5", "tiny_vit", "lstm_classifier"]
+
+
+@pytest.mark.parametrize("name", OWN_DATA + ["resnet18"])
+def test_every_example_spec_trains_from_the_cli(name, tmp_path, capsys):
+    """Their own data:/train: sections; an image-folder spec is pointed at a folder."""
+    from yamlnet.cli import main
+
+    extra = [] if name in OWN_DATA else ["--set", f"data.root={image_folder(tmp_path / 'imgs')}"]
+    argv = ["train", str(SPECS / f"{name}.yaml"), "--out", str(tmp_path / "run"), *ONE_STEP, *extra]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "max_steps at step 1" in capsys.readouterr().out
+
+
+def test_every_spec_under_specs_is_covered():
+    """A new spec under specs/ gets a train test here or in the extended one below."""
+    found = {p.stem for p in SPECS.glob("*.yaml")} | {f"zoo/{p.stem}" for p in ZOO.glob("*.yaml")}
+    covered = set(OWN_DATA) | {"resnet18"} | {f"zoo/{n}" for n in ("gpt", "unet", "lstm_seq2seq")} \
+        | {f"zoo/{n}" for n in FAMILIES}  # fmt: skip
+    assert found == covered
+
+
+FAMILIES = {  # the cheapest variant of each torchvision family (SGD: no optimizer state to save)
+    "resnet": [], "vgg": [], "mobilenet_v2": [], "efficientnet": [], "densenet": [],
+    "convnext": [], "vit": ["--set", "patch=32"],
+}  # fmt: skip
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_torchvision_family_trains_on_an_image_folder(name, tmp_path, capsys):
+    from yamlnet.cli import main
+
+    argv = ["train", str(ZOO / f"{name}.yaml"), "--out", str(tmp_path / "run"), *ONE_STEP,
+            "--set", f"data.root={image_folder(tmp_path / 'imgs')}", "--set", "classes=2",
+            "--set", "train.optimizer={name: SGD, lr: 0.01}", *FAMILIES[name]]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "max_steps at step 1" in capsys.readouterr().out

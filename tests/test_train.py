@@ -148,7 +148,7 @@ def test_cli_eval_and_predict(digits_run, tmp_path):
                         str(tmp_path / "x.npz")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "index,class,probability" and len(lines) == 4
+    assert lines[0] == "sample,class,probability" and len(lines) == 4
     r = subprocess.run([*cmd, "predict", str(DIGITS), "--checkpoint", str(digits_run.out), "--input",
                         str(tmp_path / "missing.npz")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert r.returncode == 2 and r.stderr.strip() == f"no such file: {tmp_path / 'missing.npz'}"
@@ -307,10 +307,10 @@ def test_second_sigint_aborts_at_once():
     import os
     import signal
 
-    from yamlnet.runtime.train import _StopSignals
+    from yamlnet.runtime.process import StopSignals
 
     before = signal.getsignal(signal.SIGINT)
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
@@ -357,8 +357,10 @@ def test_predict_gives_raw_outputs_for_regression(tmp_path, monkeypatch):
     spec = _regression(tmp_path, (40, 1))
     r = yamlnet.train(spec, out=tmp_path / "r", stream=_Sink())
     np.savez(tmp_path / "x.npz", x=np.ones((2, 4), dtype="float32"))
-    rows = yamlnet.predict(spec, r.last, tmp_path / "x.npz").rows()
-    assert set(rows[0]) == {"index", "output"} and len(rows[0]["output"]) == 1
+    pred = yamlnet.predict(spec, r.last, tmp_path / "x.npz")
+    rows = pred.rows()  # one column per output value, named by the output
+    assert set(rows[0]) == {"sample", pred.output_name} and rows[0]["sample"] == "0"
+    assert rows[1][pred.output_name] == pytest.approx(float(pred.outputs[1, 0]), abs=1e-6)
 
 
 def test_resume_from_a_checkpoint_stays_in_its_run_folder(tmp_path, monkeypatch):

@@ -76,10 +76,11 @@ def evaluate(spec: str | os.PathLike, checkpoint: str | os.PathLike, **kwargs: A
     return _evaluate(spec, checkpoint, **kwargs)
 
 
-def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: str | os.PathLike,
-            **kwargs: Any):  # fmt: skip
-    """Outputs of a checkpoint on the samples of a .pt/.npz/.csv file or images."""
-    from .runtime.evaluate import predict as _predict
+def predict(spec: str | os.PathLike, checkpoint: str | os.PathLike, inputs: Any, **kwargs: Any):
+    """Outputs of a checkpoint (or a weights file) on samples: a path (images, a folder of
+    them searched recursively, .csv with or without a header, .npz, .pt), a tensor or
+    array, or a dict of them by input name. Returns `Predictions` (`.rows()`, `.outputs`)."""
+    from .runtime.predict import predict as _predict
 
     return _predict(spec, checkpoint, inputs, **kwargs)
 

@@ -200,14 +200,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--format", choices=["text", "json"], default="text")
 
-    c = command("predict", cmd_predict, "run a checkpoint on inputs from a file", run_opts)
+    c = command("predict", cmd_predict, "run a checkpoint (or weights file) on new samples",
+                run_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
     c.add_argument("--input", required=True, metavar="FILE",
-                   help=".pt/.npz/.csv of inputs, an image, or a folder of images")  # fmt: skip
-    c.add_argument("--out", metavar="FILE", help="write predictions: .csv (rows), .pt or .npz "
-                   "(the raw outputs); default: CSV rows on stdout")  # fmt: skip
+                   help="an image, a folder of images (searched recursively: a class-folder "
+                   "set works), a .csv (header or not), .npz or .pt")  # fmt: skip
+    c.add_argument("--out", metavar="FILE", help="write predictions: .csv (a row per sample, "
+                   "named by file; masks go to FILE_masks/ as PNGs), .pt or .npz (the raw "
+                   "outputs); default: CSV rows on stdout")  # fmt: skip
     c.add_argument("--config", metavar="FILE", help="data:/train: overrides, as for train")
     c.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--batch-size", type=int, default=256)
@@ -517,7 +520,7 @@ def cmd_predict(args) -> int:
     import io
     from pathlib import Path
 
-    from .runtime.evaluate import predict
+    from .runtime.predict import predict
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -527,9 +530,15 @@ def cmd_predict(args) -> int:
         _write_outputs(result.outputs, args.out)
         print(f"wrote {len(result.outputs)} predictions ({result.output_name}) to {args.out}")
         return EXIT_OK
+    if result.kind == "masks":
+        if not args.out:
+            raise UserError("masks are written as PNG files: pass --out FILE.csv (they go to "
+                            "FILE_masks/ beside it)")  # fmt: skip
+        folder = _write_masks(result, args.out)
+        print(f"wrote {len(result.samples)} masks to {folder}")
     rows = result.rows()
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     if args.out:
@@ -538,6 +547,28 @@ def cmd_predict(args) -> int:
     else:
         sys.stdout.write(buf.getvalue())
     return EXIT_OK
+
+
+def _write_masks(result, out: str) -> str:
+    """Each sample's mask as a PNG of class ids (8-bit, 16-bit past 255 classes)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .runtime.predict import mask_file
+
+    folder = Path(out).with_name(Path(out).stem + "_masks")
+    wide = result.outputs.shape[1] > 256
+    for sample, mask in zip(result.samples, result.masks(), strict=True):
+        path = folder / mask_file(sample)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = mask.numpy().astype(np.uint16 if wide else np.uint8)
+            Image.fromarray(pixels).save(path)
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return str(folder)
 
 
 def _write_outputs(outputs, path: str) -> None:
