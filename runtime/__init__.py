@@ -1,14 +1,14 @@
 """yamlnet.runtime — training, checkpoints, data and logs.
 
 One module per noun: `config` (the data:/train: sections), `data` (samples as named
-fields, transforms, the resumable sampler) with the sources in `sources`, `text` and
-`dense`, `tasks` (fields to inputs, loss terms, metrics per output), `metrics`
-(torchmetrics by name), `optim` (optimizer, schedule, loss by name), `distributed` (rank,
-world size, device), `checkpoint`, `log` (progress, metrics.csv), `tensorboard` (event
-files), `train` (the loop) with `run` (the run's state, folder and resume), `step` (one
-optimizer step on 1..N processes) and `process` (process-wide settings while training),
-`evaluate` (eval and predict), `generate` (text from a language model) and `export`. The
-runtime imports the compiler; the compiler never imports the runtime.
+fields, transforms, the resumable sampler) with the sources in `sources`, `tables`,
+`text`, `dense` and `seq2seq`; `tasks` (fields to inputs, loss terms, metrics per
+output), `metrics` (torchmetrics by name), `optim` (optimizer, schedule, loss by name),
+`distributed` (rank, world size, device), `checkpoint`, `log` (progress, metrics.csv),
+`tensorboard` (event files), `train` (the loop) with `run` (the run's state, folder and
+resume), `step` (one optimizer step on 1..N processes) and `process` (process-wide
+settings while training); `evaluate`, `predict` and `generate` (serving a checkpoint) and
+`export`. The runtime imports the compiler; the compiler never imports the runtime.
 """
 
 from functools import cache

@@ -9,7 +9,7 @@ dim. A source says which of its fields feed a model by default and which are tar
 tasks.py). A source is one registered `DatasetDef`: the JSON Schema of its arguments
 (checked with the rest of `data:`, see config.py) and a builder returning `Splits`.
 Adding a source is one `register_dataset` call; the built-in ones live in sources.py,
-text.py and dense.py.
+tables.py, text.py, dense.py and seq2seq.py.
 
 Why the sampler yields (epoch, index) pairs: random transforms are seeded per sample
 from (seed, epoch, index), so the augmentation a sample gets does not depend on how
@@ -322,4 +322,4 @@ def describe_sources() -> dict[str, Any]:
     return {name: d.doc for name, d in DATASETS.items()}
 
 
-from . import dense, sources, text  # noqa: E402,F401 - they register the built-in sources
+from . import dense, seq2seq, sources, text  # noqa: E402,F401 - they register the built-in sources

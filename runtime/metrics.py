@@ -93,6 +93,8 @@ def build_metric(item: dict, *, out_shape: tuple, target: torch.Tensor, where: s
         _fill_task(kwargs, out_shape, target, class_dim, where)
     elif "num_classes" in params and "num_classes" not in kwargs and len(out_shape) > 1:
         kwargs["num_classes"] = int(out_shape[class_dim])
+    if name == "top_k_accuracy" and kwargs.get("num_classes"):
+        kwargs["top_k"] = min(kwargs["top_k"], kwargs["num_classes"])  # k past the classes: all hit
     if "input_format" in params:
         kwargs.setdefault("input_format", "index")  # the runtime hands it class ids
     _check_args(cls, params, kwargs, where)

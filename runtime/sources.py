@@ -1,7 +1,8 @@
 """The general dataset sources: scikit-learn's bundled digits (the offline quick start),
 synthetic tensors, tensors from .pt/.npz/.csv files, image folders and torchvision's
-datasets. Each registers itself in `data.DATASETS`; text and dense (segmentation,
-sequence-to-sequence) sources are in text.py and dense.py.
+datasets. Each registers itself in `data.DATASETS`; tables (CSV encoding) are read by
+tables.py, and the text, segmentation and sequence-to-sequence sources are in text.py,
+dense.py and seq2seq.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dense sources (runtime/dense.py): segmentation folders checked against the pixels
+"""The dense sources (runtime/dense.py, runtime/seq2seq.py): segmentation folders checked against the pixels
 written, synthetic segmentation and seq2seq checked against Python's own reversed/sorted
 and the shift-right relation, and every refusal as a located ConfigError."""
 
@@ -14,8 +14,8 @@ from PIL import Image
 from yamlnet.compiler.load import load_spec_source
 from yamlnet.runtime.config import load_run_config
 from yamlnet.runtime.data import apply_transform, build_splits
-from yamlnet.runtime.dense import BOS_ID, EOS_ID, shift_right
 from yamlnet.runtime.errors import ConfigError
+from yamlnet.runtime.seq2seq import BOS_ID, EOS_ID, shift_right
 
 
 def splits_of(data: dict):
