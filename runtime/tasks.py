@@ -17,6 +17,7 @@ it, so sequence and dense outputs train without a transpose in the network.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -199,6 +200,8 @@ def build_task(compiled, cfg, fields: Fields, batch: dict, device: torch.device)
             compiled.module.train(was)
     terms = tuple(replace(t, fn=t.fn.to(device)) for t in _terms(cfg, outputs, fields))
     metrics = _metrics(cfg, outputs, fields, terms, shapes, batch)
+    for i, (slot, item) in enumerate(zip(metrics, cfg.train["metrics"], strict=True)):
+        _try_metric(slot, item["name"], outs, batch, f"train.metrics[{i}]")
     return Task(feeds, outputs, terms, metrics)
 
 
@@ -264,6 +267,36 @@ def _target(name: str | None, fields: Fields, where: str) -> str:
         raise ConfigError(f"the data has no field '{name}'", path=where,
                           hint=did_you_mean(name, fields.names) or _fields_hint(fields))  # fmt: skip
     return name
+
+
+def _try_metric(slot: MetricSlot, name: str, outs: tuple, batch: dict, where: str) -> None:
+    """Measure the sample batch once with a copy (not synchronised over ranks): a metric
+    that cannot take these outputs and targets, or whose value is not one number (a
+    confusion matrix, a per-class score), is refused before training, not at its first
+    validation."""
+    trial = copy.deepcopy(slot.metric).to(outs[slot.output].device)
+    trial.sync_on_compute = trial._to_sync = False
+    pred, target = outs[slot.output], batch[slot.target]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial.update(*_metric_args(slot, pred, target))
+            value = trial.compute()
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ConfigError(f"{name} cannot take outputs {list(pred.shape)} and targets "
+                          f"{list(target.shape)} {target.dtype}: {str(err).splitlines()[0][:200]}",
+                          path=where, hint=_class_dim_hint(pred, slot.class_dim)) from None  # fmt: skip
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigError(f"{name} gives {shape}, not one number (metrics.csv and best.pt take "
+                          "numbers)", path=where,
+                          hint="an average of one number (average: macro), or another metric")  # fmt: skip
+
+
+def _class_dim_hint(pred: torch.Tensor, class_dim: int) -> str:
+    if pred.dim() > 2 and class_dim == 1:
+        return "for scores shaped [N, T, classes] set class_dim: -1 on the loss (its metrics follow)"
+    return "is class_dim right?" if pred.dim() > 2 else ""
 
 
 def _metrics(cfg, outputs, fields, terms, shapes, batch) -> tuple[MetricSlot, ...]:

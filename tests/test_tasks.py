@@ -211,7 +211,7 @@ def test_sequence_logits_without_class_dim_say_so(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         yamlnet.train(spec, out=tmp_path / "run", **{"dim": 32, "heads": 2, "layers": 1,
                                                       "data.block_size": 16})  # fmt: skip
-    assert "train.loss" in str(info.value) and "class_dim: -1" in str(info.value)
+    assert "class_dim: -1 on the loss" in str(info.value)  # (its Perplexity metric fails first)
 
 
 def test_loss_list_round_trips_through_the_lock_file(tmp_path):
@@ -274,3 +274,15 @@ def test_every_torchvision_family_trains_on_an_image_folder(name, tmp_path, caps
             "--set", "train.optimizer={name: SGD, lr: 0.01}", *FAMILIES[name]]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     assert "max_steps at step 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("metric, message", [
+    ({"name": "ConfusionMatrix"}, "train.metrics[0]: ConfusionMatrix gives [10, 10], not one number"),
+    ({"name": "F1Score", "average": "none"}, "train.metrics[0]: F1Score gives [10], not one number"),
+])  # fmt: skip
+def test_a_metric_that_is_not_one_number_is_refused_before_training(tmp_path, metric, message):
+    spec = write(tmp_path, AUX)
+    with pytest.raises(ConfigError) as info:
+        yamlnet.train(spec, out=tmp_path / "run", **{"train.metrics": [metric]})
+    assert message in str(info.value), str(info.value)
+    assert not (tmp_path / "run").exists()
