@@ -77,6 +77,7 @@ def heavy(quick: bool) -> Work:
     return Work("resnet18 3x64x64", SPECS / "resnet18.yaml", {
         "classes": 10, "size": 64, "data.dataset": "synthetic", "data.shape": [3, 64, 64], "data.size": size,
         "data.val_size": 0, "data.batch_size": batch, "train.loss": "CrossEntropyLoss",
+        "data.transforms": [], "data.val_transforms": [], "data.num_workers": 0,  # not the spec's image-folder recipe
         "train.optimizer": {"name": "SGD", "lr": 0.01, "momentum": 0.9}, **NO_VAL, **_logged(quick),
     }, *((3, 1) if quick else (40, 10)), rounds=5)  # fmt: skip
 
