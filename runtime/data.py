@@ -172,15 +172,16 @@ def apply_transform(transform, sample: dict, fields: Fields) -> dict:
     Without, it applies to each input field as it is."""
     if transform is None:
         return sample
-    images = [k for k, kind in fields.kinds.items() if kind == IMAGE and k in sample]
-    if not images:
+    wrapped = [k for k, kind in fields.kinds.items() if kind in (IMAGE, MASK) and k in sample]
+    if not any(fields.kinds[k] == IMAGE for k in wrapped):
         return {k: transform(v) if k in fields.inputs else v for k, v in sample.items()}
+    if len(wrapped) == 1:  # one image and nothing that moves with it: v2 takes a lone plain
+        [key] = wrapped  # tensor for an image, and wrapping it costs as much as a flip
+        return {**sample, key: transform(sample[key])}
     from torchvision import tv_tensors
 
     wrap = {IMAGE: tv_tensors.Image, MASK: tv_tensors.Mask}
-    wrapped = {k: wrap[fields.kinds[k]](v) if fields.kinds.get(k) in wrap else v
-               for k, v in sample.items()}  # fmt: skip
-    out = transform(wrapped)
+    out = transform({k: wrap[fields.kinds[k]](v) if k in wrapped else v for k, v in sample.items()})
     return {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
 
@@ -206,6 +207,13 @@ class Transformed(Dataset):
             # which fork_rng(devices=[]) does not restore
             torch.default_generator.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
             return apply_transform(self.transform, sample, self.fields)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """A batch of samples at once: from the source's own batched read where it has one
+        and there is no transform."""
+        if self.transform is None and hasattr(self.base, "__getitems__"):
+            return self.base.__getitems__([i for _, i in keys])
+        return [self[key] for key in keys]
 
 
 class EpochSampler(Sampler):

@@ -317,9 +317,16 @@ def _torchvision(args: dict) -> Splits:
 
 
 def to_tensor():
-    from torchvision.transforms import v2
+    """How images are decoded: a PIL image (or array) to a float tensor [C, H, W] in [0, 1],
+    as torchvision's `ToImage` then `ToDtype(float32, scale=True)` do."""
+    return _pil_to_float
 
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+def _pil_to_float(image) -> torch.Tensor:
+    # the functional forms: the Compose of the two transforms costs as much again per image
+    from torchvision.transforms.v2 import functional as F
+
+    return F.to_dtype(F.to_image(image), torch.float32, scale=True).as_subclass(torch.Tensor)
 
 
 # -- tensor files ----------------------------------------------------------------------

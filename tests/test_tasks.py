@@ -286,3 +286,28 @@ def test_a_metric_that_is_not_one_number_is_refused_before_training(tmp_path, me
         yamlnet.train(spec, out=tmp_path / "run", **{"train.metrics": [metric]})
     assert message in str(info.value), str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loss", [
+    {"name": "CrossEntropyLoss", "ignore_index": 0},
+    {"name": "CrossEntropyLoss", "reduction": "none", "label_smoothing": 0.1},
+    {"name": "CrossEntropyLoss", "reduction": "sum", "weight": [0.5, 1.0, 2.0, 1.0, 0.25]},
+    {"name": "NLLLoss"},
+])  # fmt: skip
+def test_classes_last_give_the_loss_of_the_scores_moved_to_dim_1(loss):
+    """[N, T, V] scores against [N, T] ids: the term's value (flattened to [N*T, V] for
+    speed) equals the loss of `scores.movedim(-1, 1)`, as a hand-written loop takes it."""
+    from yamlnet.runtime.optim import build_loss
+    from yamlnet.runtime.tasks import LossTerm
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 7, 5).log_softmax(-1)
+    ids = torch.randint(0, 5, (3, 7))
+    fn = build_loss(loss, "train.loss")
+    got = LossTerm("logits", 0, "targets", fn, 1.0, class_dim=-1).value(scores, ids)
+    kwargs = {k: v for k, v in loss.items() if k != "name"}
+    if "weight" in kwargs:
+        kwargs["weight"] = torch.tensor(kwargs["weight"])
+    expected = getattr(torch.nn, loss["name"])(**kwargs)(scores.movedim(-1, 1), ids)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
