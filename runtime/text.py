@@ -34,6 +34,11 @@ from torch.utils.data import Dataset
 from .data import Fields, Splits, register_dataset
 from .errors import ConfigError, first_line
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 __all__ = ["TextTokenizer", "TokenSpan", "TokenBlocks", "token_cache_dir", "find_text_files"]
 
 PIECE_BYTES = 1 << 18  # read and decoded at a time (a piece is at most twice this)
@@ -164,9 +169,8 @@ def _cached_bpe(files: list[Path], vocab_size: int, cache: Path) -> TextTokenize
                           f"at least {MIN_BPE_VOCAB} (256 byte symbols and one merge)",
                           path="data.vocab_size", hint="for 256 ids: tokenizer: byte")  # fmt: skip
     target = cache / f"bpe-{_key(('bpe', vocab_size, tk.__version__), files)}.json"
-    if not target.exists():
-        hf = train_bpe(files, vocab_size)
-        _write_atomic(target, lambda fh: fh.write(hf.to_str().encode("utf-8")))
+    _build_once(target, lambda: _write_atomic(target, lambda fh: fh.write(
+        train_bpe(files, vocab_size).to_str().encode("utf-8"))))
     return TextTokenizer(tk.Tokenizer.from_file(str(target)))
 
 
@@ -290,8 +294,7 @@ def cached_tokens(files: list[Path], tokenizer: TextTokenizer, cache: Path,
     """All of `files`' tokens, from the cache, tokenizing them first if they are not there."""
     dtype = np.dtype(tokenizer.dtype)
     target = cache / f"tokens-{_key(tokenizer.description, files)}.{dtype.name}"
-    if not target.exists():
-        write_tokens(files, tokenizer, target, where)
+    _build_once(target, lambda: write_tokens(files, tokenizer, target, where))
     n = target.stat().st_size // dtype.itemsize
     if n == 0:
         more = f" and {len(files) - 1} more files" if len(files) > 1 else ""
@@ -307,6 +310,28 @@ def write_tokens(files: list[Path], tokenizer: TextTokenizer, target: Path, wher
             ids.astype(tokenizer.dtype, copy=False).tofile(fh)
 
     _write_atomic(target, write)
+
+
+def _build_once(target: Path, build) -> None:
+    """`build()` makes `target` unless it is there. Processes that want it at the same time
+    (the ranks of one run on a machine, or two runs) take turns holding a lock file beside
+    it: the first builds, the others wait and then find it made, so a corpus is tokenized
+    once, not once per rank. Without `fcntl` (Windows) each builds its own; the rename in
+    `_write_atomic` keeps that safe."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        build()
+        return
+    path = target.parent / f".{target.name}.lock"
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            if not target.exists():
+                build()
+        finally:  # a process that opens the name after this locks a new file: at worst
+            path.unlink(missing_ok=True)  # (a failed build) it builds too, alongside
 
 
 def _write_atomic(target: Path, write) -> None:
@@ -358,6 +383,16 @@ class TokenBlocks(Dataset):
         window = self.ids[start : start + self.block_size + 1].astype(np.int64)  # [B + 1]
         window = torch.from_numpy(window)
         return {"tokens": window[:-1], "targets": window[1:]}  # [B], [B]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch's blocks in one read of the memory map (the DataLoader asks for a
+        batch's samples together when a dataset can give them so)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) and not (0 <= idx.min() and idx.max() < len(self)):
+            raise IndexError(f"blocks {indices} of {len(self)}")
+        starts = self.span.start + idx * self.block_size
+        windows = torch.from_numpy(self.ids[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        return [{"tokens": w[:-1], "targets": w[1:]} for w in windows]  # [B + 1] each
 
     @property
     def ids(self) -> np.ndarray:

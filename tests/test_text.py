@@ -147,6 +147,17 @@ def test_samples_through_a_dataloader_worker(tmp_path):
     assert batch["tokens"][1].tolist() == list(TEXT.encode())[8:16]
 
 
+def test_a_batch_read_at_once_equals_its_samples_read_one_by_one(tmp_path):
+    write(tmp_path / "a.txt", TEXT * 3)
+    ds = splits_of({"path": "a.txt", "block_size": 8, "val_fraction": 0.5}).val  # a span past 0
+    order = [5, 0, len(ds) - 1, 2]
+    together = ds.__getitems__(order)
+    assert [s["tokens"].tolist() for s in together] == [ds[i]["tokens"].tolist() for i in order]
+    assert [s["targets"].tolist() for s in together] == [ds[i]["targets"].tolist() for i in order]
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, len(ds)])
+
+
 # -- tokenizers ------------------------------------------------------------------------
 
 
@@ -246,6 +257,35 @@ def test_the_cache_is_reused_and_renewed_when_a_file_changes(tmp_path, cache, mo
     assert len(calls) == 3
     assert stream(changed.train) == list((TEXT + "more").encode())
     assert not [p for p in os.listdir(cache) if p.endswith(".tmp")]
+
+
+def test_processes_wanting_one_cache_at_once_tokenize_it_once(tmp_path, cache, monkeypatch):
+    """The ranks of a run start together: one tokenizes while the others wait on the lock
+    file, then read what it wrote. (Threads stand in for processes: each opens the lock
+    file itself, and flock locks belong to the opened file.)"""
+    import threading
+    import time
+
+    calls = []
+    real = T.write_tokens
+
+    def slow(*args):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)  # long enough for every other thread to reach the lock
+        real(*args)
+
+    monkeypatch.setattr(T, "write_tokens", slow)
+    write(tmp_path / "a.txt", TEXT)
+    got = {}
+    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, splits_of({"path": "a.txt", "block_size": 8})),
+                                name=f"rank{k}") for k in range(3)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(got) == 3 and len(calls) == 1, calls
+    assert len({s.train.span.file for s in got.values()}) == 1
+    assert stream(got[0].train) + stream(got[0].val) == list(TEXT.encode())
 
 
 @needs_tokenizers
