@@ -2,7 +2,7 @@
 
     python -m benchmarks                 # the full run (about 15 minutes on 2 cores) -> RESULTS.md
     python -m benchmarks --quick         # every row at toy size, well under a minute
-    python -m benchmarks --only 1 2 5    # some rows; --out FILE to write elsewhere
+    python -m benchmarks --only 1 2 5    # some rows, printed (--out FILE to write them)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 def _sections():
     """Row number -> a function(quick) giving its rows; imported here so `--help` is quick."""
-    from . import compile, ddp, export, gpu, models, training
+    from . import compile, ddp, export, gpu, models, tasks, training
 
     return {
         "1": models.forward_backward_rows,
@@ -32,6 +32,9 @@ def _sections():
         "8": ddp.ddp_rows,
         "9": export.export_rows,
         "10": gpu.gpu_rows,
+        "11": tasks.language_model_rows,
+        "12": tasks.segmentation_rows,
+        "13": tasks.image_folder_rows,
     }
 
 
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="toy sizes, one repetition")
     parser.add_argument("--only", nargs="+", metavar="ROW", help="row numbers to run (default: all)")
     parser.add_argument("--out", type=Path, help="where to write the table "
-                        "(default: benchmarks/RESULTS.md, or RESULTS-quick.md with --quick)")  # fmt: skip
+                        "(default: benchmarks/RESULTS.md, or RESULTS-quick.md with --quick; "
+                        "with --only, printed only)")  # fmt: skip
     args = parser.parse_args(argv)
     import torch
 
@@ -63,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
     title = "yamlnet benchmarks" + (" (--quick: toy sizes, not figures to quote)" if args.quick else "")
     text = table(report, machine(), title)
-    out = args.out or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
-    out.write_text(text)
+    out = args.out or (None if args.only else HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md"))
+    if out is not None:  # some rows alone do not replace the whole table
+        out.write_text(text)
     print(text)
     failed = [r.key for r in report.rows if r.verdict == "**FAIL**"]
     if failed:

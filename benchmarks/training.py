@@ -105,11 +105,11 @@ def yamlnet_side(work: Work) -> float:
     return work.window(times)
 
 
-def _setup(work: Work):
-    """What the plain and Lightning sides build: the model, a loader, the optimizer."""
+def _model(work: Work):
+    """What every hand-written side starts from: the compiled model with the initial
+    weights `train` gives it, the run's checked config, and an optimizer factory."""
     import torch
     from yamlnet.runtime.config import load_run
-    from yamlnet.runtime.data import build_splits
     from yamlnet.runtime.optim import build_optimizer
 
     import yamlnet
@@ -118,11 +118,23 @@ def _setup(work: Work):
     torch.manual_seed(cfg.train["seed"])  # what `train` does before it builds the model
     device = torch.device("cpu" if cfg.train["device"] == "auto" else cfg.train["device"])
     model = yamlnet.compile(work.spec, **{**cfg.vars, **variables}).to(device)
-    train = build_splits(cfg.data).train  # the samples yamlnet trains on
-    xs, ys = zip(*(tuple(train[i].values()) for i in range(len(train))), strict=True)
-    data = torch.utils.data.TensorDataset(torch.stack(xs), torch.as_tensor(ys))
+    return model, cfg, lambda params: build_optimizer(cfg.train["optimizer"], params)
+
+
+def _setup(work: Work):
+    """What the plain and Lightning sides build: the model, a loader of the samples
+    yamlnet trains on as (input, target) pairs, the optimizer."""
+    import torch
+    from yamlnet.runtime.data import build_splits
+
+    model, cfg, optimizer = _model(work)
+    splits = build_splits(cfg.data)
+    x, y = splits.fields.inputs[0], splits.fields.targets[0]
+    samples = [splits.train[i] for i in range(len(splits.train))]
+    data = torch.utils.data.TensorDataset(torch.stack([s[x] for s in samples]),
+                                          torch.stack([s[y] for s in samples]))  # fmt: skip
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.data["batch_size"], shuffle=True)
-    return model, loader, lambda params: build_optimizer(cfg.train["optimizer"], params)
+    return model, loader, optimizer
 
 
 def _autocast(work: Work):
@@ -138,12 +150,19 @@ def _autocast(work: Work):
 
 
 def plain_side(work: Work, saves: bool = True) -> float:
-    """The loop one writes by hand: `loss.item()` each step for the log and, with `saves`,
-    the model's and optimizer's state saved at each epoch's end."""
+    """The plain loop over the samples yamlnet trains on, with `nn.CrossEntropyLoss`."""
     import torch
 
     model, loader, optimizer = _setup(work)
-    opt, loss_fn = optimizer(model.parameters()), torch.nn.CrossEntropyLoss()
+    return plain_loop(work, model, optimizer(model.parameters()), loader, torch.nn.CrossEntropyLoss(), saves)
+
+
+def plain_loop(work: Work, model, opt, loader, loss_fn, saves: bool = True) -> float:
+    """The loop one writes by hand over `loader`'s (input, target) batches, an epoch a
+    pass: `loss.item()` each step for the log and, with `saves`, the model's and
+    optimizer's state saved at each epoch's end. Steps/s of `work`'s window."""
+    import torch
+
     device = next(model.parameters()).device
     model.train()
     done, epoch, times = 0, 0, {}

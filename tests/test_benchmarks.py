@@ -15,7 +15,7 @@ from benchmarks.common import Goal, Report, Row, Side, rounds, table
 from .conftest import ROOT
 
 ROWS = ["1a", "1b", "1c", "1d", "2", "2fx", "2seq", "3a", "3b", "3c", "4", "5a", "5aL", "5a0", "5b", "5bL", "5b0", "6", "7",
-        "8a", "8b", "9a", "9b", "9c", "9d", "9e"]  # fmt: skip
+        "8a", "8b", "9a", "9b", "9c", "9d", "9e", "11", "12", "13a", "13b"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -60,3 +60,34 @@ def test_rounds_alternate_the_order_and_drop_the_warmup():
                  3, warmup=1)  # fmt: skip
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert got == {"a": (3, 6, 7), "b": (4, 5, 8)}
+
+
+def test_the_language_model_sides_train_on_the_same_blocks(tmp_path):
+    """Row 11's hand-written side reads the text's bytes itself; yamlnet's `text` source
+    must give the same blocks, and an epoch of either must visit each block once."""
+    import torch
+    from yamlnet.runtime.config import load_run
+    from yamlnet.runtime.data import build_splits
+
+    from benchmarks.tasks import TokenBatches, language_model
+
+    work = language_model(tmp_path, quick=True)
+    _, cfg, _ = load_run(work.spec, None, work.overrides)
+    train = build_splits(cfg.data).train
+    block, batch = cfg.data["block_size"], cfg.data["batch_size"]
+    ids = torch.tensor(list((tmp_path / "text.txt").read_bytes()))
+    pairs = [(x, y) for xs, ys in TokenBatches(ids, block, batch) for x, y in zip(xs, ys, strict=True)]
+    ours = sorted((s["tokens"].tolist(), s["targets"].tolist()) for s in (train[i] for i in range(len(train))))
+    assert sorted((x.tolist(), y.tolist()) for x, y in pairs) == ours
+    assert len(pairs) == len(train) == (len(ids) - 1) // block and len(train) % batch == 0
+
+
+def test_the_image_folder_holds_its_classes(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    from benchmarks.tasks import write_pngs
+
+    write_pngs(tmp_path, classes=3, per_class=2, size=8)
+    folder = ImageFolder(tmp_path)
+    assert folder.classes == ["class_0", "class_1", "class_2"] and len(folder) == 6
+    assert folder[0][0].size == (8, 8) and folder[0][0].mode == "RGB"
