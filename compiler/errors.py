@@ -9,6 +9,7 @@ text is `file:line:col: spec.path: message (hint)`. Several problems found at on
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 __all__ = [
@@ -123,3 +124,22 @@ def did_you_mean(word: str, choices, n: int = 1) -> str:
         return f"did you mean {lowered[word.lower()]}?"
     close = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)
     return f"did you mean {' or '.join(close)}?" if close else ""
+
+
+def not_a_regular_file(path) -> str | None:
+    """What `path` is when it is not a regular file one can read to its end ("a FIFO", "a
+    character device", "a folder", ...); None for a regular file or a missing path (the
+    open then says why). Checked with stat, which never blocks, before anything opens a
+    path a user named: opening a FIFO waits for a writer forever, and a device such as
+    /dev/zero never ends."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]  # fmt: skip
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")

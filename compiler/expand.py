@@ -712,10 +712,13 @@ def _undefined(name: str, env: _Env) -> str | None:
 
 @lru_cache(maxsize=1)
 def _module_attributes() -> frozenset:
-    """Names a submodule cannot take: attributes of the generated GraphModule."""
+    """Names a submodule cannot take: every attribute of a GraphModule, its class's and
+    its instance's alike (`forward`, `training`, `_modules`, `meta`, `__dict__`), computed
+    from a real one so a new torch's additions are covered too."""
     import torch.fx
 
-    return frozenset(n for n in dir(torch.fx.GraphModule) if not n.startswith("__"))
+    module = torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())
+    return frozenset(dir(module)) | frozenset(vars(module))
 
 
 @dataclass(frozen=True)

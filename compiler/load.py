@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from .errors import LoadError, Location
+from .errors import LoadError, Location, not_a_regular_file
 
 __all__ = ["Document", "SpecSource", "load_spec_source", "load_document", "nearest_loc", "LIMITS"]
 
@@ -115,6 +115,9 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _read_file(path: str, loc: Location | None) -> bytes:
+    kind = not_a_regular_file(path)
+    if kind is not None:
+        raise LoadError(f"cannot read {path}: it is {kind}, not a file", loc or Location(path, 1, 1))
     try:
         size = os.path.getsize(path)
         if size > LIMITS["max_bytes"]:
@@ -149,7 +152,9 @@ def _follow_includes(doc: Document, base: str, chain: list[str], out: list, seen
         if len(seen) >= LIMITS["max_includes"]:
             raise LoadError(f"more than {LIMITS['max_includes']} included files", loc, "include")
         if not os.path.isfile(path):
-            raise LoadError(f"included file not found: {rel}", loc, f"include[{i}]")
+            kind = not_a_regular_file(path)
+            raise LoadError(f"included file {rel} is {kind}, not a file" if kind else
+                            f"included file not found: {rel}", loc, f"include[{i}]")  # fmt: skip
         seen.add(path)
         inc = load_document(_read_file(path, loc), os.path.relpath(path))
         if not isinstance(inc.data, dict):
@@ -190,6 +195,15 @@ def _decode(raw: bytes, file: str) -> str:
             f"file is not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})",
             Location(file, line, col),
         ) from None
+
+
+def _check_decoded(value: str, loc: Location) -> None:
+    """The character rule again on a scalar as YAML decoded it: a double-quoted "\\e" or
+    "\\u202e" is an escape in the file but a control or bidi character in the value."""
+    bad = _BAD_CHARS.search(value)
+    if bad:
+        raise LoadError(f"control character U+{ord(bad.group()):04X} is not allowed (written as an "
+                        "escape)", loc)  # fmt: skip
 
 
 def _line_col(text: str, index: int) -> tuple[int, int]:
@@ -259,6 +273,7 @@ class _Composer:
             raise LoadError(f"nesting deeper than {LIMITS['max_depth']} levels", loc)
         self._grow(1, event)
         if isinstance(event, yaml.ScalarEvent):
+            _check_decoded(event.value, loc)
             value, size = _resolve_scalar(event, loc), 1
         elif isinstance(event, yaml.SequenceStartEvent):
             value, size = self._sequence(path, depth)
@@ -313,6 +328,7 @@ class _Composer:
             if isinstance(value, str):
                 return value
         elif isinstance(event, yaml.ScalarEvent) and event.tag is None:
+            _check_decoded(event.value, loc)
             return event.value
         raise LoadError("mapping keys must be plain strings", loc)
 

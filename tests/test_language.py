@@ -1,6 +1,8 @@
 """Spec-language constructs end to end: each compiles to the module it describes."""
 
 import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -293,6 +295,21 @@ def test_review_findings_are_located_errors(text, message):
     with pytest.raises(SpecError) as info:
         _compile("yamlnet: 1\n" + text)
     assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("name", ["training", "meta", "_modules", "_parameters", "__dict__", "__class__",
+                                  "graph", "code", "state_dict", "T_destination"])  # fmt: skip
+def test_no_node_takes_the_name_of_a_module_attribute(name, tmp_path):
+    """Class and instance attributes of the generated module alike, dunders too: refused
+    where the spec is checked, not a crash when it is built."""
+    text = f"yamlnet: 1\ninputs: {{x: [N, 4]}}\nnodes:\n  {name}: {{op: Linear, out_features: 4}}\n"
+    with pytest.raises(SpecError) as info:
+        _compile(text)
+    assert str(info.value).startswith(f"t.yaml:4:3: nodes.{name}: '{name}' cannot name a node"), str(info.value)
+    (tmp_path / "t.yaml").write_text(text)
+    r = subprocess.run([sys.executable, "-m", "yamlnet", "validate", str(tmp_path / "t.yaml")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and f"'{name}' cannot name a node" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_forward_reference_through_a_left_out_node():
