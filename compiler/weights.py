@@ -86,8 +86,20 @@ def read_state_dict(path: str, loc=None, where: str = "init") -> dict:
         if "weights_only" in str(err):  # torch's advice to allow code would be wrong here
             why = "it holds more than tensors (loading it would run code), and only tensors are read"
         raise SpecError(f"cannot read {path}: {why}", loc, where + ".file") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a yamlnet checkpoint
+    from ..runtime.checkpoint import is_checkpoint, loaded_problem, verified
+    from ..runtime.errors import CheckpointError
+
+    problem = loaded_problem(state)
+    if problem:
+        raise SpecError(f"cannot read {path}: {problem}", loc, where + ".file")
+
+    if is_checkpoint(state):  # a yamlnet checkpoint is verified as eval and resume verify it
+        try:
+            state = verified(state, path)["model"]
+        except CheckpointError as err:
+            raise SpecError(err.diagnostics[0].message, loc, where + ".file") from None
+        except (KeyError, TypeError):
+            raise SpecError(f"{path} is a checkpoint without model weights", loc, where + ".file") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a Lightning checkpoint
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

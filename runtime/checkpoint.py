@@ -28,6 +28,7 @@ Layout of `RUN/checkpoints/`: `step-00000050.pt` (the newest `keep` are kept),
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import os
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compiler.errors import not_a_regular_file
 from . import faults
 from .errors import CheckpointError
 
@@ -110,15 +112,55 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a checkpoint; `CheckpointError` if unreadable or corrupt."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        kind = not_a_regular_file(path)
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file" if kind else f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is "corrupt", said once
         raise CheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'})") from None  # fmt: skip
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not is_checkpoint(payload):
         raise NotACheckpoint(f"{path} is not a yamlnet checkpoint",
                              hint="eval/predict also accept a run folder")  # fmt: skip
+    return verified(payload, path)
+
+
+def is_checkpoint(payload: Any) -> bool:
+    """Whether what torch.load returned is a yamlnet checkpoint (to be verified)."""
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+MAX_NESTING = 64  # levels of dicts and lists in a checkpoint (ours use under ten)
+
+
+def loaded_problem(obj: Any) -> str | None:
+    """What is wrong with what torch.load returned, walked without recursion before
+    anything reads it whole (None when nothing is): nesting deeper than MAX_NESTING, or a
+    tensor with more elements than its storage holds. A tensor saved with stride 0
+    (`torch.zeros(1).expand(10**9)`: a few bytes on disk) would otherwise become
+    gigabytes at the first contiguous copy (a checksum's, a stack's, a model's)."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"it nests deeper than {MAX_NESTING} levels"
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, torch.Tensor) and item.layout == torch.strided and item.numel():
+            have = item.untyped_storage().nbytes()
+            if item.numel() * item.element_size() > have or min(item.stride(), default=1) < 0:
+                return f"it holds a tensor of shape {list(item.shape)} over {have} bytes of storage (a stride-0 view)"
+    return None
+
+
+def verified(payload: dict, path: str | os.PathLike) -> dict[str, Any]:
+    """A loaded checkpoint, its checksum checked (and taken out); `CheckpointError` if
+    it does not match."""
+    problem = loaded_problem(payload)
+    if problem:
+        raise CheckpointError(f"{path} is not a checkpoint yamlnet wrote: {problem}")
     version = payload.get("version")
     if isinstance(version, int) and version > VERSION:  # (or a damaged version number)
         raise CheckpointError(f"{path} was written by a newer yamlnet (checkpoint format {version}; "
@@ -200,9 +242,25 @@ def _to_temp(path: str | os.PathLike, write) -> Path:
     """`write(file)` into a temp file beside `path`; returns the temp file's path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        write(fh)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+    except BaseException as err:
+        # torch.save reports a full disk as RuntimeError("... unexpected pos ..."): say it
+        full = isinstance(err, RuntimeError) and _nearly_full(path.parent)
+        tmp.unlink(missing_ok=True)  # a failed write gives its space back
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     return tmp
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows): leave torch's words
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 def _atomic(path: str | os.PathLike, write) -> None:

@@ -325,6 +325,40 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class DataFailure(ConfigError):
+    """A batch that cannot be loaded: a corrupt or unreadable file, samples that do not
+    stack, a worker that died."""
+
+
+def batches(loader, where):
+    """Iterate `loader`; a failure to load a batch is one `DataFailure` line saying what
+    failed (for a worker's error, the original error's own line, not the traceback torch
+    wraps it in). `where()` says where the run is, for the message."""
+    try:
+        it = iter(loader)
+    except Exception as err:  # noqa: BLE001 - starting the workers
+        raise DataFailure(f"{where()}: cannot start loading: {_reason(err)}") from None
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (ConfigError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever a sample's decoding raised
+            raise DataFailure(f"{where()}: cannot load a batch: {_reason(err)}") from None
+        yield batch
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Original Traceback" in text and lines:  # a worker's: its last line is the error itself
+        return lines[-1][:300]
+    first = lines[0][:300] if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def describe_sources() -> dict[str, Any]:
     """name -> doc, for messages and the docs."""
     return {name: d.doc for name, d in DATASETS.items()}

@@ -19,11 +19,11 @@ import torch
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
 from ..compiler.load import SpecSource, load_spec_source
-from .checkpoint import CheckpointDir, NotACheckpoint, load_checkpoint, load_weights
+from .checkpoint import CheckpointDir, NotACheckpoint, load_checkpoint, load_weights, loaded_problem
 from .config import load_run_config, split_overrides
-from .data import EpochSampler, Transformed, build_splits, build_transforms
+from .data import DataFailure, EpochSampler, Transformed, batches, build_splits, build_transforms
 from .distributed import Env, all_sum, pick_device
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .tasks import Task, as_tuple, build_task, sample_batch, to_device
 
 __all__ = ["Evaluator", "evaluate", "session", "resolve_checkpoint", "compile_checkpoint",
@@ -52,12 +52,20 @@ class Evaluator:
         labels = ["loss", *self.task.loss_labels()]
         sums = torch.zeros(len(labels) + 1, device=dev)  # every rank sums (a rank may have no batches)
         metrics = self.task.new_metrics(dev)
+        batches_done = 0
         try:
-            for batch in loader:
-                sums += self._batch(to_device(dev, batch, self.task.fields), metrics)
+            for batch in batches(loader, lambda: f"{prefix}: batch {batches_done + 1}"):
+                try:
+                    sums += self._batch(to_device(dev, batch, self.task.fields), metrics)
+                except (RuntimeError, IndexError, ValueError) as err:  # a label past the classes, say
+                    raise DataFailure(f"{prefix}: batch {batches_done + 1}: {first_line(err)}") from None
+                batches_done += 1
         finally:
             self.model.train()
         sums = all_sum(sums, self.env)
+        if not torch.isfinite(sums).all():
+            raise DataFailure(f"{prefix}: the loss over the {prefix} set is {float(sums[0])}: one of its "
+                              "batches gives a non-finite loss", hint="do its inputs hold NaN or inf?")  # fmt: skip
         values = {label: float(v / sums[-1]) for label, v in zip(labels, sums[:-1], strict=True)}
         values.update({k: _value(m.compute()) for k, m in metrics.items()})
         return {f"{prefix}/{k}": v for k, v in values.items()}
@@ -141,6 +149,9 @@ def plain_weights(path: Path) -> dict:
             weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file: one line
         raise CheckpointError(f"cannot read {path} as weights: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
+    problem = loaded_problem(weights)
+    if problem:
+        raise CheckpointError(f"cannot read {path} as weights: {problem}")
     for key in ("state_dict", "model"):  # {"model": {...}} and Lightning-like wrappers
         if isinstance(weights, dict) and isinstance(weights.get(key), dict):
             weights = weights[key]
@@ -160,6 +171,9 @@ def lightning_checkpoint(path: Path) -> dict | None:
         return None
     if not isinstance(payload, dict) or "pytorch-lightning_version" not in payload:
         return None
+    problem = loaded_problem(payload)
+    if problem:
+        raise CheckpointError(f"cannot read {path}: {problem}")
     weights = payload.get("state_dict", {})
     model = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
     return {"model": model, "config": payload.get("yamlnet", {}).get("config", {})}

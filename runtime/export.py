@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..compiler.compile import Compiled, compile_spec
+from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
 from . import package_version
 from .errors import ConfigError
@@ -79,7 +80,9 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
     """
     if format not in EXPORTERS:
         raise ConfigError(f"unknown format '{format}'", hint="use " + ", ".join(FORMATS))
+    check_options(format, out, opset, onnx_exporter, atol, rtol)
     compiled, ckpt, state = _model(spec, checkpoint, plugins, overrides)
+    check_symbols(compiled, dims or {}, static)
     model = compiled.module.eval()
     examples = example_inputs(compiled, dims or {}, batch=2)
     fixed = {name: _size(name, 1, dims or {}, 2) for name in static}  # symbol -> its size
@@ -96,6 +99,56 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
     seconds = time.perf_counter() - t0
     checks = verify_artifact(path, format, model, compiled, dims or {}, atol, rtol) if verify else []
     return ExportResult(path, format, meta, seconds, checks)
+
+
+def opset_range(onnx_exporter: str) -> tuple[int, int]:
+    """The ONNX opsets torch's exporter writes: from 18 with the dynamo exporter (it
+    quietly writes 18 for anything older), 7-20 with the TorchScript one."""
+    try:
+        from torch.onnx import _constants as c
+
+        top, legacy_top, low = c.ONNX_MAX_OPSET, c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, c.ONNX_MIN_OPSET
+    except (ImportError, AttributeError):  # a torch without the table: its long-standing values
+        top, legacy_top, low = 23, 20, 7
+    return (18, top) if onnx_exporter == "dynamo" else (low, legacy_top)
+
+
+def check_options(format: str, out, opset: int, onnx_exporter: str, atol: float, rtol: float) -> None:
+    """The flags, checked before any work: an opset the exporter writes, finite
+    non-negative tolerances, and an --out that can be written (its folder exists, it is
+    not a folder itself)."""
+    if format == "onnx":
+        low, high = opset_range(onnx_exporter)
+        if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+            raise ConfigError(f"--opset {opset}: the {onnx_exporter} ONNX exporter writes opsets {low} to {high}",
+                              hint=f"the default is 18{'' if onnx_exporter == 'dynamo' else '; or --onnx-exporter dynamo'}")  # fmt: skip
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+            raise ConfigError(f"{name} {value}: a tolerance is a finite number >= 0")
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a folder", hint="name the file to write, e.g. --out model.onnx")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--out {out}: no folder {folder}", hint="create it first")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--out {out}: cannot write in {folder} (permission denied)")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"--out {out} is not a regular file (a device or a FIFO)",
+                          hint="name a file to write")  # fmt: skip
+
+
+def check_symbols(compiled: Compiled, dims: dict[str, int], static) -> None:
+    """--dim and --static name symbols of the spec's inputs; an unknown one is a typo."""
+    known = sorted({d for i in compiled.spec.inputs for d in i.shape if isinstance(d, str)})
+    for flag, names in (("--dim", dims), ("--static", static)):
+        for name in names:
+            if name not in known:
+                hint = did_you_mean(name, known) or ("symbols: " + ", ".join(known) if known
+                                                     else "the spec's inputs have no symbolic dims")  # fmt: skip
+                raise ConfigError(f"{flag} {name}: the spec's inputs have no symbol '{name}'", hint=hint)
 
 
 def _model(spec, checkpoint, plugins, overrides) -> tuple[Compiled, str | None, dict]:

@@ -12,7 +12,7 @@ from ..compiler.errors import did_you_mean
 from .data import check_kwargs
 from .errors import ConfigError
 
-__all__ = ["build_optimizer", "build_scheduler", "build_loss", "Schedule"]
+__all__ = ["build_optimizer", "build_scheduler", "check_schedule", "build_loss", "Schedule"]
 
 
 def _classes(module, base) -> dict[str, type]:
@@ -57,6 +57,48 @@ def build_optimizer(item: dict, params) -> torch.optim.Optimizer:
     if not params:
         raise ConfigError("the model has no trainable parameters (all frozen?)", path="train.optimizer")
     return _construct(cls, (params,), _kwargs(item), "train.optimizer")
+
+
+DRY_STEPS = 20_000  # a schedule is stepped this far ahead at preflight (about 0.2 s)
+
+
+def check_schedule(item: dict | None, optimizer_item: dict, *, steps_per_epoch: int, total_steps: int,
+                   mode: str = "min") -> None:  # fmt: skip
+    """Step a throwaway copy of the schedule (same optimizer, on one dummy parameter)
+    over the run's planned length, up to DRY_STEPS, before training starts: a schedule
+    that fails part-way (StepLR with step_size 0 at its first step, OneCycleLR whose
+    total_steps ends before the run) or drives the learning rate to a negative or
+    non-finite value is one located line now, not a crash at that step."""
+    if item is None or item["name"] == "ReduceLROnPlateau":  # stepped by a metric: nothing to plan
+        return
+    dummy = torch.zeros(1, requires_grad=True)
+    optimizer = build_optimizer(optimizer_item, [dummy])
+    schedule = build_scheduler(item, optimizer, steps_per_epoch=steps_per_epoch,
+                               total_steps=total_steps, mode=mode)  # fmt: skip
+    interval = schedule.interval
+    planned = total_steps if interval == "step" else -(-total_steps // steps_per_epoch)
+    unit = "step" if interval == "step" else "epoch"
+    if item["name"] == "OneCycleLR" and planned > schedule_length(schedule.scheduler, item):
+        raise ConfigError(f"OneCycleLR ends after {schedule_length(schedule.scheduler, item)} {unit}s; "
+                          f"the run has {planned}", path="train.scheduler.total_steps",
+                          hint="leave total_steps out: it is then the run's length")  # fmt: skip
+    for k in range(1, min(planned, DRY_STEPS) + 1):
+        try:
+            optimizer.step()
+            schedule.scheduler.step()
+        except (ArithmeticError, ValueError, RuntimeError, TypeError, IndexError) as err:
+            raise ConfigError(f"{item['name']} fails at {unit} {k} of the run: {str(err).splitlines()[0]}",
+                              path="train.scheduler") from None  # fmt: skip
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        if not all(isinstance(lr, (int, float)) and 0 <= lr < float("inf") for lr in lrs):
+            raise ConfigError(f"{item['name']} sets the learning rate to {lrs[0]} at {unit} {k} of the run",
+                              path="train.scheduler")  # fmt: skip
+
+
+def schedule_length(scheduler, item: dict) -> int:
+    """OneCycleLR's own length in steps (without a warmup before it)."""
+    inner = scheduler._schedulers[-1] if isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR) else scheduler
+    return int(inner.total_steps) + int(item.get("warmup_steps", 0))
 
 
 class Schedule:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import loaded_problem
 from .data import build_transforms
 from .errors import ConfigError
 from .evaluate import IMAGE_EXTENSIONS, output_index, session
@@ -185,6 +186,9 @@ def _read_arrays(path: Path, ext: str) -> dict:
         with np.load(path, allow_pickle=False) as arrays:
             return {k: arrays[k] for k in arrays.files}
     obj = torch.load(path, map_location="cpu", weights_only=True)
+    problem = loaded_problem(obj)
+    if problem:
+        raise ValueError(problem)
     return obj if isinstance(obj, dict) else {"x": obj}
 
 

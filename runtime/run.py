@@ -4,10 +4,12 @@ on 1..N ranks (rank 0 reads and writes the folder; every rank hears the outcome)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import signal
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +114,51 @@ class Run:
     save_due: bool = False  # rank 0's clock asks for a checkpoint (every rank has seen it)
     pending: list = field(default_factory=list)  # losses of the accumulation group so far
     pending_terms: list = field(default_factory=list)  # and their terms (several terms)
+    folder_lock: FolderLock | None = None  # rank 0's hold on the run folder while it trains
+
+    def release_folder(self) -> None:
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+            self.folder_lock = None
+
+
+LOCK_FILE = ".training.lock"  # in the run folder: held by the process training it
+
+
+class FolderLock:
+    """An exclusive OS lock (flock) on a run folder's `.training.lock` while a process
+    trains in it, so a second trainer, or a second --resume, is refused instead of
+    interleaving metrics.csv and overwriting checkpoints. The kernel releases it when the
+    process ends in any way (kill -9 included), so it is never stale: the file that
+    stays behind holds only the last holder's pid and host, for the message. Where the
+    OS has no flock (Windows) nothing is locked."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_FILE
+        self._fh = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the run's length
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read(200).strip() or "another process"
+            fh.close()
+            raise ConfigError(f"{folder} is being trained by {holder}",
+                              hint="wait for it to end, or choose another --out") from None  # fmt: skip
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the lock
+            self._fh = None
 
 
 def open_run(run: Run, out, resume, force) -> None:
@@ -123,7 +170,13 @@ def open_run(run: Run, out, resume, force) -> None:
         limit = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")
         print(f"restart {env.restart} of {limit}: a worker failed; the workers start again",
               flush=True)  # fmt: skip
-    run.out = on_main(env, lambda: resolve_out_dir(out, compiled, resume))
+
+    def folder() -> Path:
+        path = resolve_out_dir(out, compiled, resume)
+        run.folder_lock = FolderLock(path)
+        return path
+
+    run.out = on_main(env, folder)
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=run.cfg.train["keep_checkpoints"],
                               background=run.env.device.type != "cpu")  # fmt: skip
     check_not_stopped(run)
@@ -142,14 +195,54 @@ def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
         k = versions[-1] if (resume and versions) else (versions[-1] + 1 if versions else 0)
         out = base / f"version_{k}"
     out = Path(out)
-    if not resume and CheckpointDir(out / "checkpoints").exists():
+    ckpts = out / "checkpoints"
+    if ckpts.exists() and not ckpts.is_dir():
+        raise ConfigError(f"cannot use {out} as the run folder: {ckpts} is a file, not a folder",
+                          hint="move it aside, or choose another --out")  # fmt: skip
+    if not resume and CheckpointDir(ckpts).exists():
         raise ConfigError(f"{out} already holds a run", hint="pass --resume to continue it, "
                           "or choose another --out")  # fmt: skip
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot use {out} as the run folder: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot use {out} as the run folder: it cannot be written "
+                          f"({'read-only file system' if _read_only(out) else 'permission denied'})")  # fmt: skip
     return out
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+# file-system failures in the words a user acts on
+DISK_WORDS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "the disk quota is used up",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "permission denied", errno.ENOENT: "it is gone (was the run folder deleted or moved?)",
+              errno.ENOTDIR: "a folder on its path is gone or is a file", errno.EIO: "an I/O error (a failing disk?)"}  # fmt: skip
+
+
+def disk_failure(err: OSError, run: Run) -> TrainingError | None:
+    """A file-system error while training as one line: which file, what happened in plain
+    words, and the last good checkpoint (a failed write never replaces one). None for
+    other errors."""
+    words = DISK_WORDS.get(err.errno)
+    if words is None:
+        return None
+    try:
+        run.ckpts.wait()
+    except OSError:
+        pass  # the same failure, met by the checkpoint writer
+    last = run.ckpts.last if run.ckpts.last.exists() else None
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    what = f"cannot write {err.filename}" if err.filename else "cannot write to the run folder"
+    failure = TrainingError(f"step {run.pos.step}: {what}: {words}; {kept}")
+    failure.exit_code = 2
+    return failure
 
 
 def is_path(resume) -> bool:
@@ -208,6 +301,9 @@ def start_or_resume(run: Run, resume: bool | str | os.PathLike, force: bool) -> 
         if not source:
             return None
         found = resume_source(run, Path(source) if is_path(source) else None)
+        if found is None and is_path(source):  # a checkpoint was named: it must be there
+            raise CheckpointError(f"nothing to resume in {source}: it holds no checkpoint",
+                                  hint="name a checkpoint file or a run folder that has one")  # fmt: skip
         if found is None:
             warn(f"nothing to resume in {run.out}: starting from the beginning")
         return found
@@ -251,7 +347,16 @@ def warn(text: str) -> None:
     print(f"warning: {text}", flush=True)
 
 
+RESUME_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "position": dict, "spec": dict, "rng": dict}
+
+
 def restore(run: Run, state: dict, path: Path, force: bool) -> None:
+    for key, kind in RESUME_KEYS.items():  # a verified file may still be one no run wrote
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path} cannot be resumed from: it has no '{key}' (a checkpoint of "
+                                  "weights only?)", hint="pass it to init: to start a new run from its weights")  # fmt: skip
+    if not isinstance(state["spec"].get("hash"), str):
+        raise CheckpointError(f"{path} cannot be resumed from: it does not say which spec it trained")
     if state["spec"]["hash"] != run.compiled.hash and not force:
         raise CheckpointError(f"the spec changed since {path} was written (hash "
                               f"{state['spec']['hash'][:12]} -> {run.compiled.hash[:12]})",
@@ -265,7 +370,7 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
                               f"{saved_total}", hint="pass --force to resume anyway")  # fmt: skip
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["scheduler"])
-    if state["scaler"]:
+    if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.pos = Position(**state["position"])
     env, saved_world = run.env, state.get("world_size", 1)

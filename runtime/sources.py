@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..compiler.errors import did_you_mean
+from ..compiler.errors import did_you_mean, not_a_regular_file
+from .checkpoint import loaded_problem
 from .data import IMAGE, Fields, Splits, Table, register_dataset, split
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .tables import Rows, TableError, align, encode_rows, file_errors, fit_encoding, read_csv
 
 __all__ = ["digits_arrays", "read_tensor_file", "read_arrays", "TORCHVISION_SETS", "TENSOR_ARGS"]
@@ -289,7 +290,13 @@ class Labelled(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image, label = self.base[i]
+        try:
+            image, label = self.base[i]
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's words for a damaged file
+            files = getattr(self.base, "samples", None)  # ImageFolder's (path, class) pairs
+            if files is None:
+                raise
+            raise ValueError(f"{files[i][0]}: {first_line(err)}") from None
         return {"image": image, "label": torch.as_tensor(label, dtype=torch.int64)}
 
 
@@ -368,7 +375,8 @@ def read_arrays(path: str, fields: Fields, args: dict, where: str) -> dict[str, 
 
 def _check_file(path: str | None, where: str) -> None:
     if path is not None and not os.path.isfile(path):
-        raise ConfigError(f"no such file: {path}", path=where)
+        kind = not_a_regular_file(path)
+        raise ConfigError(f"{path} is {kind}, not a file" if kind else f"no such file: {path}", path=where)
 
 
 def _is_csv(path: str) -> bool:
@@ -381,6 +389,9 @@ def _read_pt(path: str, fields: Fields, pair: bool) -> dict:
     except pickle.UnpicklingError:  # torch's own text is many lines and suggests weights_only=False
         raise ValueError("torch.load(weights_only=True) refused it: it holds more than tensors, "
                          "or is not a torch file") from None  # fmt: skip
+    problem = loaded_problem(obj)
+    if problem:
+        raise ValueError(problem)
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         if not pair:
             raise ValueError("it holds an (inputs, targets) pair, not named arrays; save a dict "

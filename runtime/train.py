@@ -31,7 +31,7 @@ from .checkpoint import (
     save_safetensors,
 )
 from .config import RunConfig, load_run
-from .data import Loaders, build_loaders
+from .data import DataFailure, Loaders, batches, build_loaders
 from .distributed import (
     Env,
     barrier,
@@ -43,7 +43,7 @@ from .distributed import (
 from .errors import TrainingError, first_line
 from .evaluate import Evaluator, autocast_for
 from .log import NullLog, RunLog, banner, end_summary, last_metrics, log_columns
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, check_schedule
 from .process import (
     StopSignals,
     set_determinism,
@@ -56,6 +56,7 @@ from .run import (
     Run,
     TrainResult,
     all_ready,
+    disk_failure,
     mark_stopped,
     open_run,
     rank_seed,
@@ -69,6 +70,7 @@ from .run import (
 from .step import (
     clock_says_save,
     guarded_micro_step,
+    kept_checkpoint_text,
     optimizer_step,
     steps_now,
     wrap_ddp,
@@ -101,6 +103,17 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
             if result.stopped.startswith("SIG"):
                 mark_stopped(run, result.exit_code, f"stopped by {result.stopped}")
             return result
+        except OSError as err:
+            failure = disk_failure(err, run)
+            if failure is None:
+                raise
+            raise failure from None
+        except DataFailure as err:  # a bad sample met while training: the checkpoints stay
+            said = err.diagnostics[0]
+            hint = f" ({said.hint})" if said.hint else ""
+            failure = TrainingError(f"{said.message}{hint}; {kept_checkpoint_text(run)}")
+            failure.exit_code = 2
+            raise failure from None
         except BaseException as err:
             together = getattr(err, "all_ranks", False)
             if together and isinstance(err, TrainingError):
@@ -110,6 +123,7 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
             if run.log is not None:
                 run.log.close()
             run.ckpts.close()  # whatever happened, a checkpoint being written gets finished
+            run.release_folder()
             shutdown(run.env, together)
 
 
@@ -139,6 +153,8 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
             open_run(run, out, resume, force)
             return run
         except BaseException as err:
+            if run is not None:
+                run.release_folder()
             shutdown(env, getattr(err, "all_ranks", False))
             raise
 
@@ -174,6 +190,8 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
     total = tcfg["max_steps"] or tcfg["epochs"] * steps_per_epoch
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
     monitor, mode = _monitor(cfg, loaders, task)
+    check_schedule(tcfg["scheduler"], tcfg["optimizer"], steps_per_epoch=steps_per_epoch,
+                   total_steps=total, mode=mode)  # fmt: skip
     inner = torch.compile(model) if tcfg["compile"] else model
     run = Run(
         cfg=cfg, env=env, compiled=compiled, model=model,
@@ -274,7 +292,8 @@ def _loop(run: Run) -> TrainResult:
         run.loaders.train.generator.manual_seed((tcfg["seed"] * 100_003 + pos.epoch) % 2**63)
         run.epoch_batches = pos.batch + len(run.loaders.train)
         first = run.task.feeds[0]
-        for batch in run.loaders.train:
+        where = lambda: f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"  # noqa: E731
+        for batch in batches(run.loaders.train, where):
             guarded_micro_step(run, batch)
             pos.batch += 1
             pos.samples = min(n_train, pos.samples + len(batch[first]) * run.env.world_size)

@@ -344,6 +344,23 @@ def _resume_empty(runs: Runs, cwd: Path, name: str) -> Outcome:
     return Outcome(name, cwd / "run", [train(cwd, *RUN, "--max-steps", "3", "--resume")])
 
 
+@scenario("second_trainer")
+def _second_trainer(runs: Runs, cwd: Path, name: str) -> Outcome:
+    """A run stuck after step 6 holds its folder; a second trainer is refused; once the
+    holder is killed (-9), the next --resume takes the folder over from step 5."""
+    holder = start(cwd, *LONG, faults="hang_after_step=6")
+    try:
+        held = wait_for(holder, lambda: bool(step_files(cwd / "run")))  # the lock is taken before
+        second = train(cwd, *LONG, "--resume", "--max-steps", "8")
+        os.kill(holder.pid, signal.SIGKILL)
+        killed = finish(holder)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    after = train(cwd, *LONG, "--resume", "--max-steps", "8")
+    return Outcome(name, cwd / "run", [killed, second, after], {"held": held, "pid": holder.pid})
+
+
 # -- fixtures ----------------------------------------------------------------------------
 
 
@@ -586,6 +603,22 @@ def test_resume_in_empty_folder_starts_from_the_beginning(outcome):
     expect(proc, 0)
     assert "warning: nothing to resume in run: starting from the beginning" in proc.stdout
     assert position(outcome.run / "checkpoints" / "last.pt")["step"] == 3
+
+
+@scenarios("second_trainer")
+def test_a_second_trainer_is_refused_until_the_first_is_gone(outcome):
+    killed, second, after = outcome.procs
+    assert outcome.facts["held"], killed
+    expect(second, 2)
+    line = _one_line(second.stderr)
+    assert f"run is being trained by pid {outcome.facts['pid']} on " in line, second
+    assert "wait for it to end, or choose another --out" in line
+    assert killed.returncode == -signal.SIGKILL
+    expect(after, 0)  # the kernel dropped the dead holder's lock
+    assert position(outcome.run / "checkpoints" / "last.pt")["step"] == 8
+    rows = list(csv.DictReader(open(outcome.run / "metrics.csv", newline="")))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == sorted(set(steps)), steps  # one trainer's rows, not two interleaved
 
 
 # -- what a checkpoint holds ---------------------------------------------------------------

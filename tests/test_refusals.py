@@ -1,0 +1,359 @@
+"""Bad input past the spec loader (run configs, data files, checkpoints, the file system)
+gets one located line and exit 2, in bounded time: the runtime's side of the hostile
+catalogue (tests/test_hostile.py holds the spec's side).
+
+Each case runs the CLI in-process under a time limit, so a hang fails its case instead
+of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from .conftest import SPECS, time_limit
+
+HANG_S = 60.0  # a guard against hangs only: each case takes well under a second of work
+DIGITS = SPECS / "digits_cnn.yaml"
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """`yamlnet ARGS` in this process: (exit code, the one line it printed to stderr)."""
+    from yamlnet.cli import main
+
+    with time_limit(HANG_S):
+        rc = main(list(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return rc, lines[0]
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("how", ["spec", "config", "data", "checkpoint", "include"])
+def test_a_fifo_is_refused_not_waited_on(how, fifo, tmp_path, capsys, monkeypatch):
+    """Opening a FIFO for reading waits for a writer forever; a user who names one (or a
+    device) by mistake gets one line saying what it is."""
+    monkeypatch.chdir(tmp_path)
+    if how == "spec":
+        args, expected = ["validate", str(fifo)], f"cannot read {fifo}: it is a FIFO, not a file"
+    elif how == "include":
+        (tmp_path / "net.yaml").write_text(DIGITS.read_text() + f"include: {fifo.name}\n")
+        args, expected = ["validate", "net.yaml"], "net.yaml:"
+    elif how == "config":
+        args, expected = ["train", str(DIGITS), "--config", str(fifo)], "it is a FIFO, not a file"
+    elif how == "data":
+        args = ["train", str(DIGITS), "--set", "data.dataset=tensors", "--set", f"data.train={fifo}"]
+        expected = f"data.train: {fifo} is a FIFO, not a file"
+    else:
+        args = ["eval", str(DIGITS), "--checkpoint", str(fifo)]
+        expected = f"{fifo} is a FIFO, not a checkpoint file"
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and expected in line, line
+    if how == "include":
+        assert "include[0]: included file pipe.yaml is a FIFO, not a file" in line, line
+
+
+def test_a_config_file_that_is_a_folder_says_so(tmp_path, capsys):
+    rc, line = cli(capsys, "train", str(DIGITS), "--config", str(tmp_path))
+    assert rc == 2 and "it is a folder, not a file" in line, line
+
+
+@pytest.mark.parametrize("scheduler, expected", [
+    ("{name: StepLR, step_size: 0}", "train.scheduler: StepLR fails at step 1 of the run: integer modulo by zero"),
+    ("{name: OneCycleLR, total_steps: 5}", "train.scheduler.total_steps: OneCycleLR ends after 5 steps; the run has 46"),
+    ("{name: ExponentialLR, gamma: -1.0}", "train.scheduler: ExponentialLR sets the learning rate to -0.002 at step 1"),
+    ("{name: CosineAnnealingLR, T_max: 0}", "train.scheduler: CosineAnnealingLR fails at step 1 of the run"),
+])  # fmt: skip
+def test_a_schedule_that_fails_part_way_is_refused_before_training(scheduler, expected, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    """The schedule is stepped ahead over the run's length at preflight, on a throwaway
+    optimizer: its failure at step k is one line before step 1, and no run folder is made."""
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--epochs", "2", "--out", "run", "--set",
+                   f"train.scheduler={scheduler}")  # fmt: skip
+    assert rc == 2 and expected in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_folder_without_checkpoints_is_an_error(tmp_path, capsys, monkeypatch):
+    """--resume-from names what to continue; finding nothing there is a mistake to report,
+    not a reason to train from scratch (plain --resume on a new folder still starts)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    rc, line = cli(capsys, "train", str(DIGITS), "--max-steps", "2", "--out", "run", "--resume-from", "empty")
+    assert rc == 2 and "nothing to resume in empty: it holds no checkpoint" in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_init_refuses_a_checkpoint_whose_checksum_fails(tmp_path):
+    """init: reads a yamlnet checkpoint's weights only once its checksum holds, as eval and
+    resume read it; a flipped byte in a weight is refused, located at init."""
+    import torch
+    from yamlnet.compiler.errors import SpecError
+    from yamlnet.runtime.checkpoint import save_checkpoint
+
+    import yamlnet
+
+    spec = "yamlnet: 1\ninputs: {x: [N, 4]}\nnodes: {fc: {op: Linear, out_features: 2}}\n"
+    weights = {"fc.weight": torch.full((2, 4), 1.5), "fc.bias": torch.zeros(2)}
+    save_checkpoint({"model": weights}, tmp_path / "good.pt")
+    (tmp_path / "net.yaml").write_text(spec + "init: {file: good.pt}\n")
+    assert torch.equal(yamlnet.compile(tmp_path / "net.yaml").fc.weight, weights["fc.weight"])
+    data = bytearray((tmp_path / "good.pt").read_bytes())
+    at = data.find(torch.tensor([1.5]).numpy().tobytes())  # the first weight's bytes
+    assert at > 0
+    data[at] ^= 0x01
+    (tmp_path / "bad.pt").write_bytes(bytes(data))
+    assert torch.load(tmp_path / "bad.pt", weights_only=True)["model"]["fc.weight"][0, 0] != 1.5  # it loads
+    (tmp_path / "net.yaml").write_text(spec + "init: {file: bad.pt}\n")
+    with pytest.raises(SpecError) as info:
+        yamlnet.compile(tmp_path / "net.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'net.yaml'}:4:1: init.file: "), str(info.value)
+    assert "bad.pt is corrupt: its checksum does not match its content" in str(info.value)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--opset", "0"], "--opset 0: the dynamo ONNX exporter writes opsets 18 to "),
+    (["--opset", "7"], "--opset 7: the dynamo ONNX exporter writes opsets 18 to "),
+    (["--opset", "99"], "--opset 99: the dynamo ONNX exporter writes opsets 18 to "),
+    (["--atol", "nan"], "--atol nan: a tolerance is a finite number >= 0"),
+    (["--rtol", "-1"], "--rtol -1.0: a tolerance is a finite number >= 0"),
+    (["--out", "missing/net.onnx"], "--out missing/net.onnx: no folder missing"),
+    (["--out", "."], "--out . is a folder"),
+    (["--format", "torchscript", "--out", "/dev/full"], "--out /dev/full is not a regular file"),
+    (["--dim", "Q=3"], "--dim Q: the spec's inputs have no symbol 'Q'"),
+    (["--static", "M"], "--static M: the spec's inputs have no symbol 'M' (symbols: N)"),
+    (["--dim", "n=3"], "--dim n: the spec's inputs have no symbol 'n' (did you mean N?)"),
+])  # fmt: skip
+def test_export_flags_are_checked_before_any_work(flags, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if "--format" not in flags:
+        flags = ["--format", "onnx", *flags]
+    rc, line = cli(capsys, "export", str(DIGITS), *flags)
+    assert rc == 2 and expected in line, line
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+# -- tensors that claim more than they hold, checkpoints no run wrote ----------------------
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _stride_zero():
+    import torch
+
+    return torch.zeros(1).expand(10**9)  # 4 GB as a contiguous tensor; 4 bytes on disk
+
+
+@pytest.mark.parametrize("how", ["weights", "checkpoint", "data", "predict"])
+def test_a_stride_zero_tensor_is_refused_before_it_is_copied(how, tmp_path, capsys, monkeypatch):
+    """A 2 KB file can hold a view of a billion elements over one: it is refused from its
+    shape and storage, before any contiguous copy (a checksum's, a stack's) makes it 4 GB."""
+    import torch
+    from yamlnet.runtime.checkpoint import FORMAT, VERSION
+
+    monkeypatch.chdir(tmp_path)
+    before = _max_rss_mb()
+    if how == "weights":
+        torch.save({"conv1.weight": _stride_zero()}, "w.pt")
+        args = ["eval", str(DIGITS), "--checkpoint", "w.pt"]
+    elif how == "checkpoint":
+        torch.save({"format": FORMAT, "version": VERSION, "checksum": "crc32:00000000",
+                    "model": {"conv1.weight": _stride_zero()}}, "c.pt")  # fmt: skip
+        args = ["eval", str(DIGITS), "--checkpoint", "c.pt"]
+    elif how == "data":
+        torch.save({"x": _stride_zero(), "y": torch.zeros(1, dtype=torch.int64).expand(10**9)}, "d.pt")
+        args = ["train", str(DIGITS), "--set", "data.dataset=tensors", "--set", "data.train=d.pt"]
+    else:
+        import yamlnet
+
+        torch.save(yamlnet.compile(DIGITS).state_dict(), "m.pt")  # a fresh model's weights
+        torch.save(_stride_zero(), "x.pt")
+        args = ["predict", str(DIGITS), "--checkpoint", "m.pt", "--input", "x.pt"]
+    assert all(os.path.getsize(p) < 100_000 for p in tmp_path.glob("[wcdx].pt"))  # kilobytes on disk
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and re.search(r"of shape \[1000000000\] over [48] bytes of storage \(a stride-0 view\)", line), line
+    assert _max_rss_mb() - before < 1000, "the tensor was materialised"
+
+
+def test_a_checkpoint_nested_past_the_limit_is_refused(tmp_path, capsys):
+    import torch
+    from yamlnet.runtime.checkpoint import FORMAT, VERSION
+
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    torch.save({"format": FORMAT, "version": VERSION, "checksum": "crc32:00000000", "model": {},
+                "extra": deep}, tmp_path / "c.pt")  # fmt: skip
+    rc, line = cli(capsys, "eval", str(DIGITS), "--checkpoint", str(tmp_path / "c.pt"))
+    assert rc == 2 and "nests deeper than 64 levels" in line, line
+
+
+def test_a_verified_checkpoint_without_training_state_cannot_be_resumed(tmp_path, capsys, monkeypatch):
+    """Its checksum holds, but no run wrote it: resuming names the missing part."""
+    from yamlnet.runtime.checkpoint import save_checkpoint
+
+    import yamlnet
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint({"model": yamlnet.compile(DIGITS).state_dict()}, tmp_path / "w.pt")
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--resume-from", "w.pt")
+    assert rc == 2 and "w.pt cannot be resumed from: it has no 'optimizer'" in line, line
+
+
+def test_a_whole_float_is_not_an_integer_setting(tmp_path, capsys, monkeypatch):
+    """jsonschema calls 1000.0 an integer; the DataLoader does not. Refused where it is set."""
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--set", "data.batch_size=1000.0")
+    assert rc == 2 and "data.batch_size" in line and "1000.0" in line, line
+
+
+# -- data that fails part-way -----------------------------------------------------------
+
+
+def _png_folder(root, broken: dict[str, bytes]):
+    """Two class folders of 8x8 RGB PNGs, with `broken` files (name -> bytes) in the first."""
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    for name, data in broken.items():
+        (root / "a" / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("broken, says", [
+    ({"x.png": b"this is a text file, not a PNG\n"}, "cannot identify image file"),
+    ({"x.png": None}, "x.png"),  # a truncated PNG
+])  # fmt: skip
+def test_a_broken_image_met_while_training_names_the_file(broken, says, workers, tmp_path, capsys, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    if broken.get("x.png", b"") is None:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+        broken = {"x.png": buf.getvalue()[:40]}
+    _png_folder(tmp_path / "img", broken)
+    spec = SPECS / "resnet18.yaml"
+    rc, line = cli(capsys, "train", str(spec), "--out", "run", "--set", "classes=2", "--set", "size=8",
+                   "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}", "--set", "data.val_fraction=0",
+                   "--set", f"data.num_workers={workers}", "--set", "data.transforms=[]",
+                   "--set", "data.val_transforms=[]", "--set", "data.batch_size=13", "--set",
+                   "train.metrics=[]", "--set", "train.monitor=null")  # fmt: skip
+    assert rc == 2, line
+    assert "cannot load a batch" in line and says in line and "Traceback" not in line, line
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("label", "val: batch 1: "),
+    ("nan", "val: the loss over the val set is nan"),
+])  # fmt: skip
+def test_bad_values_only_in_the_validation_split_stop_the_run_in_one_line(bad, says, tmp_path, capsys,
+                                                                          monkeypatch):  # fmt: skip
+    """The training split is clean, so training starts; the first validation meets a label
+    past the classes, or a NaN input: one line, exit 2, and the checkpoints stay."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int64)
+    np.savez("train.npz", x=x, y=y)
+    vx, vy = x[:16].copy(), y[:16].copy()
+    if bad == "label":
+        vy[5] = 10  # the classes are 0-9
+    else:
+        vx[3, 0, 2, 2] = np.nan
+    np.savez("val.npz", x=vx, y=vy)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--epochs", "2", "--set", "data.dataset=tensors",
+                   "--set", "data.train=train.npz", "--set", "data.val=val.npz")  # fmt: skip
+    assert rc == 2 and says in line, line
+    assert "the last good checkpoint is" in line or "no checkpoint was written yet" in line, line
+
+
+# -- the file system -------------------------------------------------------------------------
+
+
+def test_checkpoints_as_a_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("not a folder")
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--max-steps", "2")
+    assert rc == 2 and "run/checkpoints is a file, not a folder" in line, line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only): writes past it fail with a real ENOSPC."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("room", ["none", "one"])
+def test_a_full_disk_is_said_in_plain_words_and_keeps_the_last_good_checkpoint(room, small_disk, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    """The run folder on a disk that fills up: the first checkpoint fails (room: none), or a
+    later one does (room: one). One line names the disk and the checkpoint that stays."""
+    import io
+    import shutil
+
+    from yamlnet.runtime.checkpoint import load_checkpoint
+
+    import yamlnet
+
+    probe = yamlnet.train(DIGITS, out=small_disk.parent / "probe", stream=io.StringIO(), **{
+        "train.max_steps": 5, "train.checkpoint_every_n_steps": 5, "train.val_every_n_epochs": None})  # fmt: skip
+    size = (probe.out / "checkpoints" / "step-00000005.pt").stat().st_size  # one checkpoint, on the real disk
+    monkeypatch.chdir(small_disk)
+    logs = 96 << 10  # spec.lock.yaml, metrics.csv, the TensorBoard file
+    keep = logs if room == "none" else logs + int(size * 1.5)
+    (small_disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(small_disk).free - keep))
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--max-steps", "12", "--set",
+                   "train.checkpoint_every_n_steps=5", "--set", "train.val_every_n_epochs=null")  # fmt: skip
+    assert rc == 2 and "no space left on the disk" in line, line
+    if room == "none":
+        assert "no checkpoint was written yet" in line, line
+    else:
+        assert "the last good checkpoint is run/checkpoints/last.pt" in line, line
+        assert load_checkpoint(small_disk / "run" / "checkpoints" / "last.pt")["position"]["step"] == 5
+    assert not list((small_disk / "run" / "checkpoints").glob(".*tmp*"))  # the failed write gave its space back
+
+
+def test_a_read_only_run_folder_is_refused_before_training(small_disk, capsys, monkeypatch):
+    import subprocess
+
+    (small_disk / "run").mkdir()
+    if subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True).returncode:
+        pytest.skip("cannot remount read-only here")
+    monkeypatch.chdir(small_disk)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--max-steps", "2")
+    assert rc == 2 and "cannot use run as the run folder: it cannot be written (read-only file system)" in line, line
