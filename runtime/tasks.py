@@ -207,14 +207,26 @@ def build_task(compiled, cfg, fields: Fields, batch: dict, device: torch.device)
         compiled.module.eval()
         try:
             outs = as_tuple(compiled.module(*(batch[f] for f in feeds)))
-            shapes = [tuple(o.shape) for o in outs]
+            shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in outs]
         finally:
             compiled.module.train(was)
     terms = tuple(replace(t, fn=t.fn.to(device)) for t in _terms(cfg, outputs, fields))
+    for t in terms:
+        _tensor_output(outs[t.output], outputs[t.output], "train.loss", "a loss")
     metrics = _metrics(cfg, outputs, fields, terms, shapes, batch)
     for i, (slot, item) in enumerate(zip(metrics, cfg.train["metrics"], strict=True)):
         _try_metric(slot, item["name"], outs, batch, f"train.metrics[{i}]")
     return Task(feeds, outputs, terms, metrics)
+
+
+def _tensor_output(value, name: str, where: str, what: str) -> None:
+    """A loss takes a tensor: an output that is a tuple (an LSTM's (out, (h, c))) is named."""
+    if isinstance(value, torch.Tensor):
+        return
+    kind = f"a {type(value).__name__} of {len(value)}" if isinstance(value, (tuple, list)) else \
+        f"a {type(value).__name__}"  # fmt: skip
+    raise ConfigError(f"the output '{name}' is {kind}, not a tensor; {what} takes one", path=where,
+                      hint="make the spec's output one tensor (index a tuple: 'node[0]')")  # fmt: skip
 
 
 def check_fields(compiled, feeds: tuple[str, ...], batch: dict, dataset: str) -> None:
@@ -320,6 +332,9 @@ def _metrics(cfg, outputs, fields, terms, shapes, batch) -> tuple[MetricSlot, ..
         term = next((t for t in terms if t.output == out), None)
         target = _target(item.get("target") or (term.target if term else None), fields, f"{where}.target")
         class_dim = int(item.get("class_dim", term.class_dim if term else 1))
+        if shapes[out] is None:
+            raise ConfigError(f"the output '{outputs[out]}' is not a tensor; a metric takes one", path=where,
+                              hint="make the spec's output one tensor (index a tuple: 'node[0]')")  # fmt: skip
         metric = build_metric(item, out_shape=shapes[out], target=batch[target], where=where,
                               class_dim=class_dim)  # fmt: skip
         label = metric_label(item)

@@ -222,6 +222,10 @@ def _first_batch(loaders: Loaders, cfg: RunConfig) -> dict:
                         "do the transforms fit the samples?") from None  # fmt: skip
 
 
+def _shape(value) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _preflight(run: Run) -> None:
     """One forward pass and loss on two training samples before any step, so a loss that
     does not fit the outputs or the targets is reported up front, not at step 1. (Eval
@@ -236,7 +240,7 @@ def _preflight(run: Run) -> None:
             outs = as_tuple(run.model(*run.task.inputs(batch)))
             loss, _ = run.task.loss(outs, batch)
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        shapes = [list(outs[t.output].shape) for t in run.task.terms] if outs is not None else "?"
+        shapes = [_shape(outs[t.output]) for t in run.task.terms] if outs is not None else "?"
         targets = [f"{list(batch[t.target].shape)} {batch[t.target].dtype}" for t in run.task.terms]
         raise run.cfg.error(f"{name} cannot take outputs {', '.join(map(str, shapes))} and targets "
                             f"{', '.join(targets)}: {first_line(err)}", ("train", "loss"),

@@ -357,3 +357,20 @@ def test_a_read_only_run_folder_is_refused_before_training(small_disk, capsys, m
     monkeypatch.chdir(small_disk)
     rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--max-steps", "2")
     assert rc == 2 and "cannot use run as the run folder: it cannot be written (read-only file system)" in line, line
+
+
+def test_summary_refuses_a_dim_the_inputs_do_not_have(capsys):
+    rc, line = cli(capsys, "summary", str(DIGITS), "--dim", "Q=3")
+    assert rc == 2 and "--dim Q: the spec's inputs have no symbol 'Q'" in line, line
+
+
+def test_a_loss_on_an_output_that_is_a_tuple_names_it(tmp_path, capsys):
+    """An output that is a tuple (a split's parts): a loss on it is refused by name."""
+    spec = tmp_path / "split.yaml"
+    spec.write_text("yamlnet: 1\ninputs: {x: [N, 4]}\nnodes:\n  fc: {op: Linear, out_features: 6}\n"
+                    "  parts: {op: split, split_size_or_sections: 3, dim: 1}\noutputs: {logits: fc, pair: parts}\n"
+                    "data: {dataset: synthetic, shape: [4], classes: 3, size: 16}\n"
+                    "train: {metrics: [], loss: {name: CrossEntropyLoss, output: pair}}\n")
+    rc, line = cli(capsys, "train", str(spec), "--out", str(tmp_path / "run"), "--max-steps", "1")
+    assert rc == 2 and "the output 'pair' is a tuple of 2, not a tensor; a loss takes one" in line, line
+    assert "index a tuple" in line

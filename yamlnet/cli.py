@@ -338,8 +338,11 @@ def cmd_expand(args) -> int:
 def cmd_summary(args) -> int:
     from .compiler.summary import format_summary, summary_rows
 
+    from .runtime.export import check_symbols
+
     dims = _dims(args.dim)
     result = _compile(args, args.spec)
+    check_symbols(result, dims, ())  # a --dim the inputs do not have is a typo, not ignored
     costs, note = None, ""
     if not args.no_costs:
         from .compiler.costs import missing_dims, node_costs
