@@ -346,7 +346,9 @@ def batches(loader, where):
         except (ConfigError, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - whatever a sample's decoding raised
-            raise DataFailure(f"{where()}: cannot load a batch: {_reason(err)}") from None
+            reason = _reason(err)
+            hint = "the samples differ in size: add a Resize to the transforms" if "equal size" in reason else ""
+            raise DataFailure(f"{where()}: cannot load a batch: {reason}", hint=hint) from None
         yield batch
 
 

@@ -20,6 +20,8 @@ class ids (written as PNGs by the CLI); anything else gives one column per value
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +179,8 @@ def _read_path(path: Path, specs, cfg, info: dict) -> tuple[list[str] | None, di
         return _read_csv(path, specs, cfg, info)
     try:
         return None, _read_arrays(path, ext)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError, EOFError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError, EOFError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as err:  # fmt: skip
         raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
 
 

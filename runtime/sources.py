@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -368,8 +369,9 @@ def read_arrays(path: str, fields: Fields, args: dict, where: str) -> dict[str, 
             out[name] = _as_target(torch.as_tensor(named[name]), args.get("task"), name)
         if any(t.dim() == 0 for t in out.values()):
             raise ValueError("inputs and targets need a first (sample) dimension")
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError, IndexError) as err:
-        raise ConfigError(f"cannot read {path}: {err}", path=where) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError, IndexError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as err:  # a truncated .npz is a BadZipFile  # fmt: skip
+        raise ConfigError(f"cannot read {path}: {first_line(err, 300)}", path=where) from None
     return out
 
 

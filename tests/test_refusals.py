@@ -374,3 +374,39 @@ def test_a_loss_on_an_output_that_is_a_tuple_names_it(tmp_path, capsys):
     rc, line = cli(capsys, "train", str(spec), "--out", str(tmp_path / "run"), "--max-steps", "1")
     assert rc == 2 and "the output 'pair' is a tuple of 2, not a tensor; a loss takes one" in line, line
     assert "index a tuple" in line
+
+
+@pytest.mark.parametrize("how", ["train", "predict"])
+def test_a_truncated_npz_is_one_line(how, tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import torch
+
+    import yamlnet
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("whole.npz", x=np.zeros((64, 1, 8, 8), np.float32), y=np.zeros(64, np.int64))
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    if how == "train":
+        args = ["train", str(DIGITS), "--set", "data.dataset=tensors", "--set", "data.train=cut.npz"]
+    else:
+        torch.save(yamlnet.compile(DIGITS).state_dict(), "m.pt")
+        args = ["predict", str(DIGITS), "--checkpoint", "m.pt", "--input", "cut.npz"]
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and "cannot read" in line and "cut.npz" in line, line
+
+
+def test_images_of_different_sizes_say_what_to_add(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    _png_folder(tmp_path / "img", {})
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img" / "b" / "big.png")
+    rc, line = cli(capsys, "train", str(SPECS / "resnet18.yaml"), "--out", "run", "--set", "classes=2",
+                   "--set", "size=8", "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}",
+                   "--set", "data.val_fraction=0", "--set", "data.num_workers=0", "--set", "data.transforms=[]",
+                   "--set", "data.val_transforms=[]", "--set", "data.batch_size=13", "--set", "train.metrics=[]",
+                   "--set", "train.monitor=null")  # fmt: skip
+    assert rc == 2 and "stack expects each tensor to be equal size" in line, line
+    assert "the samples differ in size: add a Resize to the transforms" in line
