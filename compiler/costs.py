@@ -39,8 +39,12 @@ def node_costs(result, dims: dict[str, int]) -> dict[str, NodeCost]:
     if missing:
         raise SpecError(f"costs need a size for {', '.join(missing)}", hint="give it with --dim NAME=SIZE")
     sizes = {"N": 1, **dims}
+    module = result.module
+    # inputs where the weights are: a module built on the meta device (as `summary` builds
+    # it) is counted without allocating a byte, whatever the sizes
+    device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
     inputs = [torch.zeros([sizes[d] if isinstance(d, str) else d for d in inp.shape],
-                          dtype=getattr(torch, inp.dtype)) for inp in result.spec.inputs]  # fmt: skip
+                          dtype=getattr(torch, inp.dtype), device=device) for inp in result.spec.inputs]  # fmt: skip
     flops: dict[str, int] = {}
     act: dict[str, int] = {}
 
@@ -58,7 +62,6 @@ def node_costs(result, dims: dict[str, int]) -> dict[str, NodeCost]:
                 act[name] = _bytes(out)
             return out
 
-    module = result.module
     was_training = module.training
     module.eval()
     try:

@@ -86,15 +86,16 @@ class OpDef:
 
     def instantiate(self, args: dict, device: str | None = None) -> Any:
         """The module (or parameter/buffer tensor) a node owns; None for functions."""
-        if self.kind == "module":
-            import torch
+        import torch
 
-            with torch.device(device or "cpu"):
+        device = device or torch.get_default_device()  # cpu, unless a `with torch.device(...)` says
+        if self.kind == "module":
+            with torch.device(device):
                 return self.target(**args)
         if self.kind in ("parameter", "buffer"):
             from .ops.tensors import make_tensor
 
-            return make_tensor(args, device or "cpu", learnable=self.kind == "parameter")
+            return make_tensor(args, device, learnable=self.kind == "parameter")
         return None
 
     def apply(self, built: Any, inputs: list, args: dict, call: dict) -> Any:

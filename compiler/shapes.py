@@ -24,6 +24,7 @@ Output: a copy of the graph whose op nodes also carry
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,7 +39,8 @@ from .registry import REGISTRY
 
 __all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "first_line", "SAMPLE_SIZES"]
 
-MAX_PARAMS = 10**12  # a spec asking for more is a typo, not a model
+MAX_PARAMS = 10**12  # one node asking for more is a typo, not a model
+TOTAL_PARAMS = 10**9  # the whole network, unless $YAMLNET_MAX_PARAMS says otherwise (4 GB as float32)
 SAMPLE_SIZES = (32, 64)  # base and alternate sample value of every symbolic dim (kept small:
 # recurrent ops on meta tensors take time proportional to the sequence length)
 
@@ -76,6 +78,7 @@ def infer_shapes(g: nx.DiGraph, registry=REGISTRY, oracle: ShapeOracle | None = 
             continue
         info = engine.infer(name)
         typed.nodes[name].update(type=info.type, args=info.args, params=info.params)
+    check_param_budget(typed, spec)
     for out, ref in spec.outputs:
         try:
             engine.type_of(ref)
@@ -356,6 +359,36 @@ def _structure(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return tuple(_structure(v) for v in value)
     return getattr(value, "ndim", None)
+
+
+def param_budget() -> int:
+    """The most parameters a network may have: TOTAL_PARAMS, or $YAMLNET_MAX_PARAMS."""
+    raw = os.environ.get("YAMLNET_MAX_PARAMS", "").strip().replace("_", "")
+    if not raw:
+        return TOTAL_PARAMS
+    try:
+        value = int(float(raw)) if "e" in raw.lower() else int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ShapeError(f"YAMLNET_MAX_PARAMS={raw!r} is not a positive number of parameters")
+    return value
+
+
+def check_param_budget(typed: nx.DiGraph, spec) -> None:
+    """The network's parameters, counted at validate from modules built on the meta device
+    (nothing allocated), against the budget: a spec that would take more memory than any
+    machine should be asked for is refused where it is checked, not by the kernel's OOM
+    killer when `compile` builds it. Located at the largest node."""
+    sizes = {name: data.get("params", 0) or 0 for name, data in typed.nodes(data=True)}
+    total, budget = sum(sizes.values()), param_budget()
+    if total <= budget:
+        return
+    largest = max(sizes, key=sizes.get)
+    node = next((n for n in spec.nodes if n.name == largest), None)
+    raise ShapeError(f"the network would have {total:,} parameters ({largest} alone {sizes[largest]:,}); "
+                     f"the limit is {budget:,}", node.loc if node else None, node.path if node else "",
+                     "set YAMLNET_MAX_PARAMS to allow more")  # fmt: skip
 
 
 def _float_weights(built: Any) -> bool:

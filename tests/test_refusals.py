@@ -410,3 +410,38 @@ def test_images_of_different_sizes_say_what_to_add(tmp_path, capsys, monkeypatch
                    "--set", "train.monitor=null")  # fmt: skip
     assert rc == 2 and "stack expects each tensor to be equal size" in line, line
     assert "the samples differ in size: add a Resize to the transforms" in line
+
+
+def test_summary_costs_a_huge_input_without_allocating_it(capsys):
+    """MACs and activation sizes come from shapes on the meta device: a batch of ten
+    million digits (tens of GB of activations) is costed in bounded memory."""
+    from yamlnet.cli import main
+
+    before = _max_rss_mb()
+    with time_limit(HANG_S):
+        rc = main(["summary", str(DIGITS), "--dim", "N=10000000", "--format", "json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    import json
+
+    rows = json.loads(out)["nodes"]
+    assert rows[0]["activation_bytes"] >= 10_000_000 * 4  # the first node's output alone: 40 MB and up
+    assert _max_rss_mb() - before < 1000
+
+
+def test_the_parameter_budget_is_counted_without_memory_and_can_be_raised(monkeypatch):
+    """tests/hostile/param_budget.yaml (1.2e9 parameters) is refused by default; with
+    YAMLNET_MAX_PARAMS above it, it validates, still without allocating its 4.8 GB."""
+    from yamlnet.compiler.compile import compile_spec
+    from yamlnet.compiler.errors import SpecError
+
+    spec = SPECS.parent / "tests" / "hostile" / "param_budget.yaml"
+    before = _max_rss_mb()
+    with pytest.raises(SpecError, match="the limit is 1,000,000,000"):
+        compile_spec(spec, build=False)
+    monkeypatch.setenv("YAMLNET_MAX_PARAMS", "2e9")
+    assert compile_spec(spec, build=False).module is None
+    assert _max_rss_mb() - before < 1000
+    monkeypatch.setenv("YAMLNET_MAX_PARAMS", "lots")
+    with pytest.raises(SpecError, match="YAMLNET_MAX_PARAMS='lots' is not a positive number"):
+        compile_spec(spec, build=False)

@@ -351,7 +351,10 @@ def cmd_summary(args) -> int:
         if missing:
             note = f"(MACs and activations need sizes: --dim {missing[0]}=SIZE{' ...' * (len(missing) > 1)})"
         else:
-            result = _compile(args, args.spec, build=True)
+            import torch
+
+            with torch.device("meta"):  # weights and activations as shapes only: no memory
+                result = _compile(args, args.spec, build=True)
             costs = node_costs(result, dims)
     sizes = {"N": 1, **dims} if costs is not None else None
     print(format_summary(result, summary_rows(result, costs), args.format, sizes, note), end="")
