@@ -376,7 +376,7 @@ def _check(merged: dict, locs: dict) -> None:
     problems: list[Diagnostic] = []
     problems += _problems(merged["train"], train_schema(), ("train",), locs)
     dataset = merged["data"].get("dataset", DATA_PROPS["dataset"]["default"])
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or dataset not in DATASETS:
         path = ("data", "dataset")
         hint = did_you_mean(str(dataset), DATASETS) or "sources: " + ", ".join(DATASETS)
         problems.append(Diagnostic(f"unknown dataset '{dataset}'", nearest_loc(locs, path), "data.dataset",

@@ -200,6 +200,9 @@ def _groups(args: dict, names: list[str], header: bool) -> tuple[dict, dict]:
     taken = {col for cols in targets.values() for col in cols}
     if args.get("input_fields") is None:
         inputs = {args["x"]: [n for n in names if n not in taken]}
+        if not inputs[args["x"]]:
+            raise TableError(f"the file has {len(names)} column{'s' * (len(names) != 1)}, all of them targets: "
+                             "no input columns", "inputs are every column but the target")  # fmt: skip
     else:
         inputs = _grouped(args["input_fields"], names, header)
     _check_apart(inputs, targets, taken)

@@ -51,6 +51,9 @@ MISSING = frozenset({"", "na", "nan", "n/a", "null"})  # no value, in a column o
 MAX_ONEHOT = 1000  # categories a column may one-hot into; beyond, `index` and an Embedding
 
 
+MAX_CLASS_ID = 2**31  # a larger "class id" (1e300) is a value, not a class: it would wrap in int64
+
+
 class TableError(ValueError):
     """What is wrong in a file's contents, with a hint; `file_errors` locates it."""
 
@@ -326,11 +329,12 @@ def _class_ids(col: str, classes: list, cells: list[str], lines: list[int]) -> n
 
 
 def _label_ids(col: str, values: np.ndarray, cells: list[str], lines: list[int]) -> np.ndarray:
-    bad = (values != np.round(values)) | (values < 0)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values >= MAX_CLASS_ID)
     if bad.any():
         i = int(np.argmax(bad))
         raise TableError(f"column '{col}' has {cells[i]!r} on line {lines[i]}, not a class id "
-                         "(a whole number >= 0)")  # fmt: skip
+                         f"(a whole number from 0 below {MAX_CLASS_ID:,})")  # fmt: skip
     return values.astype(np.int64)
 
 

@@ -498,7 +498,7 @@ HOUSES = "age,size,color,price\n30,1.5,red,100\n40,2.5,blue,200\n50,3,green,300\
      "classes (classes: x, y)"),
     ({"t.csv": "a,y\n1,0\n2,1\n", "v.csv": "a,y\n3,1.5\n"}, {"val": "v.csv"},
      "data.val: cannot read v.csv: column 'y' has '1.5' on line 2, not a class id (a whole "
-     "number >= 0)"),
+     "number from 0 below 2,147,483,648)"),
     ({"t.csv": "a,y\n1,0\n", "v.npz": ""}, {"val": "v.npz"},
      "data.val: train and val files differ in format (give both as .csv, or both as .pt/.npz)"),
 ])  # fmt: skip

@@ -445,3 +445,14 @@ def test_the_parameter_budget_is_counted_without_memory_and_can_be_raised(monkey
     monkeypatch.setenv("YAMLNET_MAX_PARAMS", "lots")
     with pytest.raises(SpecError, match="YAMLNET_MAX_PARAMS='lots' is not a positive number"):
         compile_spec(spec, build=False)
+
+
+@pytest.mark.parametrize("label", ["1e300", "3000000000"])
+def test_a_class_label_too_large_to_be_a_class_is_refused(label, tmp_path, capsys, monkeypatch):
+    """A whole number past 2**31 in a classification target would wrap in int64."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(12))
+                                    + f"5,1,{label}\n")  # fmt: skip
+    rc, line = cli(capsys, "train", str(DIGITS), "--set", "data.dataset=tensors", "--set", "data.train=d.csv",
+                   "--set", "data.task=classification")  # fmt: skip
+    assert rc == 2 and f"has '{label}' on line 14, not a class id (a whole number from 0 below 2,147,483,648)" in line, line
