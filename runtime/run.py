@@ -145,7 +145,8 @@ class FolderLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
-            holder = fh.read(200).strip() or "another process"
+            said = "".join(c for c in fh.read(200) if c.isprintable()).strip()  # echoed: no controls
+            holder = said or "another process"
             fh.close()
             raise ConfigError(f"{folder} is being trained by {holder}",
                               hint="wait for it to end, or choose another --out") from None  # fmt: skip
