@@ -147,10 +147,26 @@ def _transform(item: dict, known: dict, where: str):
         raise ConfigError(f"unknown transform '{name}'", path=f"{where}.name",
                           hint=did_you_mean(name, known) or "see torchvision.transforms.v2")  # fmt: skip
     check_kwargs(known[name], kwargs, where)
+    _check_sizes(name, kwargs, where)
     try:
         return known[name](**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: {err}", path=where) from None
+
+
+MAX_SIDE = 16384  # pixels a side a transform may make: Resize to 30000x30000 is 10 GB a float image
+
+
+def _check_sizes(name: str, kwargs: dict, where: str) -> None:
+    """Output sizes (Resize, crops, padding) within MAX_SIDE pixels a side, so one sample
+    cannot ask for gigabytes."""
+    for key in ("size", "max_size", "padding"):
+        value = kwargs.get(key)
+        sides = value if isinstance(value, (list, tuple)) else [value]
+        for side in sides:
+            if isinstance(side, (int, float)) and not isinstance(side, bool) and side > MAX_SIDE:
+                raise ConfigError(f"{name} {key} {side} is past {MAX_SIDE:,} pixels a side", path=f"{where}.{key}",
+                                  hint="a sample that large takes gigabytes; is it a typo?")  # fmt: skip
 
 
 def check_kwargs(target, kwargs: dict, where: str) -> None:

@@ -456,3 +456,14 @@ def test_a_class_label_too_large_to_be_a_class_is_refused(label, tmp_path, capsy
     rc, line = cli(capsys, "train", str(DIGITS), "--set", "data.dataset=tensors", "--set", "data.train=d.csv",
                    "--set", "data.task=classification")  # fmt: skip
     assert rc == 2 and f"has '{label}' on line 14, not a class id (a whole number from 0 below 2,147,483,648)" in line, line
+
+
+@pytest.mark.parametrize("transform, says", [
+    ("{name: Resize, size: [30000, 30000]}", "Resize size 30000 is past 16,384 pixels a side"),
+    ("{name: CenterCrop, size: 100000}", "CenterCrop size 100000 is past 16,384 pixels a side"),
+    ("{name: Pad, padding: 50000}", "Pad padding 50000 is past 16,384 pixels a side"),
+])  # fmt: skip
+def test_a_transform_that_would_make_gigabyte_samples_is_refused(transform, says, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--set", f"data.transforms=[{transform}]")
+    assert rc == 2 and "data.transforms[0]" in line and says in line, line
