@@ -356,8 +356,9 @@ def _strict_int(checker, value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# JSON Schema counts 16.0 as an integer; PyTorch constructors do not.
-_ArgValidator = validators.extend(
+# JSON Schema counts 16.0 as an integer; PyTorch constructors, a DataLoader and range() do not
+# (op arguments and the run configuration are both checked with it)
+StrictValidator = validators.extend(
     Draft202012Validator,
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_int),
 )
@@ -366,7 +367,7 @@ _ArgValidator = validators.extend(
 def _arg_validator(op: str, key: str, schema: dict) -> Draft202012Validator:
     v = _ARG_VALIDATORS.get((op, key))
     if v is None:
-        v = _ARG_VALIDATORS[(op, key)] = _ArgValidator(schema)
+        v = _ARG_VALIDATORS[(op, key)] = StrictValidator(schema)
     return v
 
 

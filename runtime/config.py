@@ -18,11 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
 
 from ..compiler.errors import Diagnostic, Location, did_you_mean, not_a_regular_file
 from ..compiler.load import Document, load_document, nearest_loc
-from ..compiler.validate import explain_schema_error, format_path, schema_error_path
+from ..compiler.validate import StrictValidator, explain_schema_error, format_path, schema_error_path
 from .data import DATASETS
 from .errors import ArgLocation, ConfigError
 
@@ -387,14 +386,9 @@ def _check(merged: dict, locs: dict) -> None:
         raise ConfigError(diagnostics=problems)
 
 
-# jsonschema counts 1000.0 (YAML `1e3`) as an integer; a DataLoader or range() does not
-_StrictInts = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
-    "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)))  # fmt: skip
-
-
 def _problems(body: dict, schema: dict, base: tuple, locs: dict) -> list[Diagnostic]:
     out = []
-    for err in sorted(_StrictInts(schema).iter_errors(body), key=lambda e: list(e.path)):
+    for err in sorted(StrictValidator(schema).iter_errors(body), key=lambda e: list(e.path)):
         err = _branch_error(err)
         path = base + schema_error_path(err)
         message, hint = explain_schema_error(err)
