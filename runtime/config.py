@@ -18,10 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ..compiler.errors import Diagnostic, Location, did_you_mean, not_a_regular_file
 from ..compiler.load import Document, load_document, nearest_loc
-from ..compiler.validate import StrictValidator, explain_schema_error, format_path, schema_error_path
+from ..compiler.validate import (
+    StrictValidator,
+    explain_schema_error,
+    format_path,
+    schema_error_path,
+)
 from .data import DATASETS
 from .errors import ArgLocation, ConfigError
 
