@@ -369,9 +369,9 @@ def batches(loader, where):
 
 
 def _reason(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "Original Traceback" in text and lines:  # a worker's: its last line is the error itself
+    said = str(err).strip()
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    if "Original Traceback" in said and lines:  # a worker's: its last line is the error itself
         return lines[-1][:300]
     first = lines[0][:300] if lines else ""
     return f"{type(err).__name__}: {first}" if first else type(err).__name__

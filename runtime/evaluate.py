@@ -54,7 +54,7 @@ class Evaluator:
         metrics = self.task.new_metrics(dev)
         batches_done = 0
         try:
-            for batch in batches(loader, lambda: f"{prefix}: batch {batches_done + 1}"):
+            for batch in batches(loader, lambda: f"{prefix}: batch {batches_done + 1}"):  # noqa: B023 - the count now
                 try:
                     sums += self._batch(to_device(dev, batch, self.task.fields), metrics)
                 except (RuntimeError, IndexError, ValueError) as err:  # a label past the classes, say

@@ -38,8 +38,8 @@ def unigram_entropy(data: bytes) -> float:
 def bigram_cross_entropy(train: bytes, test: bytes, k: float = 0.01) -> float:
     """Nats per byte of `test` (after its first byte) under byte-given-previous-byte counts
     from `train`, each pair count plus `k`."""
-    pairs, firsts = Counter(zip(train, train[1:])), Counter(train[:-1])
-    nll = -sum(math.log((pairs[a, b] + k) / (firsts[a] + 256 * k)) for a, b in zip(test, test[1:]))
+    pairs, firsts = Counter(zip(train[:-1], train[1:], strict=True)), Counter(train[:-1])
+    nll = -sum(math.log((pairs[a, b] + k) / (firsts[a] + 256 * k)) for a, b in zip(test[:-1], test[1:], strict=True))
     return nll / (len(test) - 1)
 
 

@@ -337,7 +337,6 @@ def cmd_expand(args) -> int:
 
 def cmd_summary(args) -> int:
     from .compiler.summary import format_summary, summary_rows
-
     from .runtime.export import check_symbols
 
     dims = _dims(args.dim)
