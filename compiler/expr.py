@@ -33,7 +33,9 @@ __all__ = ["Scope", "evaluate", "resolve", "MAX_EXPR_CHARS"]
 
 MAX_EXPR_CHARS = 400
 MAX_INT = 2**63
-MAX_LEN = 100_000
+MAX_LEN = 100_000  # the size of one value: characters of a string, or every item of a
+# list or mapping counted in full, nested ones included, as often as they occur (a list
+# that holds another twice counts it twice: that is what formatting or comparing it costs)
 _EXPR = re.compile(r"\$\{([^{}]*)\}")
 
 
@@ -58,7 +60,7 @@ def resolve(value: Any, scope: Scope, loc: Location | None, path: str) -> Any:
             return evaluate(whole.group(1), scope, loc, path)
         if value.count("${") != len(_EXPR.findall(value)):
             raise ExprError(f"unterminated or nested expression in '{_short(value)}'", loc, path)
-        return _EXPR.sub(lambda m: _format(evaluate(m.group(1), scope, loc, path)), value)
+        return _interpolate(value, scope, loc, path)
     if isinstance(value, list):
         return [resolve(v, scope, loc, path) for v in value]
     if isinstance(value, dict):
@@ -90,6 +92,54 @@ def evaluate(text: str, scope: Scope, loc: Location | None = None, path: str = "
         raise ExprError(err.diagnostics[0].message, loc, path, err.diagnostics[0].hint) from None
     except RecursionError:
         raise ExprError(f"expression '${{{_short(src)}}}' is nested too deeply", loc, path) from None
+
+
+def _interpolate(value: str, scope: Scope, loc: Location | None, path: str) -> str:
+    """Format each `${...}` of a longer string into it; the string as a whole is bounded
+    like any one value, checked as it grows."""
+    parts, total, at = [], 0, 0
+    for match in _EXPR.finditer(value):
+        result = evaluate(match.group(1), scope, loc, path)
+        if size_of(result) > MAX_LEN:  # a list or mapping, formatted below
+            raise ExprError(f"result is larger than {MAX_LEN:,} items", loc, path)
+        for piece in (value[at : match.start()], _format(result)):
+            total += len(piece)
+            if total > MAX_LEN:
+                raise ExprError(f"the string is longer than {MAX_LEN:,} characters", loc, path)
+            parts.append(piece)
+        at = match.end()
+    parts.append(value[at:])
+    if total + len(parts[-1]) > MAX_LEN:
+        raise ExprError(f"the string is longer than {MAX_LEN:,} characters", loc, path)
+    return "".join(parts)
+
+
+def size_of(value: Any, limit: int = MAX_LEN, memo: dict | None = None) -> int:
+    """The size of a value as formatting or comparing it would walk it: a string's
+    characters, a list's or mapping's items in full (shared ones as often as they occur),
+    1 for anything else. Each distinct list is walked once, so this is cheap even when the
+    answer is huge; it stops counting past `limit`."""
+    memo = {} if memo is None else memo
+    return _size(value, limit, memo)
+
+
+def _size(value: Any, limit: int, memo: dict) -> int:
+    if isinstance(value, str):
+        return max(1, len(value))
+    if not isinstance(value, (list, tuple, dict)):
+        return 1
+    known = memo.get(id(value))
+    if known is not None:
+        return known[1]
+    memo[id(value)] = (value, limit + 1)  # a value that holds itself counts as too large
+    items = [x for kv in value.items() for x in kv] if isinstance(value, dict) else value
+    total = 1
+    for item in items:
+        total += _size(item, limit, memo)
+        if total > limit:
+            break
+    memo[id(value)] = (value, total)  # the value is kept so its id is not reused
+    return total
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -184,6 +234,7 @@ class _Interpreter:
     def __init__(self, scope: Scope, src: str):
         self.scope = scope
         self.src = src
+        self.sizes: dict = {}  # id -> (list, size) for the lists this expression has seen
 
     def visit(self, node: ast.AST) -> Any:
         method = getattr(self, "visit_" + type(node).__name__, None)
@@ -194,14 +245,18 @@ class _Interpreter:
             )
         return self._check(method(node))
 
-    @staticmethod
-    def _check(value: Any) -> Any:
+    def _check(self, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
             raise ExprError("integer result is too large (limit 2**63)")
         if isinstance(value, float) and not math.isfinite(value):
             raise ExprError("result is not a finite number")
-        if isinstance(value, (str, list)) and len(value) > MAX_LEN:
-            raise ExprError(f"result is longer than {MAX_LEN} items")
+        if isinstance(value, str) and len(value) > MAX_LEN:
+            raise ExprError(f"the string is longer than {MAX_LEN:,} characters")
+        if isinstance(value, (list, dict)) and _size(value, MAX_LEN, self.sizes) > MAX_LEN:
+            raise ExprError(
+                f"result is larger than {MAX_LEN:,} items, nested lists counted in full",
+                hint="a list that holds another list twice holds its items twice",
+            )
         return value
 
     def visit_Constant(self, node: ast.Constant) -> Any:
@@ -235,8 +290,8 @@ class _Interpreter:
         if op not in _BINOPS:
             raise ExprError(f"operator {ast.unparse(node)} is not allowed")
         if op is ast.Add and type(left) is type(right) and isinstance(left, (str, list)):
-            if len(left) + len(right) > MAX_LEN:
-                raise ExprError(f"result is longer than {MAX_LEN} items")
+            if len(left) + len(right) > MAX_LEN:  # before the copy is made
+                raise ExprError(f"result is longer than {MAX_LEN:,} items")
             return left + right
         if not (_number(left) and _number(right)):
             sym = next((v for v in (left, right) if isinstance(v, str)), None)
@@ -302,9 +357,9 @@ class _Interpreter:
         except (KeyError, IndexError):
             if isinstance(value, dict):
                 keys = ", ".join(map(str, list(value)[:12])) + (" ..." if len(value) > 12 else "")
-                raise ExprError(f"no key {key!r} in '{ast.unparse(node)}'",
+                raise ExprError(f"no key {_short(repr(key))} in '{ast.unparse(node)}'",
                                 hint=did_you_mean(str(key), value) or f"keys: {keys}") from None  # fmt: skip
-            raise ExprError(f"index {key!r} out of range in '{ast.unparse(node)}'") from None
+            raise ExprError(f"index {_short(repr(key))} out of range in '{ast.unparse(node)}'") from None
         raise ExprError(f"cannot index {_type(value)} with {_type(key)}")
 
     def visit_Call(self, node: ast.Call) -> Any:

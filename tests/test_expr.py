@@ -95,3 +95,45 @@ def test_error_is_located():
     with pytest.raises(ExprError) as info:
         resolve("${nope}", Scope({}), Location("f.yaml", 3, 9), "nodes.fc.out_features")
     assert str(info.value) == "f.yaml:3:9: nodes.fc.out_features: unknown name 'nope'"
+
+
+def test_size_counts_shared_lists_in_full():
+    """A list that holds another twice costs twice its items to format or compare, so it
+    counts twice; the count itself walks each distinct list once."""
+    from yamlnet.compiler.expr import MAX_LEN, size_of
+
+    leaf = list(range(8))
+    value = leaf
+    for _ in range(40):  # 8 * 2**40 items when written out
+        value = [value, value]
+    assert size_of(leaf) == 9
+    assert size_of([leaf, leaf]) == 19
+    assert size_of({"a": "xyz"}) == 5
+    assert size_of(value) > MAX_LEN  # and returns at once: the count stops past the limit
+
+
+def test_shared_lists_are_refused_before_they_are_walked():
+    import time
+
+    names = {"l0": list(range(8))}
+    for i in range(1, 40):
+        try:
+            names[f"l{i}"] = ev(f"[l{i - 1}, l{i - 1}]", **names)
+        except ExprError as err:
+            assert "larger than 100,000 items" in str(err)
+            break
+    else:
+        pytest.fail("2**39 nested items were accepted")
+    assert 2**i * 8 > 100_000 >= 2 ** (i - 1) * 8
+    start = time.process_time()
+    assert ev(f"l{i - 1} == l{i - 1}[:]", **names)  # a bounded comparison
+    assert time.process_time() - start < 5
+
+
+def test_interpolated_string_is_bounded_as_a_whole():
+    s = "a" * 60_000
+    assert len(resolve("${s}-", Scope({"s": s}), None, "")) == 60_001
+    with pytest.raises(ExprError, match="string is longer than 100,000 characters"):
+        resolve("${s}${s}", Scope({"s": s}), None, "")
+    with pytest.raises(ExprError, match="larger than 100,000 items"):
+        resolve("x${l}", Scope({"l": [list(range(60_000))] * 2}), None, "")
