@@ -21,8 +21,11 @@ resumed run see exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import inspect
+import os
 import random
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +158,55 @@ def _transform(item: dict, known: dict, where: str):
 
 
 MAX_SIDE = 16384  # pixels a side a transform may make: Resize to 30000x30000 is 10 GB a float image
+MAX_PIXELS = 40_000_000  # pixels of one decoded image, unless $YAMLNET_MAX_IMAGE_PIXELS says
+# otherwise: 480 MB as a float RGB tensor. A PNG of a few kilobytes can claim 30000x30000.
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more pixels than the limit; raised before decoding."""
+
+
+def image_pixel_limit() -> int:
+    """The most pixels one image may have: MAX_PIXELS, or $YAMLNET_MAX_IMAGE_PIXELS."""
+    raw = os.environ.get("YAMLNET_MAX_IMAGE_PIXELS", "").strip().replace("_", "")
+    if not raw:
+        return MAX_PIXELS
+    try:
+        value = int(float(raw)) if "e" in raw.lower() else int(raw)
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise ConfigError(f"YAMLNET_MAX_IMAGE_PIXELS={raw[:40]!r} is not a positive number of pixels")
+    return value
+
+
+def check_pixels(path: str, size: tuple[int, int]) -> None:
+    """Refuse an image of `size` (width, height) past the pixel limit."""
+    limit = image_pixel_limit()
+    if size[0] * size[1] > limit:
+        raise ImageTooLarge(f"{path}: {size[0]}x{size[1]} is more than {limit:,} pixels "
+                            "(set YAMLNET_MAX_IMAGE_PIXELS to allow more)")  # fmt: skip
+
+
+@contextmanager
+def open_image(path: str):
+    """PIL's image at `path`, its size checked against the pixel limit from the header,
+    before any pixel is decoded."""
+    from PIL import Image
+
+    limit = image_pixel_limit()
+    if limit > (Image.MAX_IMAGE_PIXELS or 0):  # PIL's own guard refuses at twice its value
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{path}: more than {limit:,} pixels "
+                            "(set YAMLNET_MAX_IMAGE_PIXELS to allow more)") from None  # fmt: skip
+    with image:
+        check_pixels(path, image.size)
+        yield image
 
 
 def _check_sizes(name: str, kwargs: dict, where: str) -> None:

@@ -16,7 +16,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import IMAGE, MASK, Fields, Splits, Table, register_dataset, split
+from .data import (
+    IMAGE,
+    MASK,
+    Fields,
+    ImageTooLarge,
+    Splits,
+    Table,
+    open_image,
+    register_dataset,
+    split,
+)
 from .errors import ConfigError
 from .sources import SPLIT_ARGS
 
@@ -85,9 +95,7 @@ def _folder(args: dict, key: str) -> SegmentationFolder:
 def _read_image(path: str, channels: int | None) -> torch.Tensor:
     """[C, H, W] float32 in [0, 1]. 16-bit grayscale is scaled here: PIL's conversions
     would clip it to 8 bits."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode in SIXTEEN_BIT:
             gray = torch.from_numpy(np.asarray(im).astype(np.float32) / 65535)  # [H, W]
             return gray.expand(channels or 1, *gray.shape).clone()
@@ -177,11 +185,11 @@ def _check_pair(image: str, mask: str, args: dict, key: str) -> None:
 
 def _header(path: str, where: str) -> tuple[tuple[int, int], str]:
     """((width, height), PIL mode) without decoding the pixels."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.size, im.mode
+    except ImageTooLarge as err:
+        raise ConfigError(str(err), path=where) from None
     except OSError as err:  # PIL's UnidentifiedImageError is one
         raise ConfigError(f"cannot read {path}: {err}", path=where) from None
 
@@ -199,9 +207,7 @@ def _check_ids(mask: str, classes: int, ignore: int | None, where: str) -> None:
 
 def _mask_array(path: str) -> np.ndarray:
     """A mask's class ids, [H, W]: palette masks give their indices, not their colours."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with open_image(path) as im:
         return np.asarray(im)
 
 

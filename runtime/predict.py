@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .checkpoint import loaded_problem
-from .data import build_transforms
+from .data import ImageTooLarge, build_transforms, open_image
 from .errors import ConfigError
 from .evaluate import IMAGE_EXTENSIONS, output_index, session
 from .tasks import as_tuple, loss_items
@@ -239,7 +239,7 @@ def read_images(path: Path, transforms: list[dict], channels) -> tuple[list[str]
     """Images under `path` (recursively, sorted by relative path), or the one image it
     names, decoded as training decodes them and passed through `transforms` (the run's
     val_transforms)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     from .sources import to_tensor
 
@@ -253,8 +253,10 @@ def read_images(path: Path, transforms: list[dict], channels) -> tuple[list[str]
     out = []
     for f in files:
         try:
-            with Image.open(f) as img:
+            with open_image(str(f)) as img:
                 img = img.convert(mode) if mode else img.copy()
+        except ImageTooLarge as err:
+            raise ConfigError(str(err)) from None
         except (OSError, UnidentifiedImageError) as err:
             raise ConfigError(f"cannot read image {f}: {err}") from None
         x = decode(img)

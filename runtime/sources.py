@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..compiler.errors import did_you_mean, not_a_regular_file
 from .checkpoint import loaded_problem
-from .data import IMAGE, Fields, Splits, Table, register_dataset, split
+from .data import IMAGE, Fields, ImageTooLarge, Splits, Table, open_image, register_dataset, split
 from .errors import ConfigError, first_line
 from .tables import Rows, TableError, align, encode_rows, file_errors, fit_encoding, read_csv
 
@@ -273,7 +273,7 @@ def _image_folder(args: dict) -> Splits:
         if not os.path.isdir(path):
             raise ConfigError(f"no such folder: {path}", path=f"data.{key}")
         try:
-            return Labelled(ImageFolder(path, transform=to_tensor()))
+            return Labelled(ImageFolder(path, transform=to_tensor(), loader=load_rgb))
         except (FileNotFoundError, RuntimeError) as err:
             raise ConfigError(f"cannot read images under {path}: {err}", path=f"data.{key}") from None
 
@@ -298,7 +298,7 @@ class Labelled(Dataset):
             image, label = self.base[i]
         except (OSError, ValueError, SyntaxError) as err:  # PIL's words for a damaged file
             files = getattr(self.base, "samples", None)  # ImageFolder's (path, class) pairs
-            if files is None:
+            if files is None or isinstance(err, ImageTooLarge):  # the latter names its file
                 raise
             raise ValueError(f"{files[i][0]}: {first_line(err)}") from None
         return {"image": image, "label": torch.as_tensor(label, dtype=torch.int64)}
@@ -325,6 +325,12 @@ def _torchvision(args: dict) -> Splits:
         raise ConfigError(f"{args['name']}: {err}", path="data.root",
                           hint="set data.download: true where the network allows it") from None
     return Splits(train, test, IMAGES)
+
+
+def load_rgb(path: str):
+    """ImageFolder's loader: the image as RGB, its size checked before it is decoded."""
+    with open_image(path) as image:
+        return image.convert("RGB")
 
 
 def to_tensor():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,87 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+# -- a refusal measured in a child process ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Child:
+    """What a function run by `in_child` did: its return value as an exit code (None if
+    it was killed for running past the limit), what it printed, and what it cost."""
+
+    rc: int | None
+    out: str
+    err: str
+    cpu_s: float  # user + system time of the child alone
+    extra_mb: float  # its peak resident memory above what it started with
+
+
+def in_child(fn, limit_s: float = 120.0) -> Child:
+    """Run `fn()` in a forked copy of this process (imports already done, the current
+    folder and environment as set) and measure it from outside: CPU seconds and peak
+    memory from the kernel's accounting of the child (wait4), so one case's cost is not
+    hidden by what the test process did before. The child runs torch on one thread (a
+    fork of a process that used OpenMP's pool must not use it). An exception escaping
+    `fn` is written to `err` as a traceback, with rc -1; past `limit_s` the child is
+    killed and rc is None."""
+    import json
+    import tempfile
+    import time
+    import traceback
+
+    if not hasattr(os, "fork") or not Path("/proc/self/statm").exists():
+        pytest.skip("measuring a child needs fork and /proc (Linux)")
+    with tempfile.TemporaryDirectory(prefix="yamlnet-child-") as tmp:
+        out_path, err_path, result_path = (os.path.join(tmp, n) for n in ("out", "err", "result"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 0
+            try:
+                import torch
+
+                torch.set_num_threads(1)
+                start_mb = _resident_mb()
+                out = open(out_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by _exit's flush below
+                err = open(err_path, "w", encoding="utf-8")  # noqa: SIM115
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout, sys.stderr = out, err
+                try:
+                    rc = fn()
+                except BaseException:  # noqa: BLE001 - reported to the parent as rc -1
+                    traceback.print_exc(file=err)
+                    rc = -1
+                out.flush()
+                err.flush()
+                with open(result_path, "w", encoding="utf-8") as f:
+                    json.dump({"rc": rc if isinstance(rc, int) else -1, "start_mb": start_mb}, f)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + limit_s
+        while True:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                done, status, usage = os.wait4(pid, 0)
+                break
+            time.sleep(0.02)
+        read = lambda p: Path(p).read_text(encoding="utf-8", errors="replace") if os.path.exists(p) else ""  # noqa: E731
+        result = json.loads(read(result_path) or "{}")
+        rc = result.get("rc")
+        if os.WIFSIGNALED(status) and rc is None and time.monotonic() <= deadline:
+            rc = -os.WTERMSIG(status)  # killed by something else (the OOM killer)
+        return Child(rc, read(out_path), read(err_path), usage.ru_utime + usage.ru_stime,
+                     usage.ru_maxrss / 1024 - result.get("start_mb", 0.0))  # fmt: skip
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

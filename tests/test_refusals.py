@@ -13,23 +13,42 @@ import re
 
 import pytest
 
-from .conftest import SPECS, time_limit
+from .conftest import SPECS, in_child
 
 HANG_S = 60.0  # a guard against hangs only: each case takes well under a second of work
+CPU_S = 5.0  # what refusing may cost: CPU seconds of the process that refuses
+EXTRA_MB = 1000  # and its peak memory above what it started with
 DIGITS = SPECS / "digits_cnn.yaml"
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """`yamlnet ARGS` in this process: (exit code, the one line it printed to stderr)."""
+@pytest.fixture(scope="module", autouse=True)
+def _imports_done():
+    """What every command imports on its way is imported once here, before the cases
+    fork, so a case's cost is the cost of refusing."""
+    import torchmetrics  # noqa: F401
+    import torchvision  # noqa: F401
+
+    from yamlnet.cli import main  # noqa: F401
+
+
+def cli(capsys, *args: str, cpu_s: float = CPU_S) -> tuple[int, str]:
+    """`yamlnet ARGS` in a forked child of this process: (exit code, the one line it
+    printed to stderr). It must exit 2 or 0, print no traceback and no raw control
+    character, and stay within `cpu_s` CPU seconds and EXTRA_MB of extra memory,
+    measured by the kernel for the child."""
     from yamlnet.cli import main
 
-    with time_limit(HANG_S):
-        rc = main(list(args))
-    err = capsys.readouterr().err
+    child = in_child(lambda: main(list(args)), limit_s=HANG_S)
+    assert child.rc is not None, f"yamlnet {' '.join(args)} hangs (killed after {HANG_S} s)"
+    err = child.err
     assert "Traceback" not in err and "internal error" not in err, err
+    assert not CONTROL.search(err), f"raw control characters in {err!r}"
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    return rc, lines[0]
+    assert child.cpu_s < cpu_s, f"{child.cpu_s:.1f} s of CPU to say: {lines[0]}"
+    assert child.extra_mb < EXTRA_MB, f"{child.extra_mb:.0f} MB more memory to say: {lines[0]}"
+    return child.rc, lines[0]
 
 
 @pytest.fixture
@@ -148,12 +167,6 @@ def test_export_flags_are_checked_before_any_work(flags, expected, tmp_path, cap
 # -- tensors that claim more than they hold, checkpoints no run wrote ----------------------
 
 
-def _max_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _stride_zero():
     import torch
 
@@ -168,7 +181,6 @@ def test_a_stride_zero_tensor_is_refused_before_it_is_copied(how, tmp_path, caps
     from yamlnet.runtime.checkpoint import FORMAT, VERSION
 
     monkeypatch.chdir(tmp_path)
-    before = _max_rss_mb()
     if how == "weights":
         torch.save({"conv1.weight": _stride_zero()}, "w.pt")
         args = ["eval", str(DIGITS), "--checkpoint", "w.pt"]
@@ -188,7 +200,7 @@ def test_a_stride_zero_tensor_is_refused_before_it_is_copied(how, tmp_path, caps
     assert all(os.path.getsize(p) < 100_000 for p in tmp_path.glob("[wcdx].pt"))  # kilobytes on disk
     rc, line = cli(capsys, *args)
     assert rc == 2 and re.search(r"of shape \[1000000000\] over [48] bytes of storage \(a stride-0 view\)", line), line
-    assert _max_rss_mb() - before < 1000, "the tensor was materialised"
+    # (cli() checked the child's extra memory: a materialised tensor would be 4 GB)
 
 
 def test_a_checkpoint_nested_past_the_limit_is_refused(tmp_path, capsys):
@@ -412,21 +424,18 @@ def test_images_of_different_sizes_say_what_to_add(tmp_path, capsys, monkeypatch
     assert "the samples differ in size: add a Resize to the transforms" in line
 
 
-def test_summary_costs_a_huge_input_without_allocating_it(capsys):
+def test_summary_costs_a_huge_input_without_allocating_it():
     """MACs and activation sizes come from shapes on the meta device: a batch of ten
     million digits (tens of GB of activations) is costed in bounded memory."""
     from yamlnet.cli import main
 
-    before = _max_rss_mb()
-    with time_limit(HANG_S):
-        rc = main(["summary", str(DIGITS), "--dim", "N=10000000", "--format", "json"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    child = in_child(lambda: main(["summary", str(DIGITS), "--dim", "N=10000000", "--format", "json"]), HANG_S)
+    assert child.rc == 0, child.err
     import json
 
-    rows = json.loads(out)["nodes"]
+    rows = json.loads(child.out)["nodes"]
     assert rows[0]["activation_bytes"] >= 10_000_000 * 4  # the first node's output alone: 40 MB and up
-    assert _max_rss_mb() - before < 1000
+    assert child.extra_mb < EXTRA_MB and child.cpu_s < CPU_S, child
 
 
 def test_the_parameter_budget_is_counted_without_memory_and_can_be_raised(monkeypatch):
@@ -436,12 +445,12 @@ def test_the_parameter_budget_is_counted_without_memory_and_can_be_raised(monkey
     from yamlnet.compiler.errors import SpecError
 
     spec = SPECS.parent / "tests" / "hostile" / "param_budget.yaml"
-    before = _max_rss_mb()
     with pytest.raises(SpecError, match="the limit is 1,000,000,000"):
         compile_spec(spec, build=False)
     monkeypatch.setenv("YAMLNET_MAX_PARAMS", "2e9")
-    assert compile_spec(spec, build=False).module is None
-    assert _max_rss_mb() - before < 1000
+    child = in_child(lambda: int(compile_spec(spec, build=False).module is not None), HANG_S)
+    assert child.rc == 0, child.err
+    assert child.extra_mb < EXTRA_MB, child
     monkeypatch.setenv("YAMLNET_MAX_PARAMS", "lots")
     with pytest.raises(SpecError, match="YAMLNET_MAX_PARAMS='lots' is not a positive number"):
         compile_spec(spec, build=False)
@@ -467,3 +476,122 @@ def test_a_transform_that_would_make_gigabyte_samples_is_refused(transform, says
     monkeypatch.chdir(tmp_path)
     rc, line = cli(capsys, "train", str(DIGITS), "--set", f"data.transforms=[{transform}]")
     assert rc == 2 and "data.transforms[0]" in line and says in line, line
+
+
+def test_the_child_measure_sees_memory_cpu_and_hangs():
+    """The limits above are only as good as the measure: it must see a gigabyte
+    allocated, CPU spent, and a hang."""
+    import time
+
+    def allocate():
+        import torch
+
+        x = torch.ones(300 * 2**20)  # 1.2 GB
+        return int(x[-1].item())
+
+    def spin():
+        end = time.process_time() + 1.5
+        while time.process_time() < end:
+            pass
+        return 0
+
+    big = in_child(allocate)
+    assert big.rc == 1 and big.extra_mb > 1100, big
+    busy = in_child(spin)
+    assert busy.rc == 0 and busy.cpu_s > 1.4, busy
+    stuck = in_child(lambda: time.sleep(60) or 0, limit_s=1)
+    assert stuck.rc is None
+    escaped = in_child(lambda: 1 // 0)
+    assert escaped.rc == -1 and "ZeroDivisionError" in escaped.err
+
+
+def _png_bomb(path, side: int, rows: bool = True) -> None:
+    """A valid 8-bit grayscale PNG of side x side zeros: 64 MB of pixels for side 8000 in
+    about 60 KB of file. With rows=False only the header is real (for sizes no decoder
+    gets to)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row's zeros
+    data = b"".join(packer.compress(row * 500) for _ in range(side // 500)) if rows else packer.compress(row)
+    data += packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_the_png_bomb_helper_writes_a_real_image(tmp_path):
+    from PIL import Image
+
+    _png_bomb(tmp_path / "b.png", 1000)
+    assert (tmp_path / "b.png").stat().st_size < 5_000
+    with Image.open(tmp_path / "b.png") as im:
+        assert im.size == (1000, 1000) and im.getextrema() == (0, 0)
+
+
+@pytest.mark.parametrize("how", ["image_folder", "predict", "segmentation", "past_pil_limit"])
+def test_an_image_past_the_pixel_limit_is_refused_before_it_is_decoded(how, tmp_path, capsys, monkeypatch):
+    """A PNG of a few kilobytes can claim 8000x8000 pixels (768 MB as a float RGB tensor)
+    or 20000x20000: the header is checked against the limit before any pixel is decoded."""
+    monkeypatch.chdir(tmp_path)
+    side = 20000 if how == "past_pil_limit" else 8000
+    says = f"bomb.png: {side}x{side} is more than 40,000,000 pixels (set YAMLNET_MAX_IMAGE_PIXELS to allow more)"
+    if how in ("image_folder", "past_pil_limit"):
+        _png_folder(tmp_path / "img", {})
+        _png_bomb(tmp_path / "img" / "a" / "bomb.png", side, rows=how == "image_folder")
+        if how == "past_pil_limit":  # PIL's own guard says it first, in other words
+            says = "bomb.png: more than 40,000,000 pixels (set YAMLNET_MAX_IMAGE_PIXELS to allow more)"
+        args = ["train", str(SPECS / "resnet18.yaml"), "--out", "run", "--set", "classes=2", "--set", "size=8",
+                "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}", "--set", "data.val_fraction=0",
+                "--set", "data.num_workers=0", "--set", "data.transforms=[]", "--set", "data.val_transforms=[]",
+                "--set", "train.metrics=[]", "--set", "train.monitor=null"]  # fmt: skip
+    elif how == "predict":
+        import torch
+        import yamlnet
+
+        spec = SPECS / "resnet18.yaml"
+        torch.save(yamlnet.compile(spec, classes=2, width=4).state_dict(), "m.pt")
+        _png_bomb(tmp_path / "bomb.png", side)
+        args = ["predict", str(spec), "--checkpoint", "m.pt", "--input", "bomb.png", "--set", "classes=2",
+                "--set", "width=4"]  # fmt: skip
+    else:
+        import numpy as np
+        from PIL import Image
+
+        for sub in ("images", "masks"):
+            (tmp_path / "seg" / sub).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "seg" / "images" / f"{i}.png")
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "seg" / "masks" / f"{i}.png")
+        _png_bomb(tmp_path / "seg" / "images" / "bomb.png", side)
+        _png_bomb(tmp_path / "seg" / "masks" / "bomb.png", side)
+        args = ["train", str(SPECS / "zoo" / "unet.yaml"), "--out", "run", "--set", "data.dataset=segmentation_folder",
+                "--set", f"data.root={tmp_path / 'seg'}"]  # fmt: skip
+    assert all(p.stat().st_size < 200_000 for p in tmp_path.rglob("bomb.png"))
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and says in line, line
+    if how == "image_folder":
+        assert "cannot load a batch" in line, line
+
+
+def test_the_pixel_limit_can_be_raised_or_lowered(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _png_folder(tmp_path / "img", {})
+    args = ["train", str(SPECS / "resnet18.yaml"), "--out", "run", "--set", "classes=2", "--set", "size=8",
+            "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}", "--set", "data.val_fraction=0",
+            "--set", "data.num_workers=0", "--set", "data.transforms=[]", "--set", "data.val_transforms=[]",
+            "--set", "train.metrics=[]", "--set", "train.monitor=null", "--set", "train.epochs=1"]  # fmt: skip
+    monkeypatch.setenv("YAMLNET_MAX_IMAGE_PIXELS", "50")  # the images are 8x8
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and "8x8 is more than 50 pixels" in line, line
+    monkeypatch.setenv("YAMLNET_MAX_IMAGE_PIXELS", "many")
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and "YAMLNET_MAX_IMAGE_PIXELS='many' is not a positive number of pixels" in line, line
+    monkeypatch.setenv("YAMLNET_MAX_IMAGE_PIXELS", "64")
+    from yamlnet.cli import main
+
+    child = in_child(lambda: main(args), HANG_S)
+    assert child.rc == 0, child.err
