@@ -25,7 +25,7 @@ import yaml
 from yamlnet.compiler.compile import compile_spec
 from yamlnet.compiler.errors import SpecError
 
-from .conftest import Hang, time_limit
+from .conftest import Hang, in_child, time_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "hostile"
@@ -35,6 +35,9 @@ ENTRIES = sorted(CATALOGUE)
 
 FAST_S = 5.0  # "fails fast": every entry, API or CLI
 HANG_S = 20.0  # past this a compile is interrupted (SIGALRM) instead of hanging the suite
+CPU_S = 5.0  # CPU seconds the CLI may spend refusing one entry (measured in a child)
+EXTRA_MB = 1000  # and memory above what the child started with
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 LOCATED = re.compile(r"^(?P<file>[^:\n]+):(?P<line>[0-9]+):(?P<col>[0-9]+): ")
 
 
@@ -99,16 +102,16 @@ def test_api_error(name, at_root):
 
 
 @pytest.mark.parametrize("name", ENTRIES)
-def test_cli_validate_error(name, at_root, capsys):
+def test_cli_validate_error(name, at_root):
+    """`yamlnet validate` in a forked child, measured by the kernel: exit 2, one located
+    line, under CPU_S seconds of CPU and EXTRA_MB of memory above what it started with."""
     from yamlnet.cli import main
 
     path = rel(name)
-    start = time.perf_counter()
-    with time_limit(HANG_S):
-        rc = main(["validate", path])
-    seconds = time.perf_counter() - start
-    out, err = capsys.readouterr()
-    assert rc == 2, f"exit code {rc}; stderr: {err}"
+    child = in_child(lambda: main(["validate", path]), limit_s=HANG_S)
+    assert child.rc is not None, f"validate {path} hangs (killed after {HANG_S} s)"
+    err = child.err
+    assert child.rc == 2, f"exit code {child.rc}; stderr: {err}"
     assert "Traceback" not in err and "internal error" not in err
     lines = err.splitlines()
     assert len(lines) == 1, f"expected one line, got:\n{err}"
@@ -118,8 +121,10 @@ def test_cli_validate_error(name, at_root, capsys):
     assert m["file"].startswith("tests/hostile/"), lines[0]
     expected = LOCATED.match(CATALOGUE[name]["error"])
     assert m.group(0) == expected.group(0), "CLI and API disagree on the location"
-    assert seconds < FAST_S, f"took {seconds:.1f} s"
-    assert "ok " not in out
+    assert not CONTROL.search(err), f"raw control characters in {err!r}"
+    assert child.cpu_s < CPU_S, f"took {child.cpu_s:.1f} s of CPU"
+    assert child.extra_mb < EXTRA_MB, f"took {child.extra_mb:.0f} MB more memory"
+    assert "ok " not in child.out
 
 
 def test_cli_subprocess_several_files():

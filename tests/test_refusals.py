@@ -550,6 +550,7 @@ def test_an_image_past_the_pixel_limit_is_refused_before_it_is_decoded(how, tmp_
                 "--set", "train.metrics=[]", "--set", "train.monitor=null"]  # fmt: skip
     elif how == "predict":
         import torch
+
         import yamlnet
 
         spec = SPECS / "resnet18.yaml"
