@@ -9,13 +9,14 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import networkx as nx
 
 from .checks import check_graph
 from .codegen import generate_module
+from .errors import ChangedBy, Location, SpecError
 from .expand import ExpandedSpec, expand
 from .graph import build_graph
 from .load import SpecSource, load_spec_source
@@ -73,21 +74,43 @@ def _compile(source, overrides, plugins, build, registry) -> Compiled:
     src = source if isinstance(source, SpecSource) else load_spec_source(source)
     validate(src, registry)
     oracle = ShapeOracle(registry)  # answers shape() while expanding; reused below
-    spec = expand(src, overrides, registry=registry, shape_of=oracle)
-    graph = build_graph(spec)
-    check_graph(graph)
-    typed = infer_shapes(graph, registry, oracle)
-    if any(n.tie for n in spec.nodes):
-        from .weights import check_ties
+    with _overrides_named(overrides):
+        spec = expand(src, overrides, registry=registry, shape_of=oracle)
+        graph = build_graph(spec)
+        check_graph(graph)
+        typed = infer_shapes(graph, registry, oracle)
+        if any(n.tie for n in spec.nodes):
+            from .weights import check_ties
 
-        check_ties(typed, registry)
-    module = generate_module(typed, registry) if build else None
+            check_ties(typed, registry)
+        module = generate_module(typed, registry) if build else None
     if module is not None and (spec.init or spec.frozen):
         from .weights import apply_freeze, apply_init
 
         apply_init(module, spec)
         apply_freeze(module, spec)
     return Compiled(src, spec, typed, module)
+
+
+@contextmanager
+def _overrides_named(overrides: dict | None):
+    """An error located in the spec file of a spec compiled with overridden variables
+    names the overrides after its position (`net.yaml:20:25, with classes=0: ...`): the
+    line shows the spec as written, not the value that failed."""
+    try:
+        yield
+    except SpecError as err:
+        if not overrides:
+            raise
+        items = ("with " + ", ".join(f"{k}={_short(v)}" for k, v in overrides.items()),)
+        located = [replace(d, loc=ChangedBy(d.loc.file, d.loc.line, d.loc.col, items))
+                   if type(d.loc) is Location else d for d in err.diagnostics]  # fmt: skip
+        raise type(err)(diagnostics=located) from None
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = str(value).lower() if isinstance(value, bool) or value is None else str(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def spec_hash(spec: ExpandedSpec) -> str:

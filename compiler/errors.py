@@ -39,6 +39,18 @@ class Location:
 
 
 @dataclass(frozen=True)
+class ChangedBy(Location):
+    """A place in a file whose value was changed by overrides (`--set classes=0`, or a
+    run configuration's `--set train.optimizer.lr=-1` under `optimizer:`): an error there
+    may be the override's doing, so both are named, after the file's position."""
+
+    items: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return ", ".join([f"{self.file}:{self.line}:{self.col}", *self.items])
+
+
+@dataclass(frozen=True)
 class Diagnostic:
     """One located problem: where, which spec path, what, and how to fix it."""
 

@@ -25,6 +25,7 @@ Output: a copy of the graph whose op nodes also carry
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -259,7 +260,9 @@ class _Engine:
         if not op.owns_state:
             return None
         try:
-            built = op.instantiate(args, device="meta")
+            with warnings.catch_warnings():  # a zero size is refused below, in its own words
+                warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+                built = op.instantiate(args, device="meta")
             if op.kind == "module":
                 built.eval()  # same shapes, and batch norm on meta is much cheaper in eval
             return built
@@ -304,7 +307,11 @@ class _Engine:
             for d, size in enumerate(first.shape):
                 moved = {s: o.shape[d] for s, o in zip(self.symbols, outs[1:], strict=True) if o.shape[d] != size}
                 dims.append(size if not moved else _symbolic_dim(size, moved, self.passes[0]))
-            return TensorType(tuple(dims), str(first.dtype).removeprefix("torch."))
+            out = TensorType(tuple(dims), str(first.dtype).removeprefix("torch."))
+            if 0 in dims:
+                raise ShapeError(f"{node.op} gives an output of shape {format_type(out)}, with a dimension of size 0",
+                                 node.loc, node.path, "a tensor with no elements: check the sizes in this node")  # fmt: skip
+            return out
         if isinstance(first, (tuple, list)):
             return tuple(self._combine([o[i] for o in outs], node) for i in range(len(first)))
         if first is None:

@@ -27,7 +27,7 @@ from ..compiler.validate import (
     schema_error_path,
 )
 from .data import DATASETS
-from .errors import ArgLocation, ConfigError
+from .errors import ArgLocation, ChangedBy, ConfigError
 
 __all__ = ["RunConfig", "load_run_config", "split_overrides", "train_schema", "data_schema",
            "section_schemas", "PRECISIONS", "DEVICES"]  # fmt: skip
@@ -190,8 +190,15 @@ class RunConfig:
     locs: dict = field(default_factory=dict, repr=False)
 
     def loc(self, path: tuple) -> Location | None:
-        """Where `path` (or its nearest ancestor) was written."""
-        return nearest_loc(self.locs, path)
+        """Where `path` (or its nearest ancestor) was written; where that is a file and
+        `--set` items changed values inside it, they are named too."""
+        path = tuple(path)
+        found = nearest_loc(self.locs, path)
+        if found is None or isinstance(found, ArgLocation):
+            return found
+        items = tuple(sorted({str(where) for p, where in self.locs.items()
+                              if isinstance(where, ArgLocation) and len(p) > len(path) and p[: len(path)] == path}))  # fmt: skip
+        return ChangedBy(found.file, found.line, found.col, items) if items else found
 
     def error(self, message: str, path: tuple, hint: str = "") -> ConfigError:
         return ConfigError(message, self.loc(path), format_path(path), hint)

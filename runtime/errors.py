@@ -5,9 +5,9 @@ code 2). A run that fails on its own (a non-finite loss) raises `TrainingError` 
 
 from __future__ import annotations
 
-from ..compiler.errors import Location, SpecError
+from ..compiler.errors import ChangedBy, Location, SpecError
 
-__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation", "first_line"]
+__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation", "ChangedBy", "first_line"]
 
 
 class ConfigError(SpecError):

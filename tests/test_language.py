@@ -361,7 +361,7 @@ def test_block_chosen_by_an_expression_is_checked_when_expanded():
             nodes: {fc: {op: Linear, out_features: "${size}"}}
         """
     assert yamlnet.compile(spec(body))(torch.randn(2, 4)).shape == (2, 3)
-    with pytest.raises(yamlnet.SpecError, match=r"<spec>:5:25: nodes.b.width: block 'b' has no parameter 'width'"):
+    with pytest.raises(yamlnet.SpecError, match=r"<spec>:5:25, with kind=b: nodes.b.width: block 'b' has no parameter 'width'"):
         yamlnet.load_spec(spec(body), kind="b")
     with pytest.raises(yamlnet.SpecError, match=r"nodes.b.block: block: 'c' is not a block"):
         yamlnet.load_spec(spec(body), kind="c")
