@@ -250,6 +250,8 @@ class _Interpreter:
             raise ExprError("integer result is too large (limit 2**63)")
         if isinstance(value, float) and not math.isfinite(value):
             raise ExprError("result is not a finite number")
+        if isinstance(value, complex):
+            raise ExprError("result is a complex number (a negative number to a fractional power?)")
         if isinstance(value, str) and len(value) > MAX_LEN:
             raise ExprError(f"the string is longer than {MAX_LEN:,} characters")
         if isinstance(value, (list, dict)) and _size(value, MAX_LEN, self.sizes) > MAX_LEN:

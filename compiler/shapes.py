@@ -78,7 +78,7 @@ def infer_shapes(g: nx.DiGraph, registry=REGISTRY, oracle: ShapeOracle | None = 
             typed.nodes[name]["type"] = engine.types[name]
             continue
         info = engine.infer(name)
-        typed.nodes[name].update(type=info.type, args=info.args, params=info.params)
+        typed.nodes[name].update(type=info.type, args=info.args, params=info.params, buffers=info.buffers)
     check_param_budget(typed, spec)
     for out, ref in spec.outputs:
         try:
@@ -112,6 +112,7 @@ class _Info:
     type: Any
     args: dict
     params: int
+    buffers: int = 0  # values in the node's buffers (running statistics, masks, tables)
 
 
 class _Engine:
@@ -208,10 +209,12 @@ class _Engine:
         for own, _ in node.tie:  # a shared parameter is counted where it is made
             tied = getattr(built, own, None)
             params -= tied.numel() if hasattr(tied, "numel") else 0
-        if params > MAX_PARAMS:
-            raise ShapeError(f"{op.name} would have {params:,} parameters (limit {MAX_PARAMS:,})",
-                             node.loc, node.path, "are the sizes in this node what you meant?")  # fmt: skip
-        info = _Info(self.types[name], args, params)
+        buffers = _count_buffers(built)
+        if params + buffers > MAX_PARAMS:
+            raise ShapeError(f"{op.name} would have {params + buffers:,} parameters and buffer values "
+                             f"(limit {MAX_PARAMS:,})", node.loc, node.path,
+                             "are the sizes in this node what you meant?")  # fmt: skip
+        info = _Info(self.types[name], args, params, buffers)
         self.infos[name] = info
         return info
 
@@ -383,17 +386,20 @@ def param_budget() -> int:
 
 
 def check_param_budget(typed: nx.DiGraph, spec) -> None:
-    """The network's parameters, counted at validate from modules built on the meta device
+    """The network's parameters and buffers, counted at validate from modules built on the meta device
     (nothing allocated), against the budget: a spec that would take more memory than any
     machine should be asked for is refused where it is checked, not by the kernel's OOM
     killer when `compile` builds it. Located at the largest node."""
-    sizes = {name: data.get("params", 0) or 0 for name, data in typed.nodes(data=True)}
+    sizes = {name: (data.get("params", 0) or 0) + (data.get("buffers", 0) or 0)
+             for name, data in typed.nodes(data=True)}  # fmt: skip
     total, budget = sum(sizes.values()), param_budget()
     if total <= budget:
         return
     largest = max(sizes, key=sizes.get)
     node = next((n for n in spec.nodes if n.name == largest), None)
-    raise ShapeError(f"the network would have {total:,} parameters ({largest} alone {sizes[largest]:,}); "
+    what = "parameters" if not any(d.get("buffers") for _, d in typed.nodes(data=True)) \
+        else "parameter and buffer values"  # fmt: skip
+    raise ShapeError(f"the network would have {total:,} {what} ({largest} alone {sizes[largest]:,}); "
                      f"the limit is {budget:,}", node.loc if node else None, node.path if node else "",
                      "set YAMLNET_MAX_PARAMS to allow more")  # fmt: skip
 
@@ -410,6 +416,17 @@ def _count_params(built: Any) -> int:
     import torch
 
     return built.numel() if isinstance(built, torch.nn.Parameter) else 0  # buffers: 0
+
+
+def _count_buffers(built: Any) -> int:
+    if built is None:
+        return 0
+    if hasattr(built, "buffers"):
+        return sum(b.numel() for b in built.buffers())
+    import torch
+
+    is_buffer = isinstance(built, torch.Tensor) and not isinstance(built, torch.nn.Parameter)
+    return built.numel() if is_buffer else 0
 
 
 def _symbolic(value: Any) -> bool:

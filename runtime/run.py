@@ -240,6 +240,8 @@ def disk_failure(err: OSError, run: Run) -> TrainingError | None:
         pass  # the same failure, met by the checkpoint writer
     last = run.ckpts.last if run.ckpts.last.exists() else None
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    if run.out is not None and not run.out.exists():
+        kept = "the run folder is gone, and its checkpoints with it"
     what = f"cannot write {err.filename}" if err.filename else "cannot write to the run folder"
     failure = TrainingError(f"step {run.pos.step}: {what}: {words}; {kept}")
     failure.exit_code = 2

@@ -87,14 +87,15 @@ class Child:
     extra_mb: float  # its peak resident memory above what it started with
 
 
-def in_child(fn, limit_s: float = 120.0) -> Child:
+def in_child(fn, limit_s: float = 120.0, watch=None) -> Child:
     """Run `fn()` in a forked copy of this process (imports already done, the current
     folder and environment as set) and measure it from outside: CPU seconds and peak
     memory from the kernel's accounting of the child (wait4), so one case's cost is not
     hidden by what the test process did before. The child runs torch on one thread (a
     fork of a process that used OpenMP's pool must not use it). An exception escaping
     `fn` is written to `err` as a traceback, with rc -1; past `limit_s` the child is
-    killed and rc is None."""
+    killed and rc is None. `watch()`, if given, is called in this process every 20 ms
+    while the child runs (to change the world under it: delete its folder)."""
     import json
     import tempfile
     import time
@@ -141,6 +142,8 @@ def in_child(fn, limit_s: float = 120.0) -> Child:
                 os.kill(pid, signal.SIGKILL)
                 done, status, usage = os.wait4(pid, 0)
                 break
+            if watch is not None:
+                watch()
             time.sleep(0.02)
         read = lambda p: Path(p).read_text(encoding="utf-8", errors="replace") if os.path.exists(p) else ""  # noqa: E731
         result = json.loads(read(result_path) or "{}")

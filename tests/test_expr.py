@@ -137,3 +137,10 @@ def test_interpolated_string_is_bounded_as_a_whole():
         resolve("${s}${s}", Scope({"s": s}), None, "")
     with pytest.raises(ExprError, match="larger than 100,000 items"):
         resolve("x${l}", Scope({"l": [list(range(60_000))] * 2}), None, "")
+
+
+def test_a_complex_result_is_refused():
+    with pytest.raises(ExprError, match="result is a complex number"):
+        ev("(-2) ** 0.25")
+    with pytest.raises(ExprError, match="result is a complex number"):
+        ev("x ** 0.5 * 2", x=-4)

@@ -32,14 +32,14 @@ def _imports_done():
     from yamlnet.cli import main  # noqa: F401
 
 
-def cli(capsys, *args: str, cpu_s: float = CPU_S) -> tuple[int, str]:
+def cli(capsys, *args: str, cpu_s: float = CPU_S, watch=None) -> tuple[int, str]:
     """`yamlnet ARGS` in a forked child of this process: (exit code, the one line it
     printed to stderr). It must exit 2 or 0, print no traceback and no raw control
     character, and stay within `cpu_s` CPU seconds and EXTRA_MB of extra memory,
     measured by the kernel for the child."""
     from yamlnet.cli import main
 
-    child = in_child(lambda: main(list(args)), limit_s=HANG_S)
+    child = in_child(lambda: main(list(args)), limit_s=HANG_S, watch=watch)
     assert child.rc is not None, f"yamlnet {' '.join(args)} hangs (killed after {HANG_S} s)"
     err = child.err
     assert "Traceback" not in err and "internal error" not in err, err
@@ -360,6 +360,25 @@ def test_a_full_disk_is_said_in_plain_words_and_keeps_the_last_good_checkpoint(r
     assert not list((small_disk / "run" / "checkpoints").glob(".*tmp*"))  # the failed write gave its space back
 
 
+def test_a_run_folder_deleted_while_training_is_said_in_plain_words(tmp_path, capsys, monkeypatch):
+    """The run folder removed under a running trainer (by hand, by a cleanup job): the
+    next write fails, and the line says the folder is gone, checkpoints and all."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "run" / "checkpoints" / "step-00000005.pt"
+
+    def delete_once_a_checkpoint_is_there():
+        if first.exists():
+            shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--max-steps", "2000", "--set",
+                   "train.checkpoint_every_n_steps=5", "--set", "train.val_every_n_epochs=null",
+                   cpu_s=120, watch=delete_once_a_checkpoint_is_there)  # fmt: skip
+    assert rc == 2 and "it is gone (was the run folder deleted or moved?)" in line, line
+    assert "the run folder is gone, and its checkpoints with it" in line, line
+
+
 def test_a_read_only_run_folder_is_refused_before_training(small_disk, capsys, monkeypatch):
     import subprocess
 
@@ -596,3 +615,30 @@ def test_the_pixel_limit_can_be_raised_or_lowered(tmp_path, capsys, monkeypatch)
 
     child = in_child(lambda: main(args), HANG_S)
     assert child.rc == 0, child.err
+
+
+@pytest.mark.parametrize("items, says", [
+    (["train.optimizer.lr=-1"], r"digits_cnn\.yaml:\d+:\d+, --set train\.optimizer\.lr=-1: train\.optimizer: "
+                                r"AdamW: Invalid learning rate: -1$"),
+    (["train.optimizer.lr=-1", "train.optimizer.weight_decay=0.1"],
+     r"digits_cnn\.yaml:\d+:\d+, --set train\.optimizer\.lr=-1, --set train\.optimizer\.weight_decay=0\.1: "),
+    (["classes=0"], r"digits_cnn\.yaml:\d+:\d+, with classes=0: nodes\.fc2: Linear gives an output of shape "
+                    r"\[N, 0\], with a dimension of size 0"),
+    (["classes=abc", "width=8"], r"digits_cnn\.yaml:\d+:\d+, with classes=abc, width=8: nodes\.fc2\.out_features: "
+                                 r"Linear\.out_features expects an integer, got string 'abc'$"),
+])  # fmt: skip
+def test_an_error_the_command_line_caused_names_the_set_items(items, says, tmp_path, capsys, monkeypatch):
+    """The spec's line alone would show the value as written, not the one that failed:
+    the `--set` items that changed it are named after the position."""
+    monkeypatch.chdir(tmp_path)
+    args = [a for item in items for a in ("--set", item)]
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", *args)
+    assert rc == 2 and re.search(says, line), line
+
+
+def test_an_error_the_command_line_did_not_touch_names_no_set_item(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--set", "train.scheduler.name=StepLR",
+                   "--set", "train.optimizer.lr=0.01")  # fmt: skip
+    assert rc == 2 and re.search(r"digits_cnn\.yaml:\d+:\d+, --set train\.scheduler\.name=StepLR: train\.scheduler: "
+                                 r"StepLR: .*step_size", line), line  # fmt: skip
