@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -155,3 +156,15 @@ def not_a_regular_file(path) -> str | None:
     kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]  # fmt: skip
     return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control and bidi character written as an escape (`\\x1b`,
+    `\\u202e`), newlines and tabs kept: what an error line may echo of a name, a path or
+    a value the user gave, so it cannot move the cursor, clear the screen or reverse
+    the line on a terminal."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)  # fmt: skip

@@ -642,3 +642,18 @@ def test_an_error_the_command_line_did_not_touch_names_no_set_item(tmp_path, cap
                    "--set", "train.optimizer.lr=0.01")  # fmt: skip
     assert rc == 2 and re.search(r"digits_cnn\.yaml:\d+:\d+, --set train\.scheduler\.name=StepLR: train\.scheduler: "
                                  r"StepLR: .*step_size", line), line  # fmt: skip
+
+
+@pytest.mark.parametrize("args, says", [
+    (["validate", str(DIGITS), "--set", "\x1b[2Jx=1"], "unknown variable '\\x1b[2Jx' in override"),
+    (["train", str(DIGITS), "--set", "train.\u202ex=1"], "train.\\u202ex: unknown key '\\u202ex'"),
+    (["eval", str(DIGITS), "--checkpoint", "ck\x1b]0;pwned\x07.pt"], "no checkpoint at ck\\x1b]0;pwned\\x07.pt"),
+    (["validate", "net\r.yaml"], "cannot read net\\x0d.yaml"),
+])  # fmt: skip
+def test_names_from_the_command_line_are_echoed_with_control_characters_escaped(args, says, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    """A key, a path or a value echoed in an error line cannot clear the screen, set the
+    terminal's title or reverse the line: control and bidi characters come out escaped."""
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, *args)  # cli() also refuses any raw control character
+    assert rc == 2 and says in line, line

@@ -74,7 +74,7 @@ def _main(argv: list[str] | None) -> int:
 
             traceback.print_exc()
         if _says(err):
-            print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
+            _error(f"error: {err}" if isinstance(err, UserError) else str(err))
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -86,9 +86,16 @@ def _main(argv: list[str] | None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"internal error: {type(err).__name__}: {err} (run with --verbose for the traceback)",
-              file=sys.stderr)  # fmt: skip
+        _error(f"internal error: {type(err).__name__}: {err} (run with --verbose for the traceback)")
         return EXIT_FAILURE
+
+
+def _error(text: str) -> None:
+    """Print an error to stderr with every control and bidi character escaped: it may
+    echo names, paths and values from the command line or from files."""
+    from .compiler.errors import printable
+
+    print(printable(text), file=sys.stderr)
 
 
 def _says(err: BaseException) -> bool:
@@ -308,7 +315,7 @@ def cmd_validate(args) -> int:
             if args.format == "json":
                 report += [d.as_dict() for d in err.diagnostics]
             else:
-                print(str(err), file=sys.stderr)
+                _error(str(err))
             continue
         if args.format == "text":
             n = sum(1 for _ in result.spec.nodes)
@@ -461,7 +468,7 @@ def cmd_train(args) -> int:
                        force=args.force, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
     except TrainingError as err:
         if _says(err):
-            print(f"error: {err}", file=sys.stderr)
+            _error(f"error: {err}")
         return getattr(err, "exit_code", EXIT_FAILURE)
     return result.exit_code
 
@@ -618,7 +625,7 @@ def cmd_export(args) -> int:
     except ExportError as err:
         if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        _error(f"error: {err}")
         return EXIT_FAILURE
     print(f"wrote {result.path} ({args.format}, {result.seconds:.1f} s)")
     if result.checks:
