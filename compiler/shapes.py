@@ -372,16 +372,23 @@ def _structure(value: Any) -> Any:
 
 
 def param_budget() -> int:
-    """The most parameters a network may have: TOTAL_PARAMS, or $YAMLNET_MAX_PARAMS."""
-    raw = os.environ.get("YAMLNET_MAX_PARAMS", "").strip().replace("_", "")
+    """The most parameter and buffer values a network may have: TOTAL_PARAMS, or
+    $YAMLNET_MAX_PARAMS."""
+    return env_limit("YAMLNET_MAX_PARAMS", TOTAL_PARAMS, "parameters", ShapeError)
+
+
+def env_limit(name: str, default: int, unit: str, error: type = ShapeError) -> int:
+    """A limit read from the environment variable `name` (`3e9`, `40_000_000`), or
+    `default` when it is unset; anything but a positive number is an `error`."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
-        return TOTAL_PARAMS
+        return default
     try:
         value = int(float(raw)) if "e" in raw.lower() else int(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         value = 0
     if value < 1:
-        raise ShapeError(f"YAMLNET_MAX_PARAMS={raw!r} is not a positive number of parameters")
+        raise error(f"{name}={raw[:40]!r} is not a positive number of {unit}")
     return value
 
 

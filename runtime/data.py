@@ -21,7 +21,6 @@ resumed run see exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import inspect
-import os
 import random
 import warnings
 from collections.abc import Callable
@@ -168,16 +167,9 @@ class ImageTooLarge(ValueError):
 
 def image_pixel_limit() -> int:
     """The most pixels one image may have: MAX_PIXELS, or $YAMLNET_MAX_IMAGE_PIXELS."""
-    raw = os.environ.get("YAMLNET_MAX_IMAGE_PIXELS", "").strip().replace("_", "")
-    if not raw:
-        return MAX_PIXELS
-    try:
-        value = int(float(raw)) if "e" in raw.lower() else int(raw)
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise ConfigError(f"YAMLNET_MAX_IMAGE_PIXELS={raw[:40]!r} is not a positive number of pixels")
-    return value
+    from ..compiler.shapes import env_limit
+
+    return env_limit("YAMLNET_MAX_IMAGE_PIXELS", MAX_PIXELS, "pixels", ConfigError)
 
 
 def check_pixels(path: str, size: tuple[int, int]) -> None:
