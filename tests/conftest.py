@@ -87,41 +87,97 @@ class Child:
     extra_mb: float  # its peak resident memory above what it started with
 
 
-def in_child(fn, limit_s: float = 120.0, watch=None) -> Child:
-    """Run `fn()` in a forked copy of this process (imports already done, the current
-    folder and environment as set) and measure it from outside: CPU seconds and peak
-    memory from the kernel's accounting of the child (wait4), so one case's cost is not
-    hidden by what the test process did before. The child runs torch on one thread (a
-    fork of a process that used OpenMP's pool must not use it). An exception escaping
-    `fn` is written to `err` as a traceback, with rc -1; past `limit_s` the child is
-    killed and rc is None. `watch()`, if given, is called in this process every 20 ms
-    while the child runs (to change the world under it: delete its folder)."""
+def in_child(fn, *args, limit_s: float = 120.0, watch=None) -> Child:
+    """Run `fn(*args)` in a child process and measure it from outside: CPU seconds and
+    peak memory from the kernel's accounting of that child (wait4), so one case's cost
+    is not hidden by what the test process did before. The child is forked from a
+    zygote: a copy of this process made when the tests started, with torch and yamlnet
+    imported and nothing run yet (a fork of a process whose autograd or OpenMP threads
+    have run cannot train). `fn` and `args` travel by pickle (a module-level function,
+    a partial); the child takes this process's current folder and environment. It runs
+    torch on one thread. An exception escaping `fn` is written to `err` as a traceback,
+    with rc -1; past `limit_s` the child is killed and rc is None. `watch()`, if given,
+    is called here every 20 ms while the child runs (to change the world under it)."""
+    import time
+
+    if _ZYGOTE is None:
+        pytest.skip("measuring a child needs fork and /proc (Linux)")
+    conn = _ZYGOTE
+    conn.send((fn, args, os.getcwd(), dict(os.environ), limit_s))
+    deadline = time.monotonic() + limit_s + 60  # the zygote enforces limit_s; this is its own guard
+    while not conn.poll(0.02):
+        if watch is not None:
+            watch()
+        if time.monotonic() > deadline:
+            raise RuntimeError("the zygote process does not answer")
+    return conn.recv()
+
+
+def _start_zygote():
+    """Fork the zygote now, at conftest import, before any test has run torch."""
+    if not hasattr(os, "fork") or not Path("/proc/self/statm").exists():
+        return None
+    import multiprocessing.connection  # noqa: F401 - Pipe below
+    from multiprocessing import Pipe
+
+    import torch  # noqa: F401 - imported once, in the zygote too
+    import torchmetrics  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import yamlnet.cli  # noqa: F401
+
+    ours, theirs = Pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            ours.close()
+            _zygote_loop(theirs)
+        except BaseException:  # noqa: BLE001 - EOF: the test process is gone
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    return ours
+
+
+def _zygote_loop(conn) -> None:
+    while True:
+        try:
+            fn, args, cwd, env, limit_s = conn.recv()
+        except EOFError:
+            return
+        conn.send(_run_child(fn, args, cwd, env, limit_s))
+
+
+def _run_child(fn, args, cwd, env, limit_s) -> Child:
     import json
     import tempfile
     import time
     import traceback
 
-    if not hasattr(os, "fork") or not Path("/proc/self/statm").exists():
-        pytest.skip("measuring a child needs fork and /proc (Linux)")
     with tempfile.TemporaryDirectory(prefix="yamlnet-child-") as tmp:
         out_path, err_path, result_path = (os.path.join(tmp, n) for n in ("out", "err", "result"))
-        sys.stdout.flush()
-        sys.stderr.flush()
         pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
+        if pid == 0:  # the child
             code = 0
             try:
                 import torch
 
                 torch.set_num_threads(1)
+                os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(env)
                 start_mb = _resident_mb()
-                out = open(out_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by _exit's flush below
+                out = open(out_path, "w", encoding="utf-8")  # noqa: SIM115 - flushed below; _exit closes
                 err = open(err_path, "w", encoding="utf-8")  # noqa: SIM115
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
                 sys.stdout, sys.stderr = out, err
                 try:
-                    rc = fn()
+                    rc = fn(*args)
                 except BaseException:  # noqa: BLE001 - reported to the parent as rc -1
                     traceback.print_exc(file=err)
                     rc = -1
@@ -134,6 +190,7 @@ def in_child(fn, limit_s: float = 120.0, watch=None) -> Child:
             finally:
                 os._exit(code)
         deadline = time.monotonic() + limit_s
+        killed = False
         while True:
             done, status, usage = os.wait4(pid, os.WNOHANG)
             if done:
@@ -141,14 +198,13 @@ def in_child(fn, limit_s: float = 120.0, watch=None) -> Child:
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 done, status, usage = os.wait4(pid, 0)
+                killed = True
                 break
-            if watch is not None:
-                watch()
-            time.sleep(0.02)
+            time.sleep(0.01)
         read = lambda p: Path(p).read_text(encoding="utf-8", errors="replace") if os.path.exists(p) else ""  # noqa: E731
         result = json.loads(read(result_path) or "{}")
         rc = result.get("rc")
-        if os.WIFSIGNALED(status) and rc is None and time.monotonic() <= deadline:
+        if rc is None and not killed and os.WIFSIGNALED(status):
             rc = -os.WTERMSIG(status)  # killed by something else (the OOM killer)
         return Child(rc, read(out_path), read(err_path), usage.ru_utime + usage.ru_stime,
                      usage.ru_maxrss / 1024 - result.get("start_mb", 0.0))  # fmt: skip
@@ -157,3 +213,6 @@ def in_child(fn, limit_s: float = 120.0, watch=None) -> Child:
 def _resident_mb() -> float:
     with open("/proc/self/statm", encoding="ascii") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+_ZYGOTE = _start_zygote()

@@ -108,7 +108,7 @@ def test_cli_validate_error(name, at_root):
     from yamlnet.cli import main
 
     path = rel(name)
-    child = in_child(lambda: main(["validate", path]), limit_s=HANG_S)
+    child = in_child(main, ["validate", path], limit_s=HANG_S)
     assert child.rc is not None, f"validate {path} hangs (killed after {HANG_S} s)"
     err = child.err
     assert child.rc == 2, f"exit code {child.rc}; stderr: {err}"

@@ -22,16 +22,6 @@ DIGITS = SPECS / "digits_cnn.yaml"
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _imports_done():
-    """What every command imports on its way is imported once here, before the cases
-    fork, so a case's cost is the cost of refusing."""
-    import torchmetrics  # noqa: F401
-    import torchvision  # noqa: F401
-
-    from yamlnet.cli import main  # noqa: F401
-
-
 def cli(capsys, *args: str, cpu_s: float = CPU_S, watch=None) -> tuple[int, str]:
     """`yamlnet ARGS` in a forked child of this process: (exit code, the one line it
     printed to stderr). It must exit 2 or 0, print no traceback and no raw control
@@ -39,7 +29,7 @@ def cli(capsys, *args: str, cpu_s: float = CPU_S, watch=None) -> tuple[int, str]
     measured by the kernel for the child."""
     from yamlnet.cli import main
 
-    child = in_child(lambda: main(list(args)), limit_s=HANG_S, watch=watch)
+    child = in_child(main, list(args), limit_s=HANG_S, watch=watch)
     assert child.rc is not None, f"yamlnet {' '.join(args)} hangs (killed after {HANG_S} s)"
     err = child.err
     assert "Traceback" not in err and "internal error" not in err, err
@@ -448,7 +438,7 @@ def test_summary_costs_a_huge_input_without_allocating_it():
     million digits (tens of GB of activations) is costed in bounded memory."""
     from yamlnet.cli import main
 
-    child = in_child(lambda: main(["summary", str(DIGITS), "--dim", "N=10000000", "--format", "json"]), HANG_S)
+    child = in_child(main, ["summary", str(DIGITS), "--dim", "N=10000000", "--format", "json"], limit_s=HANG_S)
     assert child.rc == 0, child.err
     import json
 
@@ -467,7 +457,7 @@ def test_the_parameter_budget_is_counted_without_memory_and_can_be_raised(monkey
     with pytest.raises(SpecError, match="the limit is 1,000,000,000"):
         compile_spec(spec, build=False)
     monkeypatch.setenv("YAMLNET_MAX_PARAMS", "2e9")
-    child = in_child(lambda: int(compile_spec(spec, build=False).module is not None), HANG_S)
+    child = in_child(_builds_a_module, spec, limit_s=HANG_S)
     assert child.rc == 0, child.err
     assert child.extra_mb < EXTRA_MB, child
     monkeypatch.setenv("YAMLNET_MAX_PARAMS", "lots")
@@ -497,31 +487,53 @@ def test_a_transform_that_would_make_gigabyte_samples_is_refused(transform, says
     assert rc == 2 and "data.transforms[0]" in line and says in line, line
 
 
-def test_the_child_measure_sees_memory_cpu_and_hangs():
-    """The limits above are only as good as the measure: it must see a gigabyte
-    allocated, CPU spent, and a hang."""
+def _builds_a_module(spec) -> int:
+    from yamlnet.compiler.compile import compile_spec
+
+    return int(compile_spec(spec, build=False).module is not None)
+
+
+def _allocate_a_gigabyte() -> int:
+    import torch
+
+    x = torch.ones(300 * 2**20)  # 1.2 GB
+    return int(x[-1].item())
+
+
+def _spin(seconds: float) -> int:
     import time
 
-    def allocate():
-        import torch
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return 0
 
-        x = torch.ones(300 * 2**20)  # 1.2 GB
-        return int(x[-1].item())
 
-    def spin():
-        end = time.process_time() + 1.5
-        while time.process_time() < end:
-            pass
-        return 0
+def _backward() -> int:
+    import torch
 
-    big = in_child(allocate)
+    w = torch.ones(3, requires_grad=True)
+    (w * 2).sum().backward()
+    return int(w.grad.sum().item())
+
+
+def test_the_child_measure_sees_memory_cpu_and_hangs():
+    """The limits above are only as good as the measure: it must see a gigabyte
+    allocated, CPU spent, a hang and an escaped exception; and a child must be able to
+    train after this process has (autograd's threads do not survive a fork)."""
+    import operator
+    import time
+
+    big = in_child(_allocate_a_gigabyte)
     assert big.rc == 1 and big.extra_mb > 1100, big
-    busy = in_child(spin)
+    busy = in_child(_spin, 1.5)
     assert busy.rc == 0 and busy.cpu_s > 1.4, busy
-    stuck = in_child(lambda: time.sleep(60) or 0, limit_s=1)
+    stuck = in_child(time.sleep, 60, limit_s=1)
     assert stuck.rc is None
-    escaped = in_child(lambda: 1 // 0)
+    escaped = in_child(operator.floordiv, 1, 0)
     assert escaped.rc == -1 and "ZeroDivisionError" in escaped.err
+    assert _backward() == 6  # autograd has run here
+    assert in_child(_backward).rc == 6
 
 
 def _png_bomb(path, side: int, rows: bool = True) -> None:
@@ -613,7 +625,7 @@ def test_the_pixel_limit_can_be_raised_or_lowered(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("YAMLNET_MAX_IMAGE_PIXELS", "64")
     from yamlnet.cli import main
 
-    child = in_child(lambda: main(args), HANG_S)
+    child = in_child(main, args, limit_s=HANG_S)
     assert child.rc == 0, child.err
 
 
@@ -657,3 +669,13 @@ def test_names_from_the_command_line_are_echoed_with_control_characters_escaped(
     monkeypatch.chdir(tmp_path)
     rc, line = cli(capsys, *args)  # cli() also refuses any raw control character
     assert rc == 2 and says in line, line
+
+
+@pytest.mark.parametrize("metric", ["R2Score", "MeanSquaredError", "{name: Accuracy, task: binary}"])
+def test_a_metric_that_does_not_fit_the_task_is_refused_before_training(metric, tmp_path, capsys, monkeypatch):
+    """Each metric is given the model's outputs on a probe batch at preflight: one that
+    cannot take them (regression metrics on class scores) is refused before any step."""
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--set", f"train.metrics=[{metric}]")
+    assert rc == 2 and "train.metrics[0]: " in line and "cannot take outputs [2, 10] and targets [2]" in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
