@@ -161,10 +161,15 @@ def not_a_regular_file(path) -> str | None:
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text: str) -> str:
+_UNPRINTABLE_OR_LINES = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, lines: bool = True) -> str:
     """`text` with every control and bidi character written as an escape (`\\x1b`,
     `\\u202e`), newlines and tabs kept: what an error line may echo of a name, a path or
     a value the user gave, so it cannot move the cursor, clear the screen or reverse
-    the line on a terminal."""
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                            else f"\\u{ord(m.group()):04x}", text)  # fmt: skip
+    the line on a terminal. With `lines=False` newlines and tabs are escaped too (a
+    file name inside a one-line message)."""
+    pattern = _UNPRINTABLE if lines else _UNPRINTABLE_OR_LINES
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)  # fmt: skip

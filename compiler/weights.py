@@ -80,7 +80,9 @@ def read_state_dict(path: str, loc=None, where: str = "init") -> dict:
 
             state = load_file(path, device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from ..runtime.checkpoint import load_tensors
+
+            state = load_tensors(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
         why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         if "weights_only" in str(err):  # torch's advice to allow code would be wrong here

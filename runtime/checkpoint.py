@@ -34,6 +34,7 @@ import io
 import os
 import random
 import re
+import warnings
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -115,7 +116,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         kind = not_a_regular_file(path)
         raise CheckpointError(f"{path} is {kind}, not a checkpoint file" if kind else f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is "corrupt", said once
         raise CheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'})") from None  # fmt: skip
@@ -133,6 +134,15 @@ def is_checkpoint(payload: Any) -> bool:
 MAX_NESTING = 64  # levels of dicts and lists in a checkpoint (ours use under ten)
 
 
+def load_tensors(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, with the warnings torch prints
+    while reading what it holds (sparse invariants, quantized storages) silenced: what
+    it holds is judged by `loaded_problem`, in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def loaded_problem(obj: Any) -> str | None:
     """What is wrong with what torch.load returned, walked without recursion before
     anything reads it whole (None when nothing is): nesting deeper than MAX_NESTING, or a
@@ -148,7 +158,11 @@ def loaded_problem(obj: Any) -> str | None:
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, torch.Tensor) and item.layout == torch.strided and item.numel():
+        elif isinstance(item, torch.Tensor) and item.layout != torch.strided:
+            return f"it holds a tensor of layout {str(item.layout).removeprefix('torch.')}; only dense tensors are read"
+        elif isinstance(item, torch.Tensor) and (item.is_quantized or item.is_complex()):
+            return f"it holds a tensor of dtype {str(item.dtype).removeprefix('torch.')}; only real, unquantized tensors are read"
+        elif isinstance(item, torch.Tensor) and item.numel():
             have = item.untyped_storage().nbytes()
             if item.numel() * item.element_size() > have or min(item.stride(), default=1) < 0:
                 return f"it holds a tensor of shape {list(item.shape)} over {have} bytes of storage (a stride-0 view)"

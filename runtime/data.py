@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ..compiler.errors import did_you_mean
+from ..compiler.errors import did_you_mean, printable
 from .errors import ConfigError
 
 __all__ = [
@@ -176,7 +176,7 @@ def check_pixels(path: str, size: tuple[int, int]) -> None:
     """Refuse an image of `size` (width, height) past the pixel limit."""
     limit = image_pixel_limit()
     if size[0] * size[1] > limit:
-        raise ImageTooLarge(f"{path}: {size[0]}x{size[1]} is more than {limit:,} pixels "
+        raise ImageTooLarge(f"{printable(str(path), lines=False)}: {size[0]}x{size[1]} is more than {limit:,} pixels "
                             "(set YAMLNET_MAX_IMAGE_PIXELS to allow more)")  # fmt: skip
 
 

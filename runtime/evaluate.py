@@ -19,7 +19,14 @@ import torch
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
 from ..compiler.load import SpecSource, load_spec_source
-from .checkpoint import CheckpointDir, NotACheckpoint, load_checkpoint, load_weights, loaded_problem
+from .checkpoint import (
+    CheckpointDir,
+    NotACheckpoint,
+    load_checkpoint,
+    load_tensors,
+    load_weights,
+    loaded_problem,
+)
 from .config import load_run_config, split_overrides
 from .data import DataFailure, EpochSampler, Transformed, batches, build_splits, build_transforms
 from .distributed import Env, all_sum, pick_device
@@ -146,7 +153,7 @@ def plain_weights(path: Path) -> dict:
 
             weights = load_file(str(path))
         else:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+            weights = load_tensors(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file: one line
         raise CheckpointError(f"cannot read {path} as weights: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
     problem = loaded_problem(weights)
@@ -166,7 +173,7 @@ def lightning_checkpoint(path: Path) -> dict | None:
     model weights and run configuration eval/predict need (None if it is not one). Read
     with weights_only: no code is unpickled."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except Exception:  # noqa: BLE001 - not a Lightning checkpoint we can read: say so below
         return None
     if not isinstance(payload, dict) or "pytorch-lightning_version" not in payload:

@@ -10,7 +10,9 @@ inputs (`N`, `T`, `H`...) stay dynamic in the artifact.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -30,6 +32,7 @@ from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
 from . import package_version
+from .checkpoint import _nearly_full, atomic_write
 from .errors import ConfigError
 
 __all__ = ["export", "ExportResult", "Check", "EXPORTERS", "FORMATS", "VERIFY_BATCHES"]
@@ -94,7 +97,13 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
         warnings.simplefilter("ignore")  # exporters warn at length; failures raise
         try:
             EXPORTERS[format](model, examples, compiled, path, meta, options)
+        except OSError as err:  # the disk, not the model: a full disk, a vanished folder
+            _remove_partial(path)
+            raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
         except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as err:
+            if _nearly_full(path.parent):  # the ONNX writer's words for a full disk
+                _remove_partial(path)
+                raise ConfigError(f"cannot write {path}: no space left on the disk") from None
             raise ExportError(_explain(err, compiled, format)) from err
     seconds = time.perf_counter() - t0
     checks = verify_artifact(path, format, model, compiled, dims or {}, atol, rtol) if verify else []
@@ -165,6 +174,9 @@ def _model(spec, checkpoint, plugins, overrides) -> tuple[Compiled, str | None, 
     return compile_checkpoint(source, path, state, dict(overrides), plugins), str(path), state
 
 
+MAX_EXAMPLE = 2**28  # values in one example input (1 GiB of float32)
+
+
 def example_inputs(compiled: Compiled, dims: dict[str, int], batch: int) -> tuple[torch.Tensor, ...]:
     """Random inputs of the spec's shapes: the first dim of each input (the batch) is
     `batch`, other symbolic dims come from `dims` (default 16)."""
@@ -172,6 +184,9 @@ def example_inputs(compiled: Compiled, dims: dict[str, int], batch: int) -> tupl
     out = []
     for inp in compiled.spec.inputs:
         shape = [_size(d, i, dims, batch) for i, d in enumerate(inp.shape)]
+        if math.prod(shape) > MAX_EXAMPLE:
+            raise ConfigError(f"the example input '{inp.name}' would be {shape}: more than {MAX_EXAMPLE:,} values",
+                              hint="export traces one small example; smaller --dim sizes give the same program")  # fmt: skip
         dtype = getattr(torch, inp.dtype)
         if dtype.is_floating_point:
             out.append(torch.randn(shape, generator=g).to(dtype))
@@ -276,13 +291,24 @@ def _needs_external_data(model) -> bool:
 
 def _torchscript(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:
     scripted = torch.jit.trace(model, examples) if options["trace"] else torch.jit.script(model)
-    torch.jit.save(scripted, str(path), _extra_files={"yamlnet.json": json.dumps(meta)})
+    buf = io.BytesIO()  # written here, then to disk by Python: torch's C++ writer aborts the
+    torch.jit.save(scripted, buf, _extra_files={"yamlnet.json": json.dumps(meta)})  # process on a write error
+    atomic_write(path, buf.getvalue())
 
 
 def _pt2(model, examples, compiled, path: Path, meta: dict, options: dict) -> None:
     program = torch.export.export(model, examples,
                                   dynamic_shapes=_dynamic_shapes(compiled, options["static"]))
-    torch.export.save(program, str(path), extra_files={"yamlnet.json": json.dumps(meta)})
+    buf = io.BytesIO()  # as for TorchScript: the bytes reach the disk through Python
+    torch.export.save(program, buf, extra_files={"yamlnet.json": json.dumps(meta)})
+    atomic_write(path, buf.getvalue())
+
+
+def _remove_partial(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 EXPORTERS: dict[str, Callable] = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import loaded_problem
+from .checkpoint import load_tensors, loaded_problem
 from .data import ImageTooLarge, build_transforms, open_image
 from .errors import ConfigError
 from .evaluate import IMAGE_EXTENSIONS, output_index, session
@@ -188,11 +188,15 @@ def _read_arrays(path: Path, ext: str) -> dict:
     if ext == ".npz":
         with np.load(path, allow_pickle=False) as arrays:
             return {k: arrays[k] for k in arrays.files}
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_tensors(path)
     problem = loaded_problem(obj)
     if problem:
         raise ValueError(problem)
-    return obj if isinstance(obj, dict) else {"x": obj}
+    arrays = obj if isinstance(obj, dict) else {"x": obj}
+    for key, value in arrays.items():
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            raise ValueError(f"it holds {type(value).__name__} under {str(key)[:40]!r}, not a tensor")
+    return arrays
 
 
 def _read_csv(path: Path, specs, cfg, info: dict) -> tuple[list[str], dict]:

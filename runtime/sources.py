@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..compiler.errors import did_you_mean, not_a_regular_file
-from .checkpoint import loaded_problem
+from ..compiler.errors import did_you_mean, not_a_regular_file, printable
+from .checkpoint import load_tensors, loaded_problem
 from .data import IMAGE, Fields, ImageTooLarge, Splits, Table, open_image, register_dataset, split
 from .errors import ConfigError, first_line
 from .tables import Rows, TableError, align, encode_rows, file_errors, fit_encoding, read_csv
@@ -300,7 +300,7 @@ class Labelled(Dataset):
             files = getattr(self.base, "samples", None)  # ImageFolder's (path, class) pairs
             if files is None or isinstance(err, ImageTooLarge):  # the latter names its file
                 raise
-            raise ValueError(f"{files[i][0]}: {first_line(err)}") from None
+            raise ValueError(f"{printable(files[i][0], lines=False)}: {first_line(err)}") from None
         return {"image": image, "label": torch.as_tensor(label, dtype=torch.int64)}
 
 
@@ -396,7 +396,7 @@ def _is_csv(path: str) -> bool:
 
 def _read_pt(path: str, fields: Fields, pair: bool) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path)
     except pickle.UnpicklingError:  # torch's own text is many lines and suggests weights_only=False
         raise ValueError("torch.load(weights_only=True) refused it: it holds more than tensors, "
                          "or is not a torch file") from None  # fmt: skip

@@ -44,8 +44,13 @@ def guarded_micro_step(run: Run, batch: dict) -> None:
         pos = run.pos
         if run.env.distributed and is_comm_error(err):
             raise TrainingError(comm_failure(run.env, f"step {pos.step + 1}", err)) from None
-        raise TrainingError(f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1}): "
-                            f"{first_line(err).rstrip('.')}; {kept_checkpoint_text(run)}") from err  # fmt: skip
+        said = first_line(err).rstrip(".")
+        if "more than 1 value per channel when training" in said:  # BatchNorm on a batch of one
+            said += " (a batch of one sample: set data.drop_last: true, or another batch_size)"
+        failure = TrainingError(f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1}): "
+                                f"{said}; {kept_checkpoint_text(run)}")  # fmt: skip
+        failure.exit_code = 2  # what the data or the configuration gave PyTorch, not a fault of ours
+        raise failure from err
 
 
 def kept_checkpoint_text(run: Run) -> str:

@@ -103,7 +103,8 @@ def read_csv(source: str | os.PathLike | Sequence[Sequence[str]],
     header = _looks_like_header(rows) if header is None else header
     _check_widths(rows, lines, header)
     names = rows[0] if header else [str(i) for i in range(len(rows[0]))]
-    doubled = sorted({n for n in names if names.count(n) > 1})
+    seen: set = set()
+    doubled = sorted({n for n in names if n in seen or seen.add(n)})
     if doubled:
         raise TableError(f"the header names column '{doubled[0]}' twice")
     body, body_lines = (rows[1:], lines[1:]) if header else (rows, lines)

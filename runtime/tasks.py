@@ -211,12 +211,21 @@ def build_task(compiled, cfg, fields: Fields, batch: dict, device: torch.device)
         finally:
             compiled.module.train(was)
     terms = tuple(replace(t, fn=t.fn.to(device)) for t in _terms(cfg, outputs, fields))
-    for t in terms:
+    for i, t in enumerate(terms):
         _tensor_output(outs[t.output], outputs[t.output], "train.loss", "a loss")
+        where = f"train.loss[{i}]" if isinstance(cfg.train["loss"], list) else "train.loss"
+        check_class_dim(t.class_dim, shapes[t.output], outputs[t.output], f"{where}.class_dim")
     metrics = _metrics(cfg, outputs, fields, terms, shapes, batch)
     for i, (slot, item) in enumerate(zip(metrics, cfg.train["metrics"], strict=True)):
         _try_metric(slot, item["name"], outs, batch, f"train.metrics[{i}]")
     return Task(feeds, outputs, terms, metrics)
+
+
+def check_class_dim(class_dim: int, shape: tuple, name: str, where: str) -> None:
+    """A class dim the output has (`-1` of [N, T, V]; not 7 of [N, C])."""
+    if len(shape) > 1 and not -len(shape) <= class_dim < len(shape):
+        raise ConfigError(f"class_dim {class_dim} is not a dimension of the output '{name}' {list(shape)}",
+                          path=where, hint=f"from {-len(shape)} to {len(shape) - 1}")  # fmt: skip
 
 
 def _tensor_output(value, name: str, where: str, what: str) -> None:
@@ -335,6 +344,7 @@ def _metrics(cfg, outputs, fields, terms, shapes, batch) -> tuple[MetricSlot, ..
         if shapes[out] is None:
             raise ConfigError(f"the output '{outputs[out]}' is not a tensor; a metric takes one", path=where,
                               hint="make the spec's output one tensor (index a tuple: 'node[0]')")  # fmt: skip
+        check_class_dim(class_dim, shapes[out], outputs[out], f"{where}.class_dim")
         metric = build_metric(item, out_shape=shapes[out], target=batch[target], where=where,
                               class_dim=class_dim)  # fmt: skip
         label = metric_label(item)

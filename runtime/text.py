@@ -276,6 +276,17 @@ def token_cache_dir(setting: str | None = None) -> Path:
     return Path(chosen).expanduser().absolute()  # the memory maps outlive a chdir
 
 
+def _check_cache_dir(cache: Path, where: str) -> None:
+    """The token cache is a folder, or can be made one: a file on its path is named."""
+    for folder in (cache, *cache.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ConfigError(f"the token cache {cache} cannot be made: {folder} is not a folder",
+                                  path=where if where.startswith("data.") else "",
+                                  hint=f"set {where} to a folder")  # fmt: skip
+            return
+
+
 @dataclass(frozen=True)
 class TokenSpan:
     """Tokens [start, stop) of a cache file of `dtype` ids."""
@@ -415,6 +426,7 @@ def _text(args: dict) -> Splits:
     val_files = args["val_path"] and find_text_files(args["val_path"], args["pattern"],
                                                      "data.val_path")  # fmt: skip
     cache = token_cache_dir(args["cache_dir"])
+    _check_cache_dir(cache, "data.cache_dir" if args["cache_dir"] else "$YAMLNET_CACHE_DIR")
     tokenizer = load_tokenizer(args, files, cache)
     train = cached_tokens(files, tokenizer, cache, "data.path")
     if val_files:

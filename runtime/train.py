@@ -43,7 +43,7 @@ from .distributed import (
 from .errors import TrainingError, first_line
 from .evaluate import Evaluator, autocast_for
 from .log import NullLog, RunLog, banner, end_summary, last_metrics, log_columns
-from .optim import build_optimizer, build_scheduler, check_schedule
+from .optim import build_optimizer, build_scheduler, check_optimizer, check_schedule
 from .process import (
     StopSignals,
     set_determinism,
@@ -189,6 +189,7 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
     steps_per_epoch = -(-batches // tcfg["grad_accum"])
     total = tcfg["max_steps"] or tcfg["epochs"] * steps_per_epoch
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
+    check_optimizer(tcfg["optimizer"], env.device)
     monitor, mode = _monitor(cfg, loaders, task)
     check_schedule(tcfg["scheduler"], tcfg["optimizer"], steps_per_epoch=steps_per_epoch,
                    total_steps=total, mode=mode)  # fmt: skip

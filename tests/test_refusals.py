@@ -679,3 +679,124 @@ def test_a_metric_that_does_not_fit_the_task_is_refused_before_training(metric, 
     rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--set", f"train.metrics=[{metric}]")
     assert rc == 2 and "train.metrics[0]: " in line and "cannot take outputs [2, 10] and targets [2]" in line, line
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+# -- found by an outside sweep: each class fixed where it arises ---------------------------
+
+
+@pytest.mark.parametrize("item, says", [
+    ("train.optimizer.betas=[0.9]", "train.optimizer: AdamW: list index out of range"),
+    ("train.optimizer.differentiable=true", "train.optimizer: AdamW fails at its first step: a leaf Variable"),
+    ("train.optimizer={name: ASGD, t0: abc}", "train.optimizer: ASGD fails at its first step: unsupported operand"),
+    ("train.optimizer={name: Rprop, step_sizes: [1]}", "train.optimizer: Rprop fails at its first step"),
+    ("train.loss={name: CrossEntropyLoss, class_dim: 7}",
+     "train.loss.class_dim: class_dim 7 is not a dimension of the output 'logits' [2, 10]"),
+    ("train.metrics=[{name: Accuracy, class_dim: 5}]",
+     "train.metrics[0].class_dim: class_dim 5 is not a dimension of the output 'logits' [2, 10]"),
+])  # fmt: skip
+def test_optimizer_loss_and_metric_arguments_fail_before_the_first_step(item, says, tmp_path, capsys, monkeypatch):
+    """An optimizer is built and stepped twice on a throwaway parameter at preflight, and
+    class_dim is checked against the probed output: arguments a constructor takes but a
+    step refuses are one line before training, not an internal error at step 1."""
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--set", item)
+    assert rc == 2 and says in line, line
+
+
+@pytest.mark.parametrize("how", ["torchscript", "pt2", "onnx", "compile"])
+def test_writing_an_artifact_to_a_full_disk_is_one_line_and_leaves_nothing(how, small_disk, capsys, monkeypatch):
+    """TorchScript's and torch.save's C++ writers abort the process or raise in their own
+    words on a write error: artifacts are serialised in memory and written by Python."""
+    import shutil
+
+    monkeypatch.chdir(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(small_disk).free - (64 << 10)))
+    if how == "compile":
+        args = ["compile", str(DIGITS), "--out", "w.pt"]
+    else:
+        args = ["export", str(DIGITS), "--format", how, "--out", f"x.{how}"]
+    rc, line = cli(capsys, *args, cpu_s=60)
+    assert rc == 2 and "No space left on device" in line and "cannot write" in line, line
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no partial file, no temp file
+
+
+def test_a_dim_past_what_torch_sizes_hold_is_refused(capsys):
+    rc, line = cli(capsys, "summary", str(DIGITS), "--dim", "N=99999999999999999999")
+    assert rc == 2 and "--dim N: 99999999999999999999 is past 2,147,483,647" in line, line
+    rc, line = cli(capsys, "export", str(DIGITS), "--format", "pt2", "--dim", "N=100000000", "--no-verify")
+    assert rc == 2 and "the example input 'image' would be [100000000, 1, 8, 8]" in line, line
+
+
+@pytest.mark.parametrize("how", ["data", "checkpoint", "predict", "predict_str"])
+def test_sparse_quantized_and_non_tensor_files_are_refused_in_one_line(how, tmp_path, capsys, monkeypatch):
+    """torch.load reads sparse and quantized tensors with warnings of its own (extra
+    lines); they and non-tensor inputs are refused by what they hold."""
+    import torch
+    from yamlnet.runtime.checkpoint import FORMAT, VERSION
+
+    import yamlnet
+
+    monkeypatch.chdir(tmp_path)
+    sparse = torch.rand(40, 64).to_sparse()
+    if how == "data":
+        torch.save({"x": sparse, "y": torch.arange(40) % 3}, "d.pt")
+        args, says = ["train", str(DIGITS), "--set", "data.dataset=tensors", "--set", "data.train=d.pt"], \
+            "it holds a tensor of layout sparse_coo; only dense tensors are read"  # fmt: skip
+    elif how == "checkpoint":
+        torch.save({"format": FORMAT, "version": VERSION, "checksum": "crc32:00000000",
+                    "model": {"conv1.weight": sparse}}, "c.pt")  # fmt: skip
+        args, says = ["eval", str(DIGITS), "--checkpoint", "c.pt"], "layout sparse_coo"
+    else:
+        torch.save(yamlnet.compile(DIGITS).state_dict(), "m.pt")
+        torch.save(torch.rand(5, 1, 8, 8).to_sparse() if how == "predict" else "hello", "x.pt")
+        args = ["predict", str(DIGITS), "--checkpoint", "m.pt", "--input", "x.pt"]
+        says = "layout sparse_coo" if how == "predict" else "it holds str under 'x', not a tensor"
+    rc, line = cli(capsys, *args)
+    assert rc == 2 and says in line, line
+
+
+def test_a_csv_with_a_hundred_thousand_columns_is_read_in_linear_time(tmp_path, capsys, monkeypatch):
+    """A duplicate-column check counted each name over the whole header (quadratic: more
+    than 60 s for 100,000 columns)."""
+    monkeypatch.chdir(tmp_path)
+    header = ",".join(f"c{i}" for i in range(100_000))
+    (tmp_path / "w.csv").write_text(header + "\n" + ("\n".join([",".join(["1"] * 100_000)] * 3)) + "\n")
+    rc, line = cli(capsys, "train", str(DIGITS), "--set", "data.dataset=tensors", "--set", "data.train=w.csv")
+    assert rc == 2, line
+
+
+def test_a_token_cache_that_is_a_file_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("some text to learn from. " * 200)
+    (tmp_path / "cache").write_text("a file, not a folder")
+    rc, line = cli(capsys, "train", str(SPECS / "zoo" / "gpt.yaml"), "--out", "run", "--set", "layers=1",
+                   "--set", "dim=32", "--set", "heads=2", "--set", "context=16", "--set", "data.block_size=16",
+                   "--set", "data.path=a.txt", "--set", "data.cache_dir=cache/tokens")  # fmt: skip
+    assert rc == 2 and "data.cache_dir: the token cache" in line and "cache is not a folder" in line, line
+
+
+def test_an_image_name_with_a_newline_is_escaped_in_the_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _png_folder(tmp_path / "img", {"bad\nname.png": b"not an image"})
+    rc, line = cli(capsys, "train", str(SPECS / "resnet18.yaml"), "--out", "run", "--set", "classes=2",
+                   "--set", "size=8", "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}",
+                   "--set", "data.val_fraction=0", "--set", "data.num_workers=0", "--set", "data.transforms=[]",
+                   "--set", "data.val_transforms=[]", "--set", "train.metrics=[]", "--set", "train.monitor=null")  # fmt: skip
+    assert rc == 2 and "bad\\x0aname.png" in line, line
+
+
+def test_a_batch_of_one_under_batchnorm_says_what_to_set(tmp_path, capsys, monkeypatch):
+    """13 images in batches of 12 leave a last batch of one, which BatchNorm cannot
+    train on: exit 2 (the data's doing) and the setting that avoids it."""
+    monkeypatch.chdir(tmp_path)
+    import numpy as np
+    from PIL import Image
+
+    _png_folder(tmp_path / "img", {})  # 12 images
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / "a" / "extra.png")
+    rc, line = cli(capsys, "train", str(SPECS / "resnet18.yaml"), "--out", "run", "--set", "classes=2",
+                   "--set", "size=8", "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}",
+                   "--set", "data.val_fraction=0", "--set", "data.num_workers=0", "--set", "data.transforms=[]",
+                   "--set", "data.val_transforms=[]", "--set", "data.batch_size=12", "--set", "train.metrics=[]",
+                   "--set", "train.monitor=null", "--max-steps", "4", cpu_s=30)  # fmt: skip
+    assert rc == 2 and "a batch of one sample: set data.drop_last: true" in line, line

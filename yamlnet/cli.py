@@ -367,12 +367,17 @@ def cmd_summary(args) -> int:
     return EXIT_OK
 
 
+MAX_DIM = 2**31 - 1  # a --dim past this overflows PyTorch's 32-bit sizes in places
+
+
 def _dims(items: list[str]) -> dict[str, int]:
     dims = {}
     for item in items:
         name, sep, size = item.partition("=")
         if not sep or not size.isdigit() or int(size) < 1:
             raise UserError(f"--dim expects SYMBOL=SIZE, got '{item}'")
+        if len(size) > 12 or int(size) > MAX_DIM:
+            raise UserError(f"--dim {name.strip()}: {size[:24]} is past {MAX_DIM:,}, the largest size a dim may have")
         dims[name.strip()] = int(size)
     return dims
 
@@ -701,19 +706,30 @@ def _write(path: str, data: str | bytes) -> None:
 
 
 def _atomic_save(obj, path: str) -> None:
+    import io
+
     import torch
 
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    buf = io.BytesIO()  # torch.save's own writer reports a full disk in C++ words
+    torch.save(obj, buf)
+    _write(path, buf.getvalue())
 
 
 def _atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
+    """Write through a temporary file in the same folder, then rename over `path`; a
+    failed write leaves nothing behind."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
         os.replace(tmp, path)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":  # pragma: no cover
