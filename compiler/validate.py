@@ -141,11 +141,18 @@ def explain_schema_error(err) -> tuple[str, str]:
     if v in ("anyOf", "oneOf") and err.context and all(e.validator == "type" for e in err.context):
         wants = " or ".join(_want(e.validator_value) for e in err.context)
         return f"expected {wants}, got {_got(inst)}", ""
-    if v in ("minProperties", "minItems"):
+    if v in ("minProperties", "minItems") and err.validator_value == 1:
         return "must not be empty", ""
+    if v in ("maxItems", "minItems") and isinstance(inst, list):
+        bound = "at most" if v == "maxItems" else "at least"
+        return f"has {len(inst):,} items; {bound} {err.validator_value} are allowed", ""
     if v == "propertyNames":
-        return f"{err.message}", ""
-    return err.message, ""
+        return _clip(err.message), ""
+    return _clip(err.message), ""  # jsonschema's own words quote the whole value
+
+
+def _clip(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _want(t) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..compiler.errors import Diagnostic, Location, did_you_mean, not_a_regular_file
-from ..compiler.load import Document, load_document, nearest_loc
+from ..compiler.load import LIMITS, Document, load_document, nearest_loc
 from ..compiler.validate import (
     StrictValidator,
     explain_schema_error,
@@ -41,6 +41,8 @@ _NAMED = {"type": "object", "required": ["name"], "properties": {"name": _NAME}}
 
 _CLASS_DIM = {"type": "integer", "description": "the output's class dimension (default 1; -1 for "
                                               "[N, T, classes] sequence logits)"}
+MAX_ITEMS = 64  # loss terms, metrics, transforms: each is built and probed at preflight
+
 _TERM = {**_NAMED, "properties": {
     "name": _NAME,
     "output": {"type": "string", "description": "the spec output it reads (default: train.output)"},
@@ -69,11 +71,11 @@ TRAIN_PROPS: dict[str, dict] = {
     "scheduler": {"anyOf": [_NAMED, {"type": "null"}], "default": None,
                   "description": "a torch.optim.lr_scheduler class and its arguments; extra keys: "
                                  "warmup_steps (linear warmup), interval (step or epoch)"},
-    "loss": {"anyOf": [_TERM, {"type": "array", "items": _TERM, "minItems": 1}],
+    "loss": {"anyOf": [_TERM, {"type": "array", "items": _TERM, "minItems": 1, "maxItems": MAX_ITEMS}],
              "default": {"name": "CrossEntropyLoss"},
              "description": "a torch.nn loss, or a list of weighted terms each on a named output "
                             "(keys output, target, loss_weight, class_dim, label)"},
-    "metrics": {"type": "array", "items": _METRIC, "default": [{"name": "accuracy"}],
+    "metrics": {"type": "array", "items": _METRIC, "maxItems": MAX_ITEMS, "default": [{"name": "accuracy"}],
                 "description": "torchmetrics classes by name (F1Score, JaccardIndex, Perplexity, "
                                "...) or accuracy, top_k_accuracy (k), mse, mae; keys output, "
                                "target, class_dim, label beside the class's own"},
@@ -130,9 +132,9 @@ DATA_PROPS: dict[str, dict] = {
     "pin_memory": {"type": ["boolean", "null"], "default": None, "description": "default: on CUDA"},
     "shuffle": {"type": "boolean", "default": True},
     "drop_last": {"type": "boolean", "default": False},
-    "transforms": {"type": "array", "items": _NAMED, "default": [],
+    "transforms": {"type": "array", "items": _NAMED, "maxItems": MAX_ITEMS, "default": [],
                    "description": "torchvision.transforms.v2 for training samples"},
-    "val_transforms": {"type": "array", "items": _NAMED, "default": [],
+    "val_transforms": {"type": "array", "items": _NAMED, "maxItems": MAX_ITEMS, "default": [],
                        "description": "torchvision.transforms.v2 for validation samples"},
     "input": {"type": ["string", "null"], "default": None,
               "description": "the model input the source's only input field feeds"},
@@ -286,7 +288,11 @@ def _load_config_file(path) -> Document:
                           ArgLocation(f"--config {path}", 0, 0))  # fmt: skip
     try:
         with open(path, "rb") as fh:
-            doc = load_document(fh.read(1 << 20), os.fspath(path))
+            raw = fh.read(LIMITS["max_bytes"] + 1)
+        if len(raw) > LIMITS["max_bytes"]:  # cut at the limit, it would read as broken YAML
+            raise ConfigError(f"the config file is over {LIMITS['max_bytes']:,} bytes, the limit for a YAML file",
+                              ArgLocation(f"--config {path}", 0, 0))  # fmt: skip
+        doc = load_document(raw, os.fspath(path))
     except OSError as err:
         raise ConfigError(f"cannot read the config file: {err.strerror or err}",
                           ArgLocation(f"--config {path}", 0, 0)) from None  # fmt: skip

@@ -40,7 +40,7 @@ def generate(spec: str | os.PathLike, checkpoint: str | os.PathLike, prompt: str
 
         >>> yamlnet.generate("specs/zoo/gpt.yaml", "runs/gpt", "The spec").text  # doctest: +SKIP
     """
-    _check_options(max_new_tokens, temperature, top_k)
+    _check_options(max_new_tokens, temperature, top_k, seed)
     cfg, compiled, model, dev, state = session(spec, checkpoint, config, plugins, overrides, device)
     tokenizer, block = _tokenizer(cfg, state)
     term = loss_items(cfg)[0]
@@ -57,19 +57,25 @@ def generate(spec: str | os.PathLike, checkpoint: str | os.PathLike, prompt: str
         for _ in range(max_new_tokens):
             logits = as_tuple(model(x[:, -block:]))[out_index]  # (1, t, vocab) for class_dim -1
             scores = logits.movedim(class_dim, -1)[0, -1].float().cpu()  # (vocab,)
+            scores = scores[: tokenizer.vocab_size]  # a head wider than the tokenizer: ids it cannot spell
             token = _draw(scores, temperature, top_k, g)
             new.append(token)
             x = torch.cat([x, x.new_tensor([[token]])], dim=1)
     return Generation(prompt, tokenizer.decode(new), new)
 
 
-def _check_options(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    if max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be at least 1")
-    if not temperature > 0:
-        raise ConfigError("--temperature must be above 0")
+MAX_NEW_TOKENS = 100_000  # one call: a model past this is better served by a loop of calls
+
+
+def _check_options(max_new_tokens: int, temperature: float, top_k: int | None, seed: int = 0) -> None:
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ConfigError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS:,}")
+    if not 0 < temperature < float("inf"):
+        raise ConfigError("--temperature must be a finite number above 0")
     if top_k is not None and top_k < 1:
         raise ConfigError("--top-k must be at least 1")
+    if not -(2**63) <= seed < 2**64:
+        raise ConfigError("--seed must fit in 64 bits")
 
 
 def _draw(scores: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> int:

@@ -371,7 +371,17 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
         raise CheckpointError(f"the run's length changed since {path} ({saved_total} -> "
                               f"{run.total_steps} steps), and its LR schedule was built for "
                               f"{saved_total}", hint="pass --force to resume anyway")  # fmt: skip
-    run.optimizer.load_state_dict(state["optimizer"])
+    saved = ((state.get("config") or {}).get("train") or {}).get("optimizer") or {}
+    now = run.cfg.train["optimizer"]["name"]
+    if isinstance(saved, dict) and saved.get("name") not in (None, now):
+        raise CheckpointError(f"{path} holds {saved['name']}'s optimizer state; this run uses {now}",
+                              hint="resume with the same optimizer, or start a new run from its weights "
+                                   "with init:")  # fmt: skip
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # torch: "loaded state dict has a different number ..."
+        raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer: {first_line(err)}",
+                              hint="resume with the same optimizer and frozen parts, or start anew with init:") from None  # fmt: skip
     run.schedule.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])

@@ -272,6 +272,7 @@ def _image_folder(args: dict) -> Splits:
     def folder(path: str, key: str):
         if not os.path.isdir(path):
             raise ConfigError(f"no such folder: {path}", path=f"data.{key}")
+        _check_no_link_loops(path, f"data.{key}")
         try:
             return Labelled(ImageFolder(path, transform=to_tensor(), loader=load_rgb))
         except (FileNotFoundError, RuntimeError) as err:
@@ -282,6 +283,20 @@ def _image_folder(args: dict) -> Splits:
     if args["val_root"]:
         return Splits(train, folder(args["val_root"], "val_root"), fields)
     return Splits(*split(train, args["val_fraction"], args["split_seed"]), fields)
+
+
+def _check_no_link_loops(root: str, where: str) -> None:
+    """ImageFolder follows links to folders: one that leads back to a folder already on
+    the walk (`a/up -> ..`) would list the tree again and again. Refused, named."""
+    seen = {os.path.realpath(root)}
+    for folder, subfolders, _ in os.walk(root, followlinks=True):
+        for name in list(subfolders):
+            target = os.path.realpath(os.path.join(folder, name))
+            if target in seen:
+                link = printable(os.path.join(folder, name), lines=False)
+                raise ConfigError(f"{link} leads to a folder already under the walk ({printable(target, lines=False)})",
+                                  path=where, hint="remove the link, or point data.root below it")  # fmt: skip
+            seen.add(target)
 
 
 class Labelled(Dataset):

@@ -800,3 +800,82 @@ def test_a_batch_of_one_under_batchnorm_says_what_to_set(tmp_path, capsys, monke
                    "--set", "data.val_transforms=[]", "--set", "data.batch_size=12", "--set", "train.metrics=[]",
                    "--set", "train.monitor=null", "--max-steps", "4", cpu_s=30)  # fmt: skip
     assert rc == 2 and "a batch of one sample: set data.drop_last: true" in line, line
+
+
+def _tiny_gpt_run(tmp_path, monkeypatch) -> list[str]:
+    """A 2-step run of the zoo GPT (vocab 512 under a byte tokenizer: 256 ids); the
+    --set items that shrink it."""
+    from yamlnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("YAMLNET_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a.txt").write_text("some text to learn from. " * 200)
+    sets = ["layers=1", "dim=32", "heads=2", "context=16", "data.block_size=16", "data.path=a.txt"]
+    args = [a for s in sets for a in ("--set", s)]
+    assert in_child(main, ["train", str(SPECS / "zoo" / "gpt.yaml"), "--out", "run", "--max-steps", "2", *args]).rc == 0
+    return args
+
+
+def test_generate_draws_only_ids_the_tokenizer_can_spell(tmp_path, monkeypatch):
+    """The zoo GPT's head is wider (512) than the byte tokenizer (256): an id past 255
+    could not be decoded (an internal error before). Drawn hot from an untrained model,
+    every id is one the tokenizer has."""
+    import yamlnet
+
+    args = _tiny_gpt_run(tmp_path, monkeypatch)
+    overrides = dict(a.split("=", 1) for a in args[1::2])
+    overrides = {k: int(v) if v.isdigit() else v for k, v in overrides.items()}
+    out = yamlnet.generate(SPECS / "zoo" / "gpt.yaml", "run", "The", max_new_tokens=200, temperature=5.0,
+                           **overrides)  # fmt: skip
+    assert len(out.tokens) == 200 and max(out.tokens) < 256
+
+
+@pytest.mark.parametrize("flag, says", [
+    (["--temperature", "inf"], "--temperature must be a finite number above 0"),
+    (["--seed", "99999999999999999999"], "--seed must fit in 64 bits"),
+    (["--max-new-tokens", "100000000"], "--max-new-tokens must be from 1 to 100,000"),
+])  # fmt: skip
+def test_generate_flags_are_bounded(flag, says, tmp_path, capsys, monkeypatch):
+    args = _tiny_gpt_run(tmp_path, monkeypatch)
+    rc, line = cli(capsys, "generate", str(SPECS / "zoo" / "gpt.yaml"), "--checkpoint", "run", "--prompt", "The",
+                   *args, *flag)  # fmt: skip
+    assert rc == 2 and says in line, line
+
+
+def test_resuming_with_another_optimizer_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    from yamlnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert in_child(main, ["train", str(DIGITS), "--out", "run", "--max-steps", "3"]).rc == 0
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--resume", "--force", "--max-steps", "6",
+                   "--set", "train.optimizer.name=SGD")  # fmt: skip
+    assert rc == 2 and "holds AdamW's optimizer state; this run uses SGD" in line, line
+
+
+def test_an_image_folder_whose_links_lead_back_is_refused(tmp_path, capsys, monkeypatch):
+    """ImageFolder follows links to folders: one back to the root listed the tree again and
+    again (a hang)."""
+    monkeypatch.chdir(tmp_path)
+    _png_folder(tmp_path / "img", {})
+    (tmp_path / "img" / "a" / "up").symlink_to("..")
+    rc, line = cli(capsys, "train", str(SPECS / "resnet18.yaml"), "--out", "run", "--set", "classes=2",
+                   "--set", "size=8", "--set", "width=4", "--set", f"data.root={tmp_path / 'img'}",
+                   "--set", "data.val_fraction=0", "--set", "data.num_workers=0", "--set", "data.transforms=[]",
+                   "--set", "data.val_transforms=[]", "--set", "train.metrics=[]", "--set", "train.monitor=null")  # fmt: skip
+    assert rc == 2 and "img/a/up leads to a folder already under the walk" in line, line
+
+
+@pytest.mark.parametrize("how", ["metrics", "oversized"])
+def test_a_config_file_too_long_is_refused_by_its_size(how, tmp_path, capsys, monkeypatch):
+    """30,000 metrics in 949 KB of --config took minutes at preflight; a 3.6 MB file was
+    read cut at 1 MiB and called a YAML syntax error."""
+    monkeypatch.chdir(tmp_path)
+    if how == "metrics":
+        text = "train:\n  metrics: [" + ", ".join(f"{{name: accuracy, label: m{i}}}" for i in range(30_000)) + "]\n"
+        says = "train.metrics: has 30,000 items; at most 64 are allowed"
+    else:
+        text = "train:\n  epochs: 2\n" + "# padding\n" * 400_000
+        says = "the config file is over 1,048,576 bytes"
+    (tmp_path / "c.yaml").write_text(text)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--config", "c.yaml")
+    assert rc == 2 and says in line, line
