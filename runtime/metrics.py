@@ -89,6 +89,7 @@ def build_metric(item: dict, *, out_shape: tuple, target: torch.Tensor, where: s
     if name == "top_k_accuracy" and not (isinstance(kwargs["top_k"], int) and kwargs["top_k"] >= 1):
         raise ConfigError("k must be a positive integer", path=f"{where}.k")
     params = _params(cls)
+    _check_sizes(item, where)
     if "task" in params:
         _fill_task(kwargs, out_shape, target, class_dim, where)
     elif "num_classes" in params and "num_classes" not in kwargs and len(out_shape) > 1:
@@ -131,6 +132,20 @@ def _fill_task(kwargs: dict, out_shape: tuple, target: torch.Tensor, class_dim: 
         kwargs.setdefault("num_classes", classes)
     elif kwargs["task"] == "multilabel":
         kwargs.setdefault("num_labels", classes)
+
+
+MAX_METRIC_INT = 1_000_000  # a whole-number argument a user gives a metric (bins, classes, k)
+
+
+def _check_sizes(item: dict, where: str) -> None:
+    """Whole numbers given to a metric within MAX_METRIC_INT: bins, thresholds and classes
+    size a metric's memory (`CalibrationError n_bins: 100000000` took 3 GB)."""
+    for key, value in item.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_METRIC_INT:
+                raise ConfigError(f"{key} {v} is past {MAX_METRIC_INT:,}", path=f"{where}.{key}",
+                                  hint="a metric's memory grows with its bins, thresholds and classes")  # fmt: skip
 
 
 def _check_args(cls, params: dict, kwargs: dict, where: str) -> None:

@@ -879,3 +879,12 @@ def test_a_config_file_too_long_is_refused_by_its_size(how, tmp_path, capsys, mo
     (tmp_path / "c.yaml").write_text(text)
     rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--config", "c.yaml")
     assert rc == 2 and says in line, line
+
+
+def test_a_metric_size_argument_past_a_million_is_refused(tmp_path, capsys, monkeypatch):
+    """`n_bins: 100000000` sized CalibrationError's memory at 3 GB; whole numbers given to
+    a metric stay within 1,000,000."""
+    monkeypatch.chdir(tmp_path)
+    rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--set",
+                   "train.metrics=[{name: CalibrationError, n_bins: 100000000}]")  # fmt: skip
+    assert rc == 2 and "train.metrics[0].n_bins: n_bins 100000000 is past 1,000,000" in line, line
