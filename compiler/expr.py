@@ -10,7 +10,7 @@ to Python's `eval`. What exists:
     comparison    == != < <= > >= in, not in, chained (a < b < c)
     logic         and or not, and the conditional `a if cond else b`
     indexing      xs[0]  table["key"]  xs[1:3]
-    functions     min max abs int float round ceil floor len bool str divisible
+    functions     min max sum abs int float round ceil floor log log2 sqrt len bool str divisible
                   shape(node) -> the node's inferred output shape as a list
 
 A whole-string expression (`"${width * 2}"`) keeps its type (an int here); an
@@ -214,6 +214,30 @@ def _divisible(value: Any, divisor: Any = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def _sum(values: Any) -> Any:
+    if not isinstance(values, list) or not all(_number(v) for v in values):
+        raise ExprError("sum() takes a list of numbers")
+    return sum(values)
+
+
+def _log(x: Any, base: Any = math.e) -> float:
+    if not (_number(x) and x > 0 and _number(base) and base > 0 and base != 1):
+        raise ExprError("log(x, base) takes a number above 0 (and a base above 0, not 1)")
+    return math.log(x, base)
+
+
+def _log2(x: Any) -> float:
+    if not (_number(x) and x > 0):
+        raise ExprError("log2() takes a number above 0")
+    return math.log2(x)
+
+
+def _sqrt(x: Any) -> float:
+    if not (_number(x) and x >= 0):
+        raise ExprError("sqrt() takes a number of 0 or more")
+    return math.sqrt(x)
+
+
 _FUNCS: dict[str, Callable] = {
     "min": min,
     "max": max,
@@ -227,6 +251,10 @@ _FUNCS: dict[str, Callable] = {
     "bool": bool,
     "str": _to_str,
     "divisible": _divisible,
+    "sum": _sum,
+    "log": _log,
+    "log2": _log2,
+    "sqrt": _sqrt,
 }
 
 

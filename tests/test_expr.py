@@ -1,5 +1,7 @@
 """The expression language: what it computes, and what it refuses."""
 
+import re
+
 import pytest
 from yamlnet.compiler.errors import ExprError
 from yamlnet.compiler.expr import Scope, evaluate, resolve
@@ -144,3 +146,33 @@ def test_a_complex_result_is_refused():
         ev("(-2) ** 0.25")
     with pytest.raises(ExprError, match="result is a complex number"):
         ev("x ** 0.5 * 2", x=-4)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("sum(depths)", 10),
+    ("sum([])", 0),
+    ("sum(depths[:2]) * 2", 6),
+    ("log2(width)", 3.0),
+    ("int(log2(width))", 3),
+    ("round(log(100, 10))", 2),
+    ("sqrt(width * 2)", 4.0),
+    ("max(depths)", 4),
+    ("min(depths)", 1),
+])  # fmt: skip
+def test_list_and_math_functions(text, expected):
+    """What derived configurations need (running block counts, RegNet-style widths)."""
+    assert ev(text, depths=[1, 2, 3, 4], width=8) == expected
+
+
+@pytest.mark.parametrize("text, says", [
+    ("sum(width)", "sum() takes a list of numbers"),
+    ("sum(['a'])", "sum() takes a list of numbers"),
+    ("log(0)", "log(x, base) takes a number above 0"),
+    ("log(8, 1)", "log(x, base) takes a number above 0"),
+    ("log2(-1)", "log2() takes a number above 0"),
+    ("sqrt(-1)", "sqrt() takes a number of 0 or more"),
+    ("sqrt('9')", "sqrt() takes a number of 0 or more"),
+])  # fmt: skip
+def test_list_and_math_functions_refuse_what_they_cannot_take(text, says):
+    with pytest.raises(ExprError, match=re.escape(says)):
+        ev(text, width=8)
