@@ -95,13 +95,18 @@ def _save_without_zip_crcs(payload: dict, fh) -> None:
 
 
 def _commit(tmp: Path, path: str | os.PathLike) -> None:
-    """fsync the finished temp file, rename it to `path`, fsync the folder."""
-    fd = os.open(tmp, os.O_RDONLY)
+    """fsync the finished temp file, rename it to `path`, fsync the folder; a temp file
+    that cannot be renamed is removed."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(Path(path).parent)
 
 

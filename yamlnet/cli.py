@@ -698,11 +698,14 @@ def cmd_schema(args) -> int:
 
 
 def _write(path: str, data: str | bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+    """Write through a temporary file in the same folder, then rename over `path` (the
+    checkpoints' atomic write); a failed write leaves nothing behind."""
+    from .runtime.checkpoint import atomic_write
 
-    _atomic(path, write)
+    try:
+        atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -713,23 +716,6 @@ def _atomic_save(obj, path: str) -> None:
     buf = io.BytesIO()  # torch.save's own writer reports a full disk in C++ words
     torch.save(obj, buf)
     _write(path, buf.getvalue())
-
-
-def _atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`; a
-    failed write leaves nothing behind."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if os.path.lexists(tmp):
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 if __name__ == "__main__":  # pragma: no cover
