@@ -172,14 +172,6 @@ def image_pixel_limit() -> int:
     return env_limit("YAMLNET_MAX_IMAGE_PIXELS", MAX_PIXELS, "pixels", ConfigError)
 
 
-def check_pixels(path: str, size: tuple[int, int]) -> None:
-    """Refuse an image of `size` (width, height) past the pixel limit."""
-    limit = image_pixel_limit()
-    if size[0] * size[1] > limit:
-        raise ImageTooLarge(f"{printable(str(path), lines=False)}: {size[0]}x{size[1]} is more than {limit:,} pixels "
-                            "(set YAMLNET_MAX_IMAGE_PIXELS to allow more)")  # fmt: skip
-
-
 @contextmanager
 def open_image(path: str):
     """PIL's image at `path`, its size checked against the pixel limit from the header,
@@ -189,15 +181,18 @@ def open_image(path: str):
     limit = image_pixel_limit()
     if limit > (Image.MAX_IMAGE_PIXELS or 0):  # PIL's own guard refuses at twice its value
         Image.MAX_IMAGE_PIXELS = limit
+    how = "(set YAMLNET_MAX_IMAGE_PIXELS to allow more)"
+    shown = printable(str(path), lines=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it
             image = Image.open(path)
     except Image.DecompressionBombError:
-        raise ImageTooLarge(f"{path}: more than {limit:,} pixels "
-                            "(set YAMLNET_MAX_IMAGE_PIXELS to allow more)") from None  # fmt: skip
+        raise ImageTooLarge(f"{shown}: more than {limit:,} pixels {how}") from None
     with image:
-        check_pixels(path, image.size)
+        width, height = image.size
+        if width * height > limit:
+            raise ImageTooLarge(f"{shown}: {width}x{height} is more than {limit:,} pixels {how}")
         yield image
 
 
