@@ -228,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="a checkpoint file or a run folder (its best.pt)")  # fmt: skip
     c.add_argument("--prompt", required=True, help="the text to continue")
-    c.add_argument("--max-new-tokens", type=int, default=200, metavar="K", help="tokens to add (200)")
+    c.add_argument("--max-new-tokens", type=int, default=200, metavar="K", help="tokens to add (200; at most 100,000)")
     c.add_argument("--temperature", type=float, default=1.0, help="divides the scores: below 1 is "
                    "more predictable, above 1 more varied (1.0)")  # fmt: skip
     c.add_argument("--top-k", type=int, metavar="K", help="draw from the K likeliest tokens only")
