@@ -1,0 +1,306 @@
+"""Turning the calls of torch functions and Tensor methods in the traced graph into yamlnet ops
+and their arguments."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+from ..registry import REGISTRY
+from .common import _is_node
+from .layer_args import _NOT_PLAIN, _plain
+
+# ---- functions ----------------------------------------------------------------------------------
+_PLUGIN_HINT = (
+    "register an op for it with a plugin (--plugin), or trace a module that does not call it"
+)
+_SIZE_HINT = "write that size as a constant, or -1 in a reshape"
+
+
+class _Unsupported(Exception):
+    def __init__(self, message: str, hint: str = _PLUGIN_HINT):
+        super().__init__(message)
+        self.hint = hint
+
+
+_BASE = {"getitem": "getitem", "scaled_dot_product_attention": "attention"}
+
+
+_ALIASES = {"axis": "dim", "split_size": "split_size_or_sections", "self": "input"}
+
+
+def _bind(n, names: list[str]) -> dict:
+    """The call's arguments by the names the op takes (PyTorch's aliases mapped)."""
+    bound = dict(zip(names, n.args, strict=False))
+    if len(n.args) > len(names):
+        raise _Unsupported(f"takes {len(n.args)} positional arguments")
+    for k, v in n.kwargs.items():
+        key = k if k in names else _ALIASES.get(k, k)
+        if key not in names and not (key == "input" and "self" in names):
+            raise _Unsupported(f"is called with {k}=, which the importer does not know")
+        bound["self" if key == "input" and "self" in names else key] = v
+    return bound
+
+
+def _const(v, what: str, tr=None):
+    if _is_node(v):
+        if tr is not None and v in tr.sizes:
+            return tr.scalar_value(v)
+        raise _Unsupported(f"{what} is computed in forward")
+    if isinstance(v, (tuple, list)):
+        return [_const(x, what, tr) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _Unsupported(f"{what}={v!r} cannot be written in YAML")
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    raise _Unsupported(f"{what}={v!r} cannot be written in YAML")
+
+
+def _function_table():
+    import torch
+    import torch.nn.functional as F
+
+    table: dict = {}
+
+    def add(targets, handler):
+        for t in targets:
+            table[t] = handler
+
+    def binary(op, commutes):
+        extras = ["alpha"] if op in ("add", "sub") else ["rounding_mode"] if op == "div" else []
+
+        def h(n, tr):
+            b = _bind(n, ["input", "other", *extras])
+            a, o = b.pop("input"), b.pop("other", None)
+            extra = {k: _const(v, k, tr) for k, v in b.items() if v not in (1, None)}
+            if tr.is_tensor(a) and tr.is_tensor(o):
+                return op, [tr.val(a), tr.val(o)], extra
+            if tr.is_tensor(a):
+                return op, [tr.val(a)], {"other": _const(o, "other", tr), **extra}
+            if commutes and tr.is_tensor(o):
+                return op, [tr.val(o)], {"other": _const(a, "other", tr), **extra}
+            raise _Unsupported(f"a number {op} a tensor (write it with the tensor first)")
+
+        return h
+
+    add([operator.add, operator.iadd, torch.add, "add"], binary("add", True))
+    add([operator.sub, operator.isub, torch.sub, "sub"], binary("sub", False))
+    add([operator.mul, operator.imul, torch.mul, "mul"], binary("mul", True))
+    add([operator.truediv, operator.itruediv, torch.div, "div"], binary("div", False))
+
+    def matmul(n, tr):
+        return "matmul", [tr.val(n.args[0]), tr.val(n.args[1])], {}
+
+    add([operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"], matmul)
+
+    def join(op):
+        def h(n, tr):
+            b = _bind(n, ["tensors", "dim"])
+            ts = b["tensors"]
+            if not isinstance(ts, (list, tuple)) or not all(_is_node(t) for t in ts):
+                raise _Unsupported("joins a list computed in forward")
+            return (
+                op,
+                [tr.val(t) for t in ts],
+                ({"dim": _const(b["dim"], "dim", tr)} if b.get("dim", 0) != 0 else {}),
+            )
+
+        return h
+
+    add([torch.cat, torch.concat], join("cat"))
+    add([torch.stack], join("stack"))
+
+    def simple(op, names, defaults=None, drop=()):
+        defaults = defaults or {}
+
+        def h(n, tr):
+            b = _bind(n, names)
+            x = b.pop(names[0])
+            if not tr.is_tensor(x):
+                raise _Unsupported("its input is not a tensor")
+            if b.get("inplace") and len(x.users) > 1:
+                raise _Unsupported("changes a tensor in place that forward uses again")
+            args = {}
+            for k, v in b.items():
+                if k in drop or (k in defaults and defaults[k] == v):
+                    continue
+                args[k] = _const(v, k, tr)
+            return op, [tr.val(x)], args
+
+        return h
+
+    add(
+        [torch.flatten],
+        simple("flatten", ["input", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1}),
+    )
+    add(
+        ["flatten"],
+        simple("flatten", ["self", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1}),
+    )
+    add([torch.transpose, "transpose"], simple("transpose", ["input", "dim0", "dim1"]))
+    add([torch.unsqueeze, "unsqueeze"], simple("unsqueeze", ["input", "dim"]))
+    add([torch.squeeze, "squeeze"], simple("squeeze", ["input", "dim"]))
+    add(
+        ["contiguous"],
+        simple("contiguous", ["self", "memory_format"], {"memory_format": torch.contiguous_format}),
+    )
+    add([torch.clone, "clone"], simple("clone", ["input"]))
+    for name in ("mean", "sum", "amax"):
+        add(
+            [getattr(torch, name), name],
+            simple(name, ["input", "dim", "keepdim"], {"keepdim": False, "dim": None}),
+        )
+    for name in ("softmax", "log_softmax"):
+        add([getattr(torch, name), getattr(F, name), name],
+            simple(name, ["input", "dim", "_stacklevel", "dtype"], {"dtype": None}, drop=("_stacklevel",)))  # fmt: skip
+    for name in ("relu", "gelu", "silu", "sigmoid", "tanh", "exp", "sqrt", "rsqrt", "neg", "abs"):
+        targets = [name]
+        for mod in (torch, F):
+            if hasattr(mod, name):
+                targets.append(getattr(mod, name))
+        if name == "neg":
+            targets.append(operator.neg)
+        add(targets, simple(name, ["input", "approximate" if name == "gelu" else "inplace"],
+                            {"approximate": "none"}, drop=("inplace",)))  # fmt: skip
+    add([torch.chunk, "chunk"], simple("chunk", ["input", "chunks", "dim"], {"dim": 0}))
+    add(
+        [torch.split, "split"],
+        simple("split", ["input", "split_size_or_sections", "dim"], {"dim": 0}),
+    )
+    add(
+        [F.pad],
+        simple("pad", ["input", "pad", "mode", "value"], {"mode": "constant", "value": None}),
+    )
+    add([F.interpolate], simple("interpolate", ["input", "size", "scale_factor", "mode", "align_corners",
+                                                "recompute_scale_factor", "antialias"],
+                                {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+                                 "recompute_scale_factor": None, "antialias": False}))  # fmt: skip
+
+    def sizes(op, key):
+        def h(n, tr):
+            x, rest = n.args[0], list(n.args[1:])
+            if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+                rest = list(rest[0])
+            if not rest and key in n.kwargs:
+                rest = list(n.kwargs[key])
+            return (
+                op,
+                [tr.val(x)],
+                {key: [tr.size_value(v) if _is_node(v) else _const(v, key, tr) for v in rest]},
+            )
+
+        return h
+
+    add(["reshape", torch.reshape], sizes("reshape", "shape"))
+    add(["view"], sizes("view", "shape"))
+    add(["expand"], sizes("expand", "size"))
+    add(["permute", torch.permute], sizes("permute", "dims"))
+
+    def unflatten(n, tr):
+        b = _bind(n, ["self", "dim", "sizes"])
+        sizes = [tr.size_value(v) if _is_node(v) else v for v in b["sizes"]]
+        return (
+            "unflatten",
+            [tr.val(b["self"])],
+            {"dim": _const(b["dim"], "dim", tr), "sizes": sizes},
+        )
+
+    add(["unflatten", torch.unflatten], unflatten)
+
+    def getitem(n, tr):
+        return "getitem", [tr.val(n.args[0])], {"index": _index(n.args[1])}
+
+    add([operator.getitem], getitem)
+
+    def sdpa(n, tr):
+        b = _bind(
+            n,
+            ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"],
+        )
+        ins = [tr.val(b.pop(k)) for k in ("query", "key", "value")]
+        mask = b.pop("attn_mask", None)
+        if mask is not None:
+            if not _is_node(mask):
+                raise _Unsupported("attn_mask is not a tensor")
+            ins.append(tr.val(mask))
+        defaults = {"dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+        return (
+            "scaled_dot_product_attention",
+            ins,
+            {k: _const(v, k, tr) for k, v in b.items() if defaults.get(k) != v},
+        )
+
+    add([F.scaled_dot_product_attention], sdpa)
+
+    # stateless layers called as functions: written as their module (no weights)
+    def layer(op, names, defaults, drop=()):
+        def h(n, tr):
+            b = _bind(n, names)
+            x = b.pop(names[0])
+            args = {
+                k: _const(v, k, tr)
+                for k, v in b.items()
+                if k not in drop and defaults.get(k, _NOT_PLAIN) != v
+            }
+            args = {k: _plain(v, REGISTRY.get(op).args[k].schema) for k, v in args.items()}
+            return op, [tr.val(x)], args
+
+        return h
+
+    add([F.adaptive_avg_pool2d], layer("AdaptiveAvgPool2d", ["input", "output_size"], {}))
+    add([F.adaptive_avg_pool1d], layer("AdaptiveAvgPool1d", ["input", "output_size"], {}))
+    add([F.adaptive_max_pool2d], layer("AdaptiveMaxPool2d", ["input", "output_size", "return_indices"],
+                                       {"return_indices": False}))  # fmt: skip
+    add([F.avg_pool2d], layer("AvgPool2d", ["input", "kernel_size", "stride", "padding", "ceil_mode",
+                                            "count_include_pad", "divisor_override"],
+                              {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
+                               "divisor_override": None}))  # fmt: skip
+    add([F.max_pool2d], layer("MaxPool2d", ["input", "kernel_size", "stride", "padding", "dilation",
+                                            "ceil_mode", "return_indices"],
+                              {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False,
+                               "return_indices": False}))  # fmt: skip
+    add([F.dropout], layer("Dropout", ["input", "p", "training", "inplace"], {"p": 0.5, "inplace": False},
+                           drop=("training",)))  # fmt: skip
+    add([F.relu6], layer("ReLU6", ["input", "inplace"], {"inplace": False}))
+    add([F.hardswish], layer("Hardswish", ["input", "inplace"], {"inplace": False}))
+    add([F.leaky_relu], layer("LeakyReLU", ["input", "negative_slope", "inplace"],
+                              {"negative_slope": 0.01, "inplace": False}))  # fmt: skip
+    return table
+
+
+_TABLE: dict | None = None
+
+
+def _convert_function(n, tr) -> tuple[str, list, dict]:
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _function_table()
+    try:
+        handler = _TABLE.get(n.target)
+    except TypeError:  # unhashable target
+        handler = None
+    if handler is None:
+        raise _Unsupported("has no yamlnet op")
+    return handler(n, tr)
+
+
+def _index(idx):
+    if isinstance(idx, tuple):
+        return [_index_item(i) for i in idx]
+    return _index_item(idx)
+
+
+def _index_item(i):
+    if isinstance(i, bool) or _is_node(i):
+        raise _Unsupported("indexes with a value computed in forward", _SIZE_HINT)
+    if isinstance(i, int) or i is None:
+        return i
+    if i is Ellipsis:
+        return "..."
+    if isinstance(i, slice):
+        parts = [i.start, i.stop, i.step]
+        if any(p is not None and not isinstance(p, int) for p in parts):
+            raise _Unsupported("slices with values computed in forward", _SIZE_HINT)
+        text = ":".join("" if p is None else str(p) for p in parts[:2])
+        return text + (f":{i.step}" if i.step is not None else "")
+    raise _Unsupported(f"indexes with {i!r}")
