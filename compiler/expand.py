@@ -29,7 +29,7 @@ from .errors import ExprError, GraphError, Location, SchemaError, SpecError, did
 from .expr import Scope, resolve
 from .load import Document, SpecSource, load_document
 from .registry import REGISTRY
-from .schema import NODE_KEYS, iter_nodes
+from .schema import NAME_CHARS, NAME_PATTERN, NAME_RULE, NODE_KEYS, iter_nodes
 from .validate import check_args, collect_blocks, format_path, has_expr, param_decl
 
 __all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS"]
@@ -108,7 +108,7 @@ class ExpandedSpec:
         return out
 
 
-_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)((?:\[-?[0-9]+\])*)$")
+_REF = re.compile(rf"^({NAME_CHARS}+)((?:\[-?[0-9]+\])*)$")
 
 
 def parse_ref(text: str) -> tuple[str, tuple[int, ...]]:
@@ -399,9 +399,8 @@ class _Expander:
     def _copy_name(self, template: str, scope: Scope, path: tuple, doc: Document) -> str:
         loc, where = doc.loc(path + ("name",)), format_path(path) + ".name"
         name = resolve(template, scope, loc, where)
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise SchemaError(f"name: {name!r} is not a valid name", loc, where,
-                              "letters, digits and _, not starting with a digit")  # fmt: skip
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise SchemaError(f"name: {name!r} is not a valid name", loc, where, NAME_RULE)
         return name
 
     def _join(self, inputs: tuple, outs: list, local: str, env: _Env, loc, where) -> tuple:

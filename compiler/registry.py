@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import PluginError
 
-__all__ = ["ArgDef", "OpDef", "Registry", "REGISTRY", "register_op", "load_plugins"]
+__all__ = ["ArgDef", "OpDef", "Registry", "REGISTRY", "register_op", "load_plugins", "layer_class"]
 
 Shape = tuple  # a tuple of ints and symbolic dim names
 
@@ -46,6 +46,7 @@ class ArgDef:
     default: Any = None
     doc: str = ""
     inferred: bool = False  # filled in from input shapes when absent
+    layer: bool = False  # takes a layer class: an op name (`Hardswish`) or {op: Name, **arguments}
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class OpDef:
 
         device = device or torch.get_default_device()  # cpu, unless a `with torch.device(...)` says
         if self.kind == "module":
+            args = {k: layer_class(v) if k in self.args and self.args[k].layer else v for k, v in args.items()}
             with torch.device(device):
                 return self.target(**args)
         if self.kind in ("parameter", "buffer"):
@@ -181,6 +183,20 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def layer_class(value: Any) -> Any:
+    """A layer argument's value as the constructor takes it: `Hardswish` -> nn.Hardswish,
+    `{op: BatchNorm2d, eps: 0.001}` -> partial(nn.BatchNorm2d, eps=0.001), null -> None.
+    The value was checked by the validate stage (`check_args`)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return REGISTRY.get(value).target
+    import functools
+
+    rest = {k: v for k, v in value.items() if k != "op"}
+    return functools.partial(REGISTRY.get(value["op"]).target, **rest)
 
 
 def register_op(

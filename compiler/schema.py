@@ -11,13 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "document_schema", "published_schema", "iter_nodes", "NODE_KEYS", "PARAM_TYPES", "NAME_PATTERN",
+    "document_schema", "published_schema", "iter_nodes", "NODE_KEYS", "PARAM_TYPES", "NAME_PATTERN", "NAME_CHARS",
+    "NAME_RULE", "IDENT_PATTERN",
 ]  # fmt: skip
 
 SCHEMA_ID = "https://yamlnet.dev/schema/v1.json"
-NAME_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)$"
+# A node name is what PyTorch takes as a submodule name (`layer1`, `0`, RegNet's
+# `block1-0`), less what the spec's own syntax needs: `.` joins a path (and PyTorch refuses
+# it too), `[...]` indexes a reference, `$` starts an expression, quotes and backslashes
+# would have to be escaped in generated code; no spaces or control characters either.
+NAME_CHARS = r"[^.\[\]\s$\"'\\\x00-\x1f\x7f]"
+NAME_PATTERN = rf"^{NAME_CHARS}+$"
+NAME_RULE = "a name has no . [ ] $ quotes, backslashes or spaces"
 IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\[-?[0-9]+\])*$"
+REF_PATTERN = rf"^{NAME_CHARS}+(\[-?[0-9]+\])*$"
+PATH_PATTERN = rf"^{NAME_CHARS}+(\.{NAME_CHARS}+)*$"  # a node inside blocks: layer1.0.conv1
 NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie", "feed")
 PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "dict": "object", "any": None}  # fmt: skip
@@ -51,7 +59,7 @@ def document_schema() -> dict[str, Any]:
         "properties": {
             "file": {"type": "string", "description": "a .pt/.pth state_dict (or yamlnet checkpoint) "
                      "or .safetensors file, relative to the spec"},
-            "into": {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+            "into": {"type": "string", "pattern": PATH_PATTERN,
                      "description": "the node (subtree) to load into (default: the whole model)"},
             "from": {"type": "string", "description": "the key prefix in the file to load from"},
             "exclude": {"type": "array", "items": {"type": "string"},
@@ -74,7 +82,7 @@ def document_schema() -> dict[str, Any]:
                        "description": "true (a block or inline group in a list): its nodes are "
                        "numbered in that list, as layers += [...] builds an nn.Sequential"},
             "tie": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT_PATTERN},
-                    "additionalProperties": {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+$"},
+                    "additionalProperties": {"type": "string", "pattern": PATH_PATTERN.replace(")*$", ")+$")},
                     "description": "share weights: {weight: embedding.weight} makes this op's weight "
                     "that parameter of the model (tied, saved under both names)"},
             "freeze": {**_or_expr({"type": "boolean"}),

@@ -9,6 +9,7 @@ Values that are still expressions (`${...}`) are type-checked after expansion (s
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,7 +20,15 @@ from jsonschema.exceptions import best_match
 from .errors import Diagnostic, SchemaError, did_you_mean
 from .load import Document, SpecSource
 from .registry import REGISTRY, OpDef
-from .schema import NODE_KEYS, PARAM_TYPES, document_schema, iter_nodes
+from .schema import (
+    IDENT_PATTERN,
+    NAME_PATTERN,
+    NAME_RULE,
+    NODE_KEYS,
+    PARAM_TYPES,
+    document_schema,
+    iter_nodes,
+)
 
 __all__ = [
     "validate", "check_args", "collect_blocks", "format_path", "param_decl", "ParamDecl",
@@ -58,6 +67,8 @@ def format_path(path: tuple) -> str:
     """('nodes', 'fc', 'args', 0) -> 'nodes.fc.args[0]'"""
     out = ""
     for part in path:
+        if isinstance(part, str) and not re.fullmatch(NAME_PATTERN, part):
+            part = repr(part)  # a key that is no name ('a.b'): quoted, so the path reads right
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -114,6 +125,8 @@ def _key(err) -> str | None:
     if err.validator == "additionalProperties":
         extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
         return extra[0] if extra else None
+    if list(err.schema_path)[-2:-1] == ["propertyNames"] and isinstance(err.instance, str):
+        return err.instance  # a bad key: point at the key, not the mapping
     return None
 
 
@@ -135,7 +148,9 @@ def explain_schema_error(err) -> tuple[str, str]:
         options = ", ".join(map(str, err.validator_value))
         return f"{_show(inst)} is not one of: {options}", did_you_mean(str(inst), err.validator_value)
     if v == "pattern":
-        return f"{_show(inst)} is not a valid name here", "use letters, digits and _, not starting with a digit"
+        hint = ("use letters, digits and _, not starting with a digit" if err.validator_value == IDENT_PATTERN
+                else NAME_RULE)  # fmt: skip
+        return f"{_show(inst)} is not a valid name here", hint
     if v == "oneOf" and isinstance(inst, dict):
         return "a node needs exactly one of 'op:', 'block:' or 'nodes:'", ""
     if v in ("anyOf", "oneOf") and err.context and all(e.validator == "type" for e in err.context):
@@ -350,10 +365,27 @@ def check_args(op: OpDef, args: dict, *, literal_only: bool) -> list[tuple[str, 
                 want = _describe_schema(schema)
                 hint = "use // or int(...) in the expression" if isinstance(value, float) and "integer" in want else ""
                 out.append((key, f"{op.name}.{key} expects {want}, got {_got(value)}", hint))
+                continue
+        if op.args[key].layer and value is not None:
+            out += [(key, f"{op.name}.{key}: {message}", hint) for message, hint in _layer_problems(value, literal_only)]
     for key, arg in op.args.items():
         if arg.required and key not in args and key not in meant:
             out.append(("", f"{op.name} needs argument '{key}'", arg.doc[:80] if arg.doc else ""))
     return out
+
+
+def _layer_problems(value: str | dict, literal_only: bool) -> list[tuple[str, str]]:
+    """Problems with a layer-class argument: an op name, or {op: Name, **arguments}."""
+    name = value if isinstance(value, str) else value["op"]
+    if literal_only and has_expr(name):
+        return []
+    if name not in REGISTRY:
+        return [(f"unknown op {name!r}", did_you_mean(name, REGISTRY.names()))]
+    layer = REGISTRY.get(name)
+    if layer.kind != "module":
+        return [(f"{name} is a {layer.kind}, not a layer (an nn.Module op)", "")]
+    rest = {} if isinstance(value, str) else {k: v for k, v in value.items() if k != "op"}
+    return [(m, h) for _, m, h in check_args(layer, rest, literal_only=literal_only)]
 
 
 _ARG_VALIDATORS: dict[tuple[str, str], Draft202012Validator] = {}

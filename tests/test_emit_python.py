@@ -31,6 +31,8 @@ CASES = [
     pytest.param("tiny_vit.yaml", (3, 3, 32, 32), torch.float32, id="tiny_vit"),
     pytest.param("lstm_classifier.yaml", (2, 6), torch.int64, id="lstm_classifier"),
     pytest.param("zoo/gpt.yaml", (2, 9), torch.int64, id="gpt"),  # tie: and positions
+    # names such as block1-0, and layer-class arguments (functools.partial)
+    pytest.param(ROOT / "tests" / "specs" / "names_layers.yaml", (2, 3, 16, 16), torch.float32, id="names_layers"),
 ]
 
 # Runs in the isolated interpreter. argv: torch_site, module_file, state_file,

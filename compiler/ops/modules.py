@@ -37,6 +37,7 @@ SHAPE_DERIVED = {
 SHAPE_DERIVED_BY_OP = {
     "MLP": {"in_channels": lambda ins: ins[0][-1]},  # a stack of Linear
     "LayerNorm2d": {"normalized_shape": lambda ins: [ins[0][1]]},  # over the channels of [N, C, H, W]
+    "SqueezeExcitation": {"input_channels": lambda ins: ins[0][1]},
 }
 
 # How to fix the usual shape error of a module, shown after torch's own message.
@@ -155,19 +156,20 @@ def module_opdef(name: str, cls: type, source: str = "plugin") -> OpDef:
     """Read an OpDef off an nn.Module class."""
     params = _init_params(cls)
     docs = _arg_docs(cls)
+    rules = {**SHAPE_DERIVED, **SHAPE_DERIVED_BY_OP.get(name, {})}
     args = {}
     for p in params:
         required = p.default is inspect.Parameter.empty
         args[p.name] = ArgDef(
             p.name,
             schema=annotation_schema(p.annotation, None if required else p.default),
-            required=required and p.name not in SHAPE_DERIVED,
+            required=required and p.name not in rules,
             default=None if required else _jsonable(p.default),
             doc=docs.get(p.name, ""),
-            inferred=p.name in SHAPE_DERIVED,
+            inferred=p.name in rules,
+            layer=_is_layer(p.annotation),
         )
     lo, hi, names = _forward_inputs(cls)
-    rules = {**SHAPE_DERIVED, **SHAPE_DERIVED_BY_OP.get(name, {})}
     infer = {k: rules[k] for k in args if k in rules}
     doc = (inspect.getdoc(cls) or "").strip().split("\n\n")[0].replace("\n", " ")
     return OpDef(
@@ -229,6 +231,22 @@ def _is_flag(p: inspect.Parameter) -> bool:
     return p.annotation in (bool, int, float, str) or isinstance(p.default, (bool, int, float, str))
 
 
+# A layer class argument (`activation_layer: Callable[..., nn.Module]`): an op's name, or a
+# mapping with `op:` and that op's arguments (a functools.partial of its class).
+LAYER = {"anyOf": [{"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+                   {"type": "object", "required": ["op"], "properties": {"op": {"type": "string"}}}]}  # fmt: skip
+
+
+def _is_layer(ann: Any) -> bool:
+    """Whether an annotation says "a callable that makes a module" (maybe Optional)."""
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return any(_is_layer(a) for a in typing.get_args(ann) if a is not type(None))
+    if typing.get_origin(ann) is not collections.abc.Callable:
+        return False
+    result = typing.get_args(ann)[-1] if typing.get_args(ann) else None
+    return isinstance(result, type) and result.__name__ == "Module"
+
+
 def annotation_schema(ann: Any, default: Any = None) -> dict:
     """A JSON Schema for a Python type annotation; {} when it cannot be said in YAML."""
     schema = _schema(ann) if ann is not inspect.Parameter.empty else None
@@ -242,6 +260,8 @@ _BASIC = {int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "b
 
 
 def _schema(ann: Any) -> dict | None:
+    if _is_layer(ann) and typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return dict(LAYER)
     if ann in _BASIC:
         return dict(_BASIC[ann])
     origin = typing.get_origin(ann)
@@ -268,6 +288,8 @@ def _schema(ann: Any) -> dict | None:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if isinstance(value, type) and any(c.__name__ == "Module" for c in value.__mro__):
+        return value.__name__  # a layer class default: norm_layer=nn.BatchNorm2d
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     return None
