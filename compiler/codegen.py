@@ -87,13 +87,10 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         for key in op.size_args:
             if key in runtime:
                 runtime[key] = [size_of(d) if isinstance(d, str) else d for d in runtime[key]]
-        pos, kw = op.split_args(runtime)
+        pos, kw = op.call_parts(inputs, runtime)
         kw.update(node.call)
-        if op.kind == "method":
-            env[name] = graph.create_node("call_method", op.target, (*inputs, *pos), kw, fx_name)
-        else:
-            first = (list(inputs),) if op.list_input else tuple(inputs)
-            env[name] = graph.create_node("call_function", op.target, (*first, *pos), kw, fx_name)
+        kind = "call_method" if op.kind == "method" else "call_function"
+        env[name] = graph.create_node(kind, op.target, pos, kw, fx_name)
     _tie(root, typed)
     for name, fx_node in env.items():
         fx_node.meta["spec_node"] = name  # which spec node each fx node computes (summary costs)

@@ -62,6 +62,8 @@ class OpDef:
     input_names: tuple[str, ...] = ()
     infer: dict[str, Callable[[list[Shape]], Any]] = field(default_factory=dict)
     positional: tuple[str, ...] = ()  # args passed positionally after the inputs
+    lead: tuple[str, ...] = ()  # args passed positionally before the inputs (einsum's equation)
+    keyword_inputs: tuple[str, ...] = ()  # inputs 2, 3, ... passed by these keywords (gather's index)
     list_input: bool = False  # inputs are passed as one list (torch.cat([a, b]))
     size_args: tuple[str, ...] = ()  # list args whose items may name symbolic dims
     open_args: bool = False  # accepts any keyword (plugins without a signature)
@@ -79,11 +81,20 @@ class OpDef:
         """Whether each node of this op owns a module or tensor (built once, at its name)."""
         return self.kind in ("module", "parameter", "buffer")
 
-    def split_args(self, args: dict) -> tuple[list, dict]:
-        """Arguments as (positional, keyword) for the call, after `prepare`."""
+    def call_parts(self, inputs: list, args: dict) -> tuple[tuple, dict]:
+        """A function's or method's call as (positional, keyword), after `prepare`:
+        `lead` arguments, the inputs (one list for `list_input`; the first only when the
+        rest go by keyword), `positional` arguments; then the keyword arguments. For a
+        method the first positional value is the tensor it is called on."""
         args = self.prepare(args) if self.prepare else args
+        lead = [args[k] for k in self.lead if k in args]
         pos = [args[k] for k in self.positional if k in args]
-        return pos, {k: v for k, v in args.items() if k not in self.positional}
+        kw = {k: v for k, v in args.items() if k not in self.positional and k not in self.lead}
+        if self.keyword_inputs:
+            kw.update(zip(self.keyword_inputs, inputs[1:], strict=False))
+            inputs = inputs[:1]
+        first = [list(inputs)] if self.list_input else list(inputs)
+        return (*lead, *first, *pos), kw
 
     def instantiate(self, args: dict, device: str | None = None) -> Any:
         """The module (or parameter/buffer tensor) a node owns; None for functions."""
@@ -106,12 +117,10 @@ class OpDef:
             return built(*inputs, **call)
         if self.kind in ("parameter", "buffer"):
             return built
-        pos, kw = self.split_args(args)
+        pos, kw = self.call_parts(list(inputs), args)
         if self.kind == "method":
-            return getattr(inputs[0], self.target)(*inputs[1:], *pos, **kw, **call)
-        if self.list_input:
-            return self.target(list(inputs), *pos, **kw, **call)
-        return self.target(*inputs, *pos, **kw, **call)
+            return getattr(pos[0], self.target)(*pos[1:], **kw, **call)
+        return self.target(*pos, **kw, **call)
 
     def check_arity(self, n: int) -> str:
         """'' when `n` inputs are acceptable, else the reason."""

@@ -7,9 +7,11 @@ its ops, so `import yamlnet` stays free of torch.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-__all__ = ["positions", "STANDALONE_FUNCTIONS"]
+__all__ = ["positions", "interpolate_like", "STANDALONE_FUNCTIONS"]
 
 
 def positions(x, dim: int = -1):
@@ -17,7 +19,15 @@ def positions(x, dim: int = -1):
     return torch.arange(x.shape[dim], device=x.device)
 
 
+def interpolate_like(x, like, mode: str = "nearest", align_corners: Optional[bool] = None):  # noqa: UP045 - TorchScript reads it
+    """x resized to like's spatial size (dims 2 on): F.interpolate with a size that is
+    read at run time, so a symbolic size stays symbolic."""
+    return torch.nn.functional.interpolate(x, size=like.shape[2:], mode=mode, align_corners=align_corners)
+
+
 # What a standalone file (--emit-python) defines itself, under the name fx gives each.
 STANDALONE_FUNCTIONS = {
     positions: "def {name}(x, dim=-1):\n    return torch.arange(x.shape[dim], device=x.device)\n",
+    interpolate_like: "def {name}(x, like, mode='nearest', align_corners=None):\n"
+    "    return torch.nn.functional.interpolate(x, size=like.shape[2:], mode=mode, align_corners=align_corners)\n",
 }

@@ -52,12 +52,14 @@ def register_tensor_functions(registry) -> None:
     import torch.nn.functional as F
 
     def fn(name, target, inputs=(1, 1), args=(), positional=(), kind="function", doc="",
-           list_input=False, size_args=(), input_names=(), prepare=None, hint="", rule=None):  # fmt: skip
+           list_input=False, size_args=(), input_names=(), prepare=None, hint="", rule=None,
+           lead=(), keyword_inputs=(), source="torch"):  # fmt: skip
         lo, hi = inputs
         registry.add(OpDef(
             name, kind, target, {a.name: a for a in args}, lo, hi, tuple(input_names),
             positional=tuple(positional), list_input=list_input, size_args=tuple(size_args),
-            doc=doc, source="torch", prepare=prepare, hint=hint, rule=rule,
+            doc=doc, source=source, prepare=prepare, hint=hint, rule=rule, lead=tuple(lead),
+            keyword_inputs=tuple(keyword_inputs),
         ))  # fmt: skip
 
     other = _a("other", NUM, doc="a number, when the node has one input")
@@ -98,10 +100,13 @@ def register_tensor_functions(registry) -> None:
            doc=f"torch.{name}: reduce over dim")  # fmt: skip
     for name, target in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
         fn(name, target, args=[_a("dim", INT, True)], doc=f"torch.{name} over dim")
-    fn("getitem", operator.getitem, args=[_a("index", INDEX, True)], positional=["index"],
-       prepare=lambda args: {**args, "index": python_index(args["index"])},
+    fn("getitem", operator.getitem, (1, 2), args=[_a("index", INDEX)], positional=["index"],
+       prepare=lambda args: {**args, "index": python_index(args["index"])} if "index" in args else args,
+       input_names=("input", "index"), rule=_getitem_rule,
        doc="x[index] on a tensor: an int, or a list like [':', 0] (':' '1:' '::2' '...' and "
-       "null as in Python); pick an element of a tuple output with name[k] in in:")  # fmt: skip
+       "null as in Python); or, with a second input, x[ids] by an integer (or bool) tensor; "
+       "pick an element of a tuple output with name[k] in in:")  # fmt: skip
+    _register_selection(fn, torch)
     fn("chunk", torch.chunk, args=[_a("chunks", INT, True), _a("dim", INT)],
        positional=["chunks"], doc="torch.chunk: a tuple of equal parts")  # fmt: skip
     fn("split", torch.split, args=[_a("split_size_or_sections", DIMS, True), _a("dim", INT)],
@@ -126,6 +131,60 @@ def register_tensor_functions(registry) -> None:
     fn("positions", positions, args=[_a("dim", INT)],
        doc="torch.arange over one dim of the input (default -1): the positions 0..T-1 of a "
        "sequence, e.g. for a position embedding")  # fmt: skip
+
+
+def _getitem_rule(_built, inputs: list, args: dict):
+    """getitem takes its index either as the `index:` argument or as a second input."""
+    if len(inputs) == 2 and "index" in args:
+        raise ValueError("give the index either as index: or as a second input (x[ids]), not both")
+    if len(inputs) == 1 and "index" not in args:
+        raise ValueError("needs an index: index: [':', 0], or a second input (x[ids])")
+    return NotImplemented
+
+
+def _where_rule(_built, inputs: list, args: dict):
+    """where takes a condition and two values, each an input or a number argument."""
+    given = len(inputs) + sum(k in args for k in ("input", "other"))
+    if given != 3 or (len(inputs) == 3 and args) or (len(inputs) == 2 and "input" in args):
+        raise ValueError("needs a condition and two values: in: [condition, a, b], or in: [condition, a] "
+                         "with other:, or in: condition with input: and other:")  # fmt: skip
+    return NotImplemented
+
+
+def _register_selection(fn, torch) -> None:
+    """Ops that pick, compare, mask and rearrange (the windowed-attention kit): shapes
+    come from running each on meta tensors."""
+    from . import functions
+
+    num_or_null = {"anyOf": [NUM, {"type": "null"}]}
+    fn("roll", torch.roll, args=[_a("shifts", DIMS, True), _a("dims", DIMS)], positional=["shifts"],
+       doc="torch.roll: shift elements along dims, wrapping around (shifted windows)")  # fmt: skip
+    fn("gather", torch.gather, (2, 2), [_a("dim", INT, True)], input_names=("input", "index"),
+       keyword_inputs=("index",), doc="torch.gather(input, dim, index): pick along dim by an int64 index tensor")  # fmt: skip
+    fn("index_select", torch.index_select, (2, 2), [_a("dim", INT, True)], input_names=("input", "index"),
+       keyword_inputs=("index",), doc="torch.index_select(input, dim, index): whole slices by a 1-D index")  # fmt: skip
+    fn("take_along_dim", torch.take_along_dim, (2, 2), [_a("dim", {"anyOf": [INT, {"type": "null"}]})],
+       input_names=("input", "indices"), doc="torch.take_along_dim(input, indices, dim)")  # fmt: skip
+    fn("where", torch.where, (1, 3), [_a("input", NUM, doc="a number for the true places"),
+                                      _a("other", NUM, doc="a number for the false places")],
+       ["input", "other"], input_names=("condition", "input", "other"), rule=_where_rule,
+       doc="torch.where(condition, input, other): input where condition, else other (tensors "
+       "as inputs, or numbers as arguments)")  # fmt: skip
+    fn("clamp", torch.clamp, args=[_a("min", num_or_null), _a("max", num_or_null)],
+       doc="torch.clamp: limit values to [min, max]")  # fmt: skip
+    for name in ("eq", "ne", "lt", "le", "gt", "ge"):
+        fn(name, getattr(torch, name), (1, 2), [_a("other", NUM, doc="a number, when the node has one input")],
+           ["other"], doc=f"torch.{name}: element-wise comparison (a bool tensor), with broadcasting")  # fmt: skip
+    fn("logical_not", torch.logical_not, doc="torch.logical_not, element-wise")
+    fn("masked_fill", "masked_fill", (2, 2), [_a("value", NUM, True)], ["value"], kind="method",
+       input_names=("input", "mask"), doc="Tensor.masked_fill(mask, value): value where mask is true")  # fmt: skip
+    fn("einsum", torch.einsum, (1, None), [_a("equation", STR, True)], lead=["equation"], list_input=True,
+       doc="torch.einsum(equation, [inputs]): e.g. 'bhqd,bhkd->bhqk'")  # fmt: skip
+    fn("interpolate_like", functions.interpolate_like, (2, 2),
+       [_a("mode", STR), _a("align_corners", {"anyOf": [BOOL, {"type": "null"}]})],
+       input_names=("input", "like"), source="yamlnet",
+       doc="F.interpolate(input, size=like.shape[2:]): resize to another node's spatial size, "
+       "symbolic sizes included (a U-Net's or FCN's upsampling to its skip input)")  # fmt: skip
 
 
 def python_index(value):
