@@ -22,6 +22,12 @@ TORCHVISION = [
     ("resnet.yaml", {"depth": 50}, "resnet50"),
     pytest.param("resnet.yaml", {"depth": 101}, "resnet101", marks=pytest.mark.slow),
     pytest.param("resnet.yaml", {"depth": 152}, "resnet152", marks=pytest.mark.slow),
+    ("resnet.yaml", {"depth": 50, "groups": 32, "width_per_group": 4}, "resnext50_32x4d"),
+    pytest.param("resnet.yaml", {"depth": 50, "width_per_group": 128}, "wide_resnet50_2", marks=pytest.mark.slow),
+    # the depth-101 variants differ from those above only in depth: checked after the default run
+    *[pytest.param("resnet.yaml", {"depth": 101, "groups": g, "width_per_group": w}, builder,
+                   marks=pytest.mark.extended)
+      for g, w, builder in ((32, 8, "resnext101_32x8d"), (64, 4, "resnext101_64x4d"), (1, 128, "wide_resnet101_2"))],
     ("mobilenet_v2.yaml", {}, "mobilenet_v2"),
     ("efficientnet.yaml", {}, "efficientnet_b0"),
     *[pytest.param("efficientnet.yaml", {"variant": v}, f"efficientnet_{v}", marks=pytest.mark.slow)
