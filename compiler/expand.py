@@ -325,7 +325,8 @@ class _Expander:
         if has_expr(name):  # name: encoder_layer_${i}: the copies sit side by side, so named
             if "repeat" not in node:
                 raise SchemaError("a name with an expression needs repeat:", loc, where)
-            names, splice = [self._copy_name(name, scope.child(i=k), path, doc) for k in range(repeat)], True
+            names, splice = [self._copy_name(name, _copy_scope(node, scope, k), path, doc)
+                             for k in range(repeat)], True  # fmt: skip
             twice = next((n for k, n in enumerate(names) if n in names[:k]), None)
             if twice is not None:
                 raise SchemaError(f"name: gives two copies the name '{twice}'", doc.loc(path + ("name",)),
@@ -349,7 +350,7 @@ class _Expander:
                 inst_name = env.prefix + names[k]
             else:
                 inst_name = f"{full}.{k}" if "repeat" in node else full
-            inst_scope = scope.child(i=k) if "repeat" in node else scope
+            inst_scope = _copy_scope(node, scope, k)
             ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
             out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
             outs.append(out)
@@ -430,7 +431,7 @@ class _Expander:
         start = int(name)
         out: Any = inputs
         for k in range(repeat):
-            inst_scope = scope.child(i=k) if "repeat" in node else scope
+            inst_scope = _copy_scope(node, scope, k)
             ins = out if isinstance(out, tuple) else (out,)
             inner_env = _Env({}, inst_scope, env.prefix, number=start)
             if "block" in node:
@@ -454,7 +455,11 @@ class _Expander:
         if "repeat" not in node:
             return 1
         loc, where = doc.loc(path + ("repeat",)), format_path(path)
-        repeat = resolve(node["repeat"], scope, loc, where + ".repeat")
+        times = node["repeat"]["times"] if isinstance(node["repeat"], dict) else node["repeat"]
+        if isinstance(node["repeat"], dict) and node["repeat"].get("index", "i") in RESERVED - {"i"}:
+            raise SchemaError(f"repeat: index: '{node['repeat']['index']}' is a reserved name",
+                              doc.loc(path + ("repeat", "index")), where + ".repeat.index")  # fmt: skip
+        repeat = resolve(times, scope, loc, where + ".repeat")
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
             raise ExprError(f"repeat: must be a non-negative integer, got {repeat!r}", loc, where)
         self._count(repeat, loc, where)
@@ -529,11 +534,13 @@ class _Expander:
         if name in self.block_stack or len(self.block_stack) >= LIMITS["max_block_depth"]:
             chain = " -> ".join(self.block_stack + [name])
             raise GraphError(f"block '{name}' contains itself ({chain})", loc, where)
-        params = self._block_params(node, body, name, scope, path, doc)
         names = body.get("inputs") or ["input"]
         if len(inputs) != len(names):
             raise GraphError(f"block '{name}' takes {len(names)} input(s) ({', '.join(names)}), "
                              f"got {len(inputs)}", doc.loc(path + ("in",)), where)  # fmt: skip
+        given = _Env(dict(zip(names, inputs, strict=True)), Scope({}), full + ".")  # what shape() sees
+        shape = self._shape_fn(given, f"an input of the block ({', '.join(names)})")
+        params = self._block_params(node, body, name, scope, path, doc, shape)
         inner = _Env(dict(zip(names, inputs, strict=True)), Scope({**self.variables, **params}), full + ".")
         if into is not None:  # spliced: its nodes are numbered in the enclosing list
             inner = into
@@ -543,6 +550,7 @@ class _Expander:
             if not isinstance(body["nodes"], list):
                 raise SchemaError(f"splice: block '{name}' must write its nodes as a list",
                                   doc.loc(path + ("splice",)), format_path(path))  # fmt: skip
+        inner.scope = self._let(body, bdoc, bpath, inner.scope, params, shape)
         inner.prev = inputs[0] if inputs else None
         self.block_stack.append(name)
         self._expand_nodes(body["nodes"], bdoc, bpath + ("nodes",), inner)
@@ -579,7 +587,20 @@ class _Expander:
         self._finish_scope(inner)
         return self._final(out, inner)
 
-    def _block_params(self, node, body, name, scope, path, doc) -> dict:
+    def _let(self, body: dict, bdoc: Document, bpath: tuple, scope: Scope, params: dict, shape) -> Scope:
+        """A block's `let:` names, evaluated in order for each instance, after its
+        parameters; `shape()` may name the block's inputs (`H: "${shape(input)[1]}"`)."""
+        for key, value in (body.get("let") or {}).items():
+            kpath = bpath + ("let", key)
+            if key in RESERVED or key in params:
+                what = "a reserved name" if key in RESERVED else "a parameter of the block"
+                raise SchemaError(f"let: '{key}' is {what}", bdoc.loc(kpath), format_path(kpath), "rename it")
+            here = scope.child()
+            here.shape_of = shape
+            scope = scope.child(**{key: resolve(value, here, bdoc.loc(kpath), format_path(kpath))})
+        return scope
+
+    def _block_params(self, node, body, name, scope, path, doc, shape=None) -> dict:
         decls = body.get("params") or {}
         values = {}
         for key, decl in decls.items():
@@ -591,8 +612,8 @@ class _Expander:
             elif param_decl(decl).required:
                 raise SchemaError(f"block '{name}' needs parameter '{key}'", doc.loc(path), format_path(path))
             else:
-                default = param_decl(decl).default
-                value = resolve(default, Scope({**self.variables, **values}), doc.loc(path), format_path(path))
+                default = param_decl(decl).default  # may use shape() of the block's inputs
+                value = resolve(default, Scope({**self.variables, **values}, shape), doc.loc(path), format_path(path))
             _check_param_type(key, param_decl(decl).type, value, doc.loc(path + (key,)), format_path(path + (key,)))
             values[key] = value
         return values
@@ -672,19 +693,28 @@ class _Expander:
                              "input to pass through", value.loc, value.path)  # fmt: skip
         return value
 
-    def _shape_fn(self, env: _Env):
+    def _shape_fn(self, env: _Env, where: str = "defined before this node"):
         def shape(name: str) -> list:
             if self.shape_of is None:
                 raise ExprError("shape() needs the compile pipeline (not available here)")
             target = env.refs.get(name)
             if target is None or isinstance(target, (_Pending, _Skipped, _Indexed)):
-                raise ExprError(f"shape({name}): '{name}' is not defined before this node",
+                raise ExprError(f"shape({name}): '{name}' is not {where}",
                                 hint=did_you_mean(name, env.refs))  # fmt: skip
             if isinstance(target, tuple):
                 raise ExprError(f"shape({name}): '{name}' has several outputs; index one first")
             return self.shape_of(target, self.nodes, self.inputs)
 
         return shape
+
+
+def _copy_scope(node: dict, scope: Scope, k: int) -> Scope:
+    """The scope of copy k of a node: its loop index bound, as `i` or as the name that
+    `repeat: {times: n, index: name}` gives it (so a repeat inside sees an outer one's)."""
+    if "repeat" not in node:
+        return scope
+    spec = node["repeat"]
+    return scope.child(**{spec.get("index", "i") if isinstance(spec, dict) else "i": k})
 
 
 def _bundle_error(subject: str, bundle: tuple, loc, where) -> GraphError:

@@ -76,7 +76,12 @@ def document_schema() -> dict[str, Any]:
                       "description": "a block defined under blocks: (here or in an included file); "
                       "an expression may choose one"},
             "in": {**refs, "description": "input node(s); default: the previous node"},
-            "repeat": _or_expr({"type": "integer", "minimum": 0}),
+            "repeat": {"anyOf": [_or_expr({"type": "integer", "minimum": 0}), {
+                "type": "object", "required": ["times"], "additionalProperties": False,
+                "properties": {"times": _or_expr({"type": "integer", "minimum": 0}),
+                               "index": {"type": "string", "pattern": IDENT_PATTERN}}}],
+                       "description": "copies: a count, or {times: n, index: name} to name the "
+                       "copy number (default i), so that a repeat inside can still see it"},
             "if": _or_expr({"type": "boolean"}),
             "splice": {**_or_expr({"type": "boolean"}),
                        "description": "true (a block or inline group in a list): its nodes are "
@@ -117,6 +122,9 @@ def document_schema() -> dict[str, Any]:
             "doc": {"type": "string"},
             "params": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
                        "additionalProperties": param},
+            "let": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
+                    "description": "names computed for each instance, in order, after params: "
+                    "(shape() may name the block's inputs)"},
             "inputs": {"type": "array", "items": {"type": "string", "pattern": IDENT_PATTERN},
                        "minItems": 1, "uniqueItems": True},
             "nodes": {"$ref": "#/$defs/nodes"},
