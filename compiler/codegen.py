@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import keyword
 import re
+from typing import Any
 
 import networkx as nx
 
@@ -66,6 +67,8 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
             sizes[sym] = graph.call_method("size", (env[inp], dim))
         return sizes[sym]
 
+    consts: dict[str, Any] = {}  # constant nodes' values, computed now
+
     for name in topological_order(typed):
         data = typed.nodes[name]
         if data["kind"] == "input":
@@ -73,16 +76,26 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
             continue
         node, args = data["spec"], data["args"]
         op = registry.get(node.op)
-        inputs = [value(r) for r in node.inputs]
         fx_name = _py_name(name.replace(".", "_"))
+        if data.get("constant"):
+            consts[name] = op.apply(None, [_pick(consts, r) for r in node.inputs], args, node.call,
+                                    torch.get_default_device())  # fmt: skip
+            if folded_into_buffer(typed, name):
+                _install(root, name, _one_tensor(consts[name], node), "buffer", False)
+                env[name] = graph.create_node("get_attr", name, (), {}, fx_name)
+            continue
         if op.owns_state:
             built = _instantiate(op, args, node)
+            if built is None:  # a Buffer that holds its input, a constant
+                built = op.apply(None, [_pick(consts, r) for r in node.inputs], args, {})
             _install(root, name, built, op.kind, args.get("persistent", True))
             if op.kind == "module":
-                env[name] = graph.create_node("call_module", name, tuple(inputs), dict(node.call), fx_name)
+                inputs = tuple(value(r) for r in node.inputs)
+                env[name] = graph.create_node("call_module", name, inputs, dict(node.call), fx_name)
             else:
                 env[name] = graph.create_node("get_attr", name, (), {}, fx_name)
             continue
+        inputs = [value(r) for r in node.inputs]
         runtime = dict(args)
         for key in op.size_args:
             if key in runtime:
@@ -99,6 +112,30 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     graph.lint()
     graph.on_generate_code(lambda _previous: hoist_lookups)
     return _module_class()(root, graph, class_name=class_name(spec.name))
+
+
+def folded_into_buffer(typed: nx.DiGraph, name: str) -> bool:
+    """Whether a constant node is kept as a (non-persistent) buffer of its own: when a
+    node computed at run time reads it, or it is an output. Constants read only by other
+    constants, or by a Buffer that holds them, live only while the model is built."""
+    outputs = {ref.node for _, ref in typed.graph["outputs"]}
+    return name in outputs or any(
+        not typed.nodes[user].get("constant") and typed.nodes[user]["spec"].op != "Buffer"
+        for user in typed.successors(name))
+
+
+def _pick(values: dict, ref: Ref) -> Any:
+    value = values[ref.node]
+    for i in ref.index:
+        value = value[i]
+    return value
+
+
+def _one_tensor(value, node):
+    if isinstance(value, (tuple, list)):
+        raise SpecError(f"'{node.name}' is a tuple of {len(value)} constants, read by a node computed at "
+                        "run time", node.loc, node.path, "index it first: a getitem or stack node")  # fmt: skip
+    return value
 
 
 def _module_class():
@@ -261,7 +298,11 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
         if data["kind"] != "op":
             continue
         op = registry.get(data["spec"].op)
-        if not op.owns_state:
+        if data.get("constant"):  # computed here, as when the model is built
+            lines.append(f"        {_const_name(name)} = {_constant_code(op, data['spec'], data['args'])}")
+            if not folded_into_buffer(typed, name):
+                continue
+        elif not op.owns_state:
             continue
         *parents, leaf = name.split(".")
         for k in range(1, len(parents) + 1):
@@ -269,7 +310,10 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
             if prefix not in made:
                 made.add(prefix)
                 lines.append(f"        {_owner(parents[: k - 1])}.add_module({parents[k - 1]!r}, nn.Module())")
-        lines.append("        " + _construct(op, data["args"], _owner(parents), leaf, registry))
+        if data.get("constant"):
+            lines.append(f"        {_owner(parents)}.register_buffer({leaf!r}, {_const_name(name)}, persistent=False)")
+        else:
+            lines.append("        " + _construct(op, data["args"], _owner(parents), leaf, registry, data["spec"]))
     for name in topological_order(typed):  # shared weights (tie:)
         for own, target in getattr(typed.nodes[name].get("spec"), "tie", ()):
             lines.append(f"        {_owner(name.split('.'))}.{own} = self.get_parameter({target!r})")
@@ -322,7 +366,36 @@ def _layer_code(value, registry) -> str:
     return f"functools.partial({_class_code(registry.get(value['op']))}{kw})"
 
 
-def _construct(op, args: dict, owner: str, leaf: str, registry=REGISTRY) -> str:
+def _const_name(name: str) -> str:
+    return "_c_" + _py_name(name.replace(".", "_"))
+
+
+class _Code(str):
+    """Source text that prints as itself inside a repr'd list: `[_c_a, _c_b]`."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _constant_code(op, node, args: dict) -> str:
+    """A constant node's value as code over the constants before it."""
+    from torch.fx.node import _get_qualified_name
+
+    refs = [_Code(_const_name(r.node) + "".join(f"[{i}]" for i in r.index)) for r in node.inputs]
+    pos, kw = op.call_parts(refs, args)
+    text = ", ".join([*map(repr, pos), *(f"{k}={v!r}" for k, v in kw.items())])
+    if op.kind == "method":
+        rest = ", ".join([*map(repr, pos[1:]), *(f"{k}={v!r}" for k, v in kw.items())])
+        return f"{pos[0]}.{op.target}({rest})"
+    return f"{_get_qualified_name(op.target).replace('_operator.', 'operator.')}({text})"
+
+
+def _construct(op, args: dict, owner: str, leaf: str, registry=REGISTRY, node=None) -> str:
+    if op.kind == "buffer" and "shape" not in args:  # holds its input, a constant
+        value = _const_name(node.inputs[0].node) + "".join(f"[{i}]" for i in node.inputs[0].index)
+        dtype = f"torch.{args['dtype']}" if "dtype" in args else None
+        persistent = args.get("persistent", True)
+        return f"{owner}.register_buffer({leaf!r}, {value}.detach().to(dtype={dtype}, copy=True), persistent={persistent})"
     if op.kind == "module":
         kw = ", ".join(f"{k}={_layer_code(v, registry) if op.args.get(k) and op.args[k].layer else repr(v)}"
                        for k, v in args.items())  # fmt: skip

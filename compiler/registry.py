@@ -15,6 +15,8 @@ Kinds and how codegen emits them:
     method     a Tensor method name such as "permute"; emitted as `call_method`
     parameter  a learnable tensor owned by the model; emitted as `get_attr`
     buffer     a non-learnable tensor (state_dict entry unless persistent: false)
+    constant   a tensor made from arguments alone (arange, tensor): with what is computed
+               from it, folded into a buffer when the model is built (see codegen.py)
 
 Sources are loaded lazily (importing torchvision costs seconds): the registry knows
 every name up front and builds the `OpDef` on first use. User ops are added with
@@ -54,7 +56,7 @@ class OpDef:
     """One op: builder, call convention, argument schema and shape-derived arguments."""
 
     name: str
-    kind: str  # module | function | method | parameter | buffer
+    kind: str  # module | function | method | parameter | buffer | constant
     target: Any  # class, callable or method name
     args: dict[str, ArgDef] = field(default_factory=dict)
     min_inputs: int = 1
@@ -106,18 +108,23 @@ class OpDef:
             with torch.device(device):
                 return self.target(**args)
         if self.kind in ("parameter", "buffer"):
+            if "shape" not in args:  # a Buffer that holds its input's value (made from constants)
+                return None
             from .ops.tensors import make_tensor
 
             return make_tensor(args, device, learnable=self.kind == "parameter")
         return None
 
-    def apply(self, built: Any, inputs: list, args: dict, call: dict) -> Any:
-        """Run the op eagerly (the shapes stage does this on meta tensors)."""
+    def apply(self, built: Any, inputs: list, args: dict, call: dict, device: Any = None) -> Any:
+        """Run the op eagerly (the shapes stage does this on meta tensors; `device` is
+        where a constant is made)."""
         if self.kind == "module":
             return built(*inputs, **call)
         if self.kind in ("parameter", "buffer"):
-            return built
+            return built if built is not None else _held(inputs[0], args)
         pos, kw = self.call_parts(list(inputs), args)
+        if self.kind == "constant":
+            return self.target(*pos, **kw, **call, device=device or "cpu")
         if self.kind == "method":
             return getattr(pos[0], self.target)(*pos[1:], **kw, **call)
         return self.target(*pos, **kw, **call)
@@ -192,6 +199,14 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def _held(value: Any, args: dict) -> Any:
+    """What a Buffer with an input holds: that value, copied, in the Buffer's dtype."""
+    import torch
+
+    dtype = getattr(torch, args["dtype"]) if "dtype" in args else value.dtype
+    return value.detach().to(dtype=dtype, copy=True)
 
 
 def layer_class(value: Any) -> Any:

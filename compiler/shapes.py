@@ -20,6 +20,9 @@ Output: a copy of the graph whose op nodes also carry
     type    TensorType, or a tuple of them (and None) for tuple outputs
     args    the final constructor/call arguments (inferred ones included)
     params  number of parameters the node owns
+    buffers number of buffer values it owns (a constant's own values included)
+    constant  True when computed from constants alone (arange, tensor, functions of
+            them): codegen folds it, computing it once when the model is built
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def infer_shapes(g: nx.DiGraph, registry=REGISTRY, oracle: ShapeOracle | None = 
             typed.nodes[name]["type"] = engine.types[name]
             continue
         info = engine.infer(name)
-        typed.nodes[name].update(type=info.type, args=info.args, params=info.params, buffers=info.buffers)
+        typed.nodes[name].update(type=info.type, args=info.args, params=info.params, buffers=info.buffers,
+                                 constant=info.constant)
     check_param_budget(typed, spec)
     for out, ref in spec.outputs:
         try:
@@ -113,6 +117,7 @@ class _Info:
     args: dict
     params: int
     buffers: int = 0  # values in the node's buffers (running statistics, masks, tables)
+    constant: bool = False  # computed from constants alone, when the model is built
 
 
 class _Engine:
@@ -197,6 +202,7 @@ class _Engine:
                 raise ShapeError(f"input '{r}' is a tuple {format_type(t)}; pick one element, "
                                  f"e.g. {r}[0]", node.loc, node.path)  # fmt: skip
         args = self._final_args(node, op, in_types)
+        constant = self._constant(node, op)
         built = self._build(node, op, args)
         outs = []
         for k, sample in enumerate(self.passes):
@@ -210,13 +216,29 @@ class _Engine:
             tied = getattr(built, own, None)
             params -= tied.numel() if hasattr(tied, "numel") else 0
         buffers = _count_buffers(built)
+        if constant:  # computed when the model is built: its values count like a buffer's
+            buffers += sum(t.numel() for t in _tensors(outs[0]))
         if params + buffers > MAX_PARAMS:
             raise ShapeError(f"{op.name} would have {params + buffers:,} parameters and buffer values "
                              f"(limit {MAX_PARAMS:,})", node.loc, node.path,
                              "are the sizes in this node what you meant?")  # fmt: skip
-        info = _Info(self.types[name], args, params, buffers)
+        info = _Info(self.types[name], args, params, buffers, constant)
         self.infos[name] = info
         return info
+
+    def _constant(self, node: NodeSpec, op) -> bool:
+        """Whether the node is computed from constants alone: a constant op, or a function
+        of constants only. A Buffer's input must be one (it is filled when built)."""
+        if op.kind == "constant":
+            return True
+        if op.kind == "buffer" and node.inputs:
+            source = node.inputs[0].node
+            if not (source in self.infos and self.infos[source].constant):
+                raise ShapeError(f"a Buffer's input must be computed from constants alone (arange, tensor, "
+                                 f"and functions of them); '{source}' is not", node.loc, node.path,
+                                 "it is filled once, when the model is built")  # fmt: skip
+        return op.kind in ("function", "method") and bool(node.inputs) and all(
+            r.node in self.infos and self.infos[r.node].constant for r in node.inputs)
 
     def _final_args(self, node: NodeSpec, op, in_types: list) -> dict:
         args = dict(node.args)
@@ -288,7 +310,7 @@ class _Engine:
             out = self._guard(node, op, in_types, lambda: op.rule(built, inputs, args))
             if out is not NotImplemented:
                 return out
-        return self._guard(node, op, in_types, lambda: op.apply(built, inputs, args, node.call))
+        return self._guard(node, op, in_types, lambda: op.apply(built, inputs, args, node.call, "meta"))
 
     def _guard(self, node, op, in_types, run: Callable[[], Any]) -> Any:
         try:
@@ -423,6 +445,12 @@ def _count_params(built: Any) -> int:
     import torch
 
     return built.numel() if isinstance(built, torch.nn.Parameter) else 0  # buffers: 0
+
+
+def _tensors(value: Any) -> list:
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return [value] if hasattr(value, "numel") else []
 
 
 def _count_buffers(built: Any) -> int:

@@ -12,7 +12,7 @@ import operator
 
 from ..registry import ArgDef, OpDef
 
-__all__ = ["register_tensor_functions", "register_parameters", "python_index", "make_tensor", "fill_call", "FILLS",
+__all__ = ["register_tensor_functions", "register_parameters", "register_constants", "python_index", "make_tensor", "fill_call", "FILLS",
            "broadcast_rule"]
 
 INT = {"type": "integer"}
@@ -214,14 +214,52 @@ def register_parameters(registry) -> None:
         {a.name: a for a in fill + [_a("requires_grad", BOOL)]}, 0, 0,
         doc="A learnable tensor owned by the model (e.g. a class token); takes no input",
     ))  # fmt: skip
+    shape, *rest = fill
     registry.add(OpDef(
         "Buffer", "buffer", None,
-        {a.name: a for a in fill + [
-            _a("persistent", BOOL, doc="saved in state_dict (default true)"),
-            _a("dtype", {"enum": ["float32", "float64", "float16", "bfloat16", "int64", "int32", "bool"]}),
-        ]}, 0, 0,
-        doc="A non-learnable tensor owned by the model (e.g. a mask); takes no input",
+        {a.name: a for a in [_a("shape", INTS, doc="the tensor's shape (not with an input)"), *rest,
+                             _a("persistent", BOOL, doc="saved in state_dict (default true)"),
+                             _a("dtype", {"enum": TENSOR_DTYPES})]}, 0, 1,
+        rule=_buffer_rule,
+        doc="A non-learnable tensor owned by the model (e.g. a mask): filled as shape:/fill: say, "
+        "or, with an input computed from constants (arange, tensor, ...), holding its value, "
+        "computed when the model is built",
     ))  # fmt: skip
+
+
+TENSOR_DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "bool"]
+
+
+def _buffer_rule(_built, inputs: list, args: dict):
+    """A Buffer is either filled (shape:) or holds its input, not both."""
+    if bool(inputs) == ("shape" in args):
+        raise ValueError("give either shape: (and fill:) or an input computed from constants, not "
+                         + ("both" if inputs else "neither"))  # fmt: skip
+    if inputs and any(k in args for k in ("fill", "mean", "std", "low", "high", "value")):
+        raise ValueError("a Buffer that holds its input takes no fill: arguments")
+    return NotImplemented
+
+
+def register_constants(registry) -> None:
+    """Tensors made from arguments alone; the ops that read them are folded with them
+    into buffers when the model is built (an index table computed once, at construction,
+    as torchvision computes Swin's relative position index)."""
+    import torch
+
+    dtype = _a("dtype", {"enum": TENSOR_DTYPES})
+    as_dtype = lambda args: {**args, "dtype": getattr(torch, args["dtype"])} if "dtype" in args else args  # noqa: E731
+
+    def const(name, target, args, doc):
+        registry.add(OpDef(name, "constant", target, {a.name: a for a in args}, 0, 0, prepare=as_dtype,
+                           doc=doc, source="torch"))  # fmt: skip
+
+    const("arange", torch.arange, [_a("start", NUM), _a("end", NUM, True), _a("step", NUM), dtype],
+          "torch.arange(start, end, step): 0, 1, ..., end - 1 by default (int64 for integer arguments)")
+    const("tensor", torch.tensor, [_a("data", {"anyOf": [NUM, BOOL, {"type": "array"}]}, True), dtype],
+          "torch.tensor(data): a tensor written out in the spec")
+    registry.add(OpDef("meshgrid", "function", torch.meshgrid, {"indexing": _a("indexing", {"enum": ["ij", "xy"]})},
+                       1, None, doc="torch.meshgrid(*inputs, indexing): coordinate grids, a tuple",
+                       source="torch"))  # fmt: skip
 
 
 def fill_call(args: dict) -> tuple[str, tuple]:
