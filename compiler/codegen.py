@@ -34,7 +34,7 @@ from .graph import topological_order
 from .registry import REGISTRY
 from .shapes import first_line
 
-__all__ = ["generate_module", "emit_python", "class_name", "plain_code", "hoist_lookups"]
+__all__ = ["generate_module", "emit_python", "class_name", "plain_code", "hoist_lookups", "eval_module"]
 
 
 def class_name(spec_name: str) -> str:
@@ -107,11 +107,81 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     _tie(root, typed)
     for name, fx_node in env.items():
         fx_node.meta["spec_node"] = name  # which spec node each fx node computes (summary costs)
-    outs = [value(ref) for _, ref in spec.outputs]
-    graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+    outs = [value(ref) for _, ref in typed.graph["outputs"]]  # the train outputs last
+    graph.output(outs[0] if len(outs) == 1 else tuple(outs)).meta["eval_outputs"] = len(spec.outputs)
     graph.lint()
-    graph.on_generate_code(lambda _previous: hoist_lookups)
+    guard = training_guard(graph)
+    graph.on_generate_code(lambda _previous: hoist_lookups if guard is None else lambda body: guard(hoist_lookups(body)))
     return _module_class()(root, graph, class_name=class_name(spec.name))
+
+
+class TrainingGuard:
+    """fx code transformer for a spec with train outputs: the lines of nodes that only
+    train outputs need run under `if self.training:`, and in eval the return gives the
+    outputs alone (`return (logits, aux) if self.training else logits`). fx writes each
+    node as one line (with its `x = None` frees, which only drop references early)."""
+
+    def __init__(self, names: frozenset[str], eval_expr: str):
+        self.names, self.eval_expr = names, eval_expr
+
+    def __call__(self, body: list[str]) -> list[str]:
+        out = []
+        for piece in body:
+            var = piece.split(" = ", 1)[0] if " = " in piece else ""
+            if var in self.names:
+                piece = "if self.training: " + piece
+            elif piece.startswith("return "):
+                piece = f"return {piece[7:].rstrip()} if self.training else {self.eval_expr}\n"
+            out.append(piece)
+        return out
+
+
+def training_guard(graph) -> TrainingGuard | None:
+    """The guard for `graph` (None without train outputs): which nodes only the train
+    outputs need, read from the graph and its output node's `eval_outputs`."""
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    value = output.args[0]
+    outs = list(value) if isinstance(value, tuple) else [value]
+    n = output.meta.get("eval_outputs", len(outs))
+    if n == len(outs):
+        return None
+    needed, stack = set(), list(outs[:n])
+    while stack:
+        node = stack.pop()
+        if node.name not in needed:
+            needed.add(node.name)
+            stack += node.all_input_nodes
+    names = frozenset(m.name for m in graph.nodes if m.op not in ("placeholder", "output") and m.name not in needed)
+    eval_expr = outs[0].name if n == 1 else "(" + ", ".join(o.name for o in outs[:n]) + ",)"
+    return TrainingGuard(names, eval_expr)
+
+
+def eval_module(gm):
+    """`gm` as its eval-mode forward (a view sharing its modules and weights), for
+    exporters: torch.export and TorchScript read the graph, not the generated forward,
+    so a spec with train outputs hands them this one. `gm` itself without them."""
+    if training_guard(gm.graph) is None:
+        return gm.eval()
+    graph = eval_graph(gm.graph)
+    graph.on_generate_code(lambda _previous: hoist_lookups)
+    return _module_class()(gm, graph, class_name=type(gm).__name__).eval()
+
+
+def eval_graph(graph):
+    """A copy of `graph` without the train outputs and the nodes only they need (what
+    TorchScript compiles: it cannot type a forward whose outputs change with the mode)."""
+    import copy
+
+    graph = copy.deepcopy(graph)
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    value = output.args[0]
+    n = output.meta.get("eval_outputs")
+    if n is not None and isinstance(value, tuple) and n < len(value):
+        output.args = (value[0] if n == 1 else tuple(value[:n]),)
+        for node in reversed(list(graph.nodes)):  # what only the train outputs used, last first
+            if node.op not in ("placeholder", "output") and not node.users:
+                graph.erase_node(node)
+    return graph
 
 
 def folded_into_buffer(typed: nx.DiGraph, name: str) -> bool:
@@ -148,14 +218,34 @@ def _module_class():
         class SpecGraphModule(fx.GraphModule):
             def __prepare_scriptable__(self):
                 graph = copy.deepcopy(self.graph)
+                graph = eval_graph(graph)
                 graph.on_generate_code(lambda _previous: None)
                 return fx.GraphModule(self, graph, class_name=type(self).__name__)
+
+            def __reduce__(self):
+                # fx pickles the generated code and traces it again when loading; with
+                # train outputs, trace it in training mode (every node) and guard again
+                rebuild, (body, *rest) = super().__reduce__()
+                if training_guard(self.graph) is None:
+                    return rebuild, (body, *rest)
+                n = next(m for m in reversed(self.graph.nodes) if m.op == "output").meta["eval_outputs"]
+                return _rebuild_guarded, (rebuild, {**body, "training": True}, tuple(rest), n, self.training)
 
         _SpecGraphModule = SpecGraphModule
     return _SpecGraphModule
 
 
 _SpecGraphModule = None
+
+
+def _rebuild_guarded(rebuild, body: dict, rest: tuple, eval_outputs: int, training: bool):
+    """Unpickle a module with train outputs: fx's rebuild traced every node; mark which
+    outputs are eval's and put the training guard back."""
+    traced = rebuild(body, *rest)
+    next(m for m in reversed(traced.graph.nodes) if m.op == "output").meta["eval_outputs"] = eval_outputs
+    guard = training_guard(traced.graph)
+    traced.graph.on_generate_code(lambda _previous: lambda lines: guard(hoist_lookups(lines)))
+    return _module_class()(traced, traced.graph, class_name=type(traced).__name__).train(training)
 
 # one fx `self.<path>` expression as fx writes a call_module/get_attr target:
 # `self.fc`, `getattr(self.layers, "0")`, `getattr(self.layer1, "0").conv1`
@@ -208,7 +298,7 @@ def hoist_lookups(body: list[str]) -> list[str]:
 
 def plain_code(gm) -> str:
     """fx's own code for `gm`'s graph, without the hoisted lookups (for reading/emitting)."""
-    with gm.graph.on_generate_code(lambda _previous: None):
+    with gm.graph.on_generate_code(lambda _previous: training_guard(gm.graph)):
         return gm.graph.python_code(root_module="self").src
 
 

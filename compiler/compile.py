@@ -120,6 +120,7 @@ def spec_hash(spec: ExpandedSpec) -> str:
         "nodes": [[n.name, n.op, [str(r) for r in n.inputs], n.args, n.call, *([list(n.tie)] if n.tie else [])]
                   for n in spec.nodes],  # fmt: skip
         "outputs": [[k, str(r)] for k, r in spec.outputs],
+        **({"train_outputs": [[k, str(r)] for k, r in spec.train_outputs]} if spec.train_outputs else {}),
     }
     text = json.dumps(canon, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -74,9 +74,10 @@ def drawing(result, depth: int | None = None) -> Drawing:
         if a != b and (a, b) not in seen:
             seen.add((a, b))
             d.edges.append((a, b))
-    for out_name, ref in result.spec.outputs:
+    for k, (out_name, ref) in enumerate(g.graph["outputs"]):
         key = f"output:{out_name}"
-        d.boxes[key] = Box(_id(len(d.boxes)), [out_name], (), "output")
+        train = k >= len(result.spec.outputs)  # a train output: computed in training only
+        d.boxes[key] = Box(_id(len(d.boxes)), [out_name, *(["(training only)"] if train else [])], (), "output")
         d.edges.append((owner[ref.node], key))
     paths = {box.cluster[:k] for box in d.boxes.values() for k in range(1, len(box.cluster) + 1)}
     d.clusters = sorted(paths, key=lambda p: (len(p), p))

@@ -94,6 +94,8 @@ class ExpandedSpec:
     meta: dict = field(default_factory=dict)
     file: str = "<spec>"
     outputs_loc: Location | None = None
+    # outputs computed in training only, after `outputs` (auxiliary heads for a loss term)
+    train_outputs: tuple[tuple[str, Ref], ...] = ()
     frozen: tuple[str, ...] = ()  # nodes (subtrees) written with freeze: true
     init: tuple[InitSpec, ...] = ()  # weights loaded when the model is built
 
@@ -196,11 +198,14 @@ class _Expander:
         env.prev = Ref(self.inputs[0].name) if self.inputs else None
         self._expand_nodes(self.data["nodes"], self.doc, ("nodes",), env)
         outputs = self._outputs(env)
+        train = self._outputs(env, "train_outputs", taken={n for n, _ in outputs})
         self._finish_scope(env)
         outputs = tuple((n, self._final(r, env)) for n, r in outputs)
-        for n, r in outputs:
-            if isinstance(r, tuple):
-                raise _bundle_error(f"output '{n}' is", r, self.doc.loc(("outputs",)), "outputs")
+        train = tuple((n, self._final(r, env)) for n, r in train)
+        for key, pairs in (("outputs", outputs), ("train_outputs", train)):
+            for n, r in pairs:
+                if isinstance(r, tuple):
+                    raise _bundle_error(f"output '{n}' is", r, self.doc.loc((key,)), key)
         if self.problems:  # one line per problem, not per repeated instance
             raise SchemaError(diagnostics=list(dict.fromkeys(self.problems)))
         return ExpandedSpec(
@@ -212,6 +217,7 @@ class _Expander:
             meta=dict(self.data.get("meta") or {}),
             file=self.doc.file,
             outputs_loc=self.doc.loc(("outputs",)),
+            train_outputs=train,
             frozen=tuple(self.frozen),
             init=self._init(),
         )
@@ -262,23 +268,27 @@ class _Expander:
             out.append(InputSpec(name, tuple(dims), dtype, loc))
         return tuple(out)
 
-    def _outputs(self, env: _Env) -> list[tuple[str, Any]]:
-        spec = self.data.get("outputs")
-        loc = self.doc.loc(("outputs",))
+    def _outputs(self, env: _Env, key: str = "outputs", taken: frozenset | set = frozenset()) -> list:
+        """(name, reference) pairs of `outputs:` (default: the last node) or of
+        `train_outputs:` (default: none), whose names must differ from the outputs'."""
+        spec = self.data.get(key)
+        loc = self.doc.loc((key,))
         if spec is None:
+            if key != "outputs":
+                return []
             if env.prev is None:
                 raise GraphError("the spec has no nodes to output", loc, "outputs")
             return [("output", env.prev)]
         if isinstance(spec, str):
             spec = [spec]
         pairs = spec.items() if isinstance(spec, dict) else ((parse_ref(s)[0], s) for s in spec)
-        out, seen = [], set()
+        out, seen = [], set(taken)
         for name, text in pairs:
             if name in seen:
-                raise GraphError(f"two outputs would be named '{name}'", loc, "outputs",
-                                 "name them: outputs: {a: 'x[0]', b: 'x[1]'}")  # fmt: skip
+                raise GraphError(f"two outputs would be named '{name}'", loc, key,
+                                 f"name them: {key}: {{a: 'x[0]', b: 'x[1]'}}")  # fmt: skip
             seen.add(name)
-            out.append((name, self._lookup(text, env, loc, "outputs")))
+            out.append((name, self._lookup(text, env, loc, key)))
         return out
 
     # ---- nodes -----------------------------------------------------------------

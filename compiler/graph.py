@@ -3,7 +3,8 @@
 Attribute contract (what later stages may read):
 
     graph.graph["spec"]      the ExpandedSpec it was built from
-    graph.graph["outputs"]   tuple of (output name, Ref)
+    graph.graph["outputs"]   tuple of (output name, Ref): the outputs, then the train outputs
+    graph.graph["train_outputs"]  how many of those (at the end) are computed in training only
     node attrs               kind: "input" | "op"
                              spec: InputSpec | NodeSpec
                              order: int (position in the spec; ties in sorting)
@@ -24,7 +25,7 @@ __all__ = ["build_graph", "topological_order"]
 
 def build_graph(spec: ExpandedSpec) -> nx.DiGraph:
     """Nodes are spec inputs and ops; edges carry tensors."""
-    g = nx.DiGraph(spec=spec, outputs=spec.outputs)
+    g = nx.DiGraph(spec=spec, outputs=spec.outputs + spec.train_outputs, train_outputs=len(spec.train_outputs))
     for order, inp in enumerate(spec.inputs):
         g.add_node(inp.name, kind="input", spec=inp, order=order)
     base = len(spec.inputs)

@@ -47,4 +47,6 @@ def lockfile_text(result) -> str:
         lines.append(f"  {name}: {_flow(entry)}  # -> {format_type(data['type'])}")
     outs = {k: str(r) for k, r in spec.outputs}
     lines.append(f"outputs: {_flow(outs)}")
+    if spec.train_outputs:
+        lines.append(f"train_outputs: {_flow({k: str(r) for k, r in spec.train_outputs})}")
     return "\n".join(lines) + "\n"

@@ -154,6 +154,11 @@ def document_schema() -> dict[str, Any]:
             "outputs": {"anyOf": [refs, {"type": "object", "minProperties": 1,
                                          "propertyNames": {"pattern": IDENT_PATTERN},
                                          "additionalProperties": ref}]},
+            "train_outputs": {"anyOf": [refs, {"type": "object", "minProperties": 1,
+                                               "propertyNames": {"pattern": IDENT_PATTERN},
+                                               "additionalProperties": ref}],
+                              "description": "outputs computed in training only (auxiliary heads that "
+                              "feed a loss term); eval, export and predict return outputs: alone"},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT_PATTERN},
                        "additionalProperties": {"$ref": "#/$defs/block"}},
             "nodes": {"$ref": "#/$defs/nodes"},

@@ -84,7 +84,7 @@ def infer_shapes(g: nx.DiGraph, registry=REGISTRY, oracle: ShapeOracle | None = 
         typed.nodes[name].update(type=info.type, args=info.args, params=info.params, buffers=info.buffers,
                                  constant=info.constant)
     check_param_budget(typed, spec)
-    for out, ref in spec.outputs:
+    for out, ref in g.graph["outputs"]:
         try:
             engine.type_of(ref)
         except ShapeError as err:

@@ -56,7 +56,7 @@ class Evaluator:
     def __call__(self, loader, prefix: str = "val") -> dict[str, float]:
         self.model.eval()
         dev = self.env.device
-        labels = ["loss", *self.task.loss_labels()]
+        labels = ["loss", *self.task.loss_labels(evaluating=True)]
         sums = torch.zeros(len(labels) + 1, device=dev)  # every rank sums (a rank may have no batches)
         metrics = self.task.new_metrics(dev)
         batches_done = 0

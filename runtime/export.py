@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compiler.codegen import eval_module
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
 from ..compiler.load import load_spec_source
@@ -86,7 +87,7 @@ def export(spec: str | os.PathLike, *, format: str, out: str | os.PathLike | Non
     check_options(format, out, opset, onnx_exporter, atol, rtol)
     compiled, ckpt, state = _model(spec, checkpoint, plugins, overrides)
     check_symbols(compiled, dims or {}, static)
-    model = compiled.module.eval()
+    model = eval_module(compiled.module)  # without train outputs, if the spec has any
     examples = example_inputs(compiled, dims or {}, batch=2)
     fixed = {name: _size(name, 1, dims or {}, 2) for name in static}  # symbol -> its size
     meta = metadata(compiled, ckpt, fixed, state)

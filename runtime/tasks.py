@@ -75,9 +75,10 @@ class MetricSlot:
 @dataclass(frozen=True)
 class Task:
     feeds: tuple[str, ...]  # the batch field feeding each spec input, in the spec's order
-    outputs: tuple[str, ...]  # the spec's output names
+    outputs: tuple[str, ...]  # the spec's output names, then its train outputs'
     terms: tuple[LossTerm, ...]
     metrics: tuple[MetricSlot, ...]
+    evaluated: int = 0  # how many outputs the model gives in eval (the train outputs come after); 0: all
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -89,16 +90,25 @@ class Task:
         return tuple(batch[f] for f in self.feeds)
 
     def loss(self, outs: tuple, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The weighted sum of the terms, and each term's own value."""
-        parts = [t.value(outs[t.output], batch[t.target]) for t in self.terms]
-        total = parts[0] * self.terms[0].weight if self.terms[0].weight != 1 else parts[0]
-        for term, part in zip(self.terms[1:], parts[1:], strict=True):
+        """The weighted sum of the terms, and each term's own value. In eval the model
+        gives no train outputs, and their terms are left out."""
+        terms = self._terms(len(outs) < len(self.outputs))
+        parts = [t.value(outs[t.output], batch[t.target]) for t in terms]
+        total = parts[0] * terms[0].weight if terms[0].weight != 1 else parts[0]
+        for term, part in zip(terms[1:], parts[1:], strict=True):
             total = total + term.weight * part
         return total, parts
 
-    def loss_labels(self) -> list[str]:
-        """Columns of the terms ('loss_logits', ...); none when there is one term."""
-        return [f"loss_{t.label}" for t in self.terms] if len(self.terms) > 1 else []
+    def _terms(self, evaluating: bool) -> tuple[LossTerm, ...]:
+        if not evaluating or not self.evaluated:
+            return self.terms
+        return tuple(t for t in self.terms if t.output < self.evaluated)
+
+    def loss_labels(self, evaluating: bool = False) -> list[str]:
+        """Columns of the terms ('loss_logits', ...); none when there is one term.
+        Evaluating, the terms on train outputs are not there."""
+        terms = self._terms(evaluating)
+        return [f"loss_{t.label}" for t in terms] if len(terms) > 1 else []
 
     def new_metrics(self, device: torch.device) -> dict[str, object]:
         return {m.label: copy.deepcopy(m.metric).to(device) for m in self.metrics}
@@ -110,7 +120,7 @@ class Task:
 
     def modes(self) -> dict[str, str]:
         """'min' or 'max' for every logged validation value."""
-        out = {"loss": "min", **{label: "min" for label in self.loss_labels()}}
+        out = {"loss": "min", **{label: "min" for label in self.loss_labels(evaluating=True)}}
         out.update({m.label: "max" if m.higher_is_better else "min" for m in self.metrics})
         return out
 
@@ -198,7 +208,8 @@ def build_task(compiled, cfg, fields: Fields, batch: dict, device: torch.device)
     """The task of a run from its checked config, the data's fields and a sample `batch`
     (for the outputs' shapes and the targets' dtypes metrics are sized from). The
     compiled module is on `device` already."""
-    outputs = tuple(name for name, _ in compiled.spec.outputs)
+    spec = compiled.spec
+    outputs = tuple(name for name, _ in spec.outputs + spec.train_outputs)
     feeds = resolve_feeds([i.name for i in compiled.spec.inputs], fields, cfg.data)
     check_fields(compiled, feeds, batch, cfg.data["dataset"])
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -210,15 +221,45 @@ def build_task(compiled, cfg, fields: Fields, batch: dict, device: torch.device)
             shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in outs]
         finally:
             compiled.module.train(was)
+    outs += _train_outputs(compiled, len(batch[feeds[0]]))
+    shapes += [tuple(o.shape) if o is not None else None for o in outs[len(shapes):]]
     terms = tuple(replace(t, fn=t.fn.to(device)) for t in _terms(cfg, outputs, fields))
+    _check_evaluable(terms, len(spec.outputs), outputs)
     for i, t in enumerate(terms):
         _tensor_output(outs[t.output], outputs[t.output], "train.loss", "a loss")
         where = f"train.loss[{i}]" if isinstance(cfg.train["loss"], list) else "train.loss"
         check_class_dim(t.class_dim, shapes[t.output], outputs[t.output], f"{where}.class_dim")
-    metrics = _metrics(cfg, outputs, fields, terms, shapes, batch)
+    metrics = _metrics(cfg, outputs, fields, terms, shapes, batch, len(spec.outputs))
     for i, (slot, item) in enumerate(zip(metrics, cfg.train["metrics"], strict=True)):
         _try_metric(slot, item["name"], outs, batch, f"train.metrics[{i}]")
-    return Task(feeds, outputs, terms, metrics)
+    return Task(feeds, outputs, terms, metrics, len(spec.outputs) if spec.train_outputs else 0)
+
+
+def _train_outputs(compiled, batch: int) -> tuple:
+    """Stand-ins for the train outputs, which an eval forward does not give: meta tensors
+    of their inferred shapes (symbolic dims at the batch size), enough to check the loss
+    terms that read them; None for one that is not a tensor."""
+    from ..compiler.shapes import TensorType
+
+    out = []
+    for _, ref in compiled.spec.train_outputs:
+        t = compiled.graph.nodes[ref.node]["type"]
+        for i in ref.index:
+            t = t[i] if isinstance(t, tuple) else None
+        if not isinstance(t, TensorType):
+            out.append(None)
+            continue
+        dims = [d if isinstance(d, int) else batch for d in t.shape]
+        out.append(torch.empty(dims, dtype=getattr(torch, t.dtype), device="meta"))
+    return tuple(out)
+
+
+def _check_evaluable(terms: tuple[LossTerm, ...], evaluated: int, outputs: tuple[str, ...]) -> None:
+    """Validation runs in eval, without the train outputs: one term must read an output."""
+    if evaluated < len(outputs) and all(t.output >= evaluated for t in terms):
+        raise ConfigError("every loss term reads a train output, and validation (in eval) has none of them",
+                          path="train.loss", hint="add a term on one of the outputs: "
+                          + ", ".join(outputs[:evaluated]))  # fmt: skip
 
 
 def check_class_dim(class_dim: int, shape: tuple, name: str, where: str) -> None:
@@ -332,12 +373,15 @@ def _class_dim_hint(pred: torch.Tensor, class_dim: int) -> str:
     return "is class_dim right?" if pred.dim() > 2 else ""
 
 
-def _metrics(cfg, outputs, fields, terms, shapes, batch) -> tuple[MetricSlot, ...]:
-    slots = []
-    main = terms[0].output
+def _metrics(cfg, outputs, fields, terms, shapes, batch, evaluated: int) -> tuple[MetricSlot, ...]:
+    slots = []  # metrics are computed in eval, on the outputs alone (not the train outputs)
+    main = next(t.output for t in terms if t.output < evaluated)
     for i, item in enumerate(cfg.train["metrics"]):
         where = f"train.metrics[{i}]"
         out = _output(item.get("output"), outputs, f"{where}.output") if item.get("output") else main
+        if out >= evaluated:
+            raise ConfigError(f"'{outputs[out]}' is a train output: metrics are computed in eval, where it is not",
+                              path=f"{where}.output", hint="outputs: " + ", ".join(outputs[:evaluated]))  # fmt: skip
         term = next((t for t in terms if t.output == out), None)
         target = _target(item.get("target") or (term.target if term else None), fields, f"{where}.target")
         class_dim = int(item.get("class_dim", term.class_dim if term else 1))
