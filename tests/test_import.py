@@ -424,7 +424,7 @@ class _Size(nn.Module):
 
 
 @pytest.mark.parametrize("module, message", [
-    (_FloorDiv(), "Tensor.reshape: computes floordiv from the symbolic dims"),
+    (_FloorDiv(), "Tensor.reshape: computes a number from the symbolic dims (operator.floordiv)"),
     (_Tied(), "'emb.weight' and 'out.weight' are one tensor (tied weights)"),
     (_Size(), "forward returns a number as output_1"),
     (nn.Sequential(nn.Hardtanh(min_val=float("-inf"))), "argument 'min_val' of '0' (Hardtanh) cannot be written"),
@@ -433,3 +433,201 @@ def test_corners_refused(module, message):
     with pytest.raises(ImportFailure) as err:
         import_module(module, [(None, ["N", "T"], "float32")])
     assert str(err.value).startswith(message), str(err.value)
+
+
+# ---- blockers found by importing every torchvision model (tests/test_import_sweep.py) ----------
+def test_regnet_names_with_a_dash_are_written_quoted():
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_x_400mf()
+    r = imported(model, (["N", 3, 32, 32], "float32"), name="regnet")
+    assert '"block1-0": {block: res_bottleneck_block' in r.text  # the name kept: a state_dict key
+    assert r.max_abs_diff == 0.0
+    assert round_trip(model, r.text, torch.randn(2, 3, 32, 32)) == 0.0
+
+
+class _Conv3x3(nn.Conv2d):
+    """A subclass that only computes its base's arguments (torchvision's Conv3DSimple)."""
+
+    def __init__(self, channels: int, stride: int = 1):
+        super().__init__(channels, channels, kernel_size=3, stride=stride, padding=1, bias=False)
+
+    @staticmethod
+    def get_downsample_stride(stride: int) -> tuple:
+        return stride, stride
+
+
+class _OwnForward(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_a_layer_subclass_without_its_own_forward_is_its_base_op():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Conv3x3(4, stride=2), nn.ReLU())
+    r = imported(model, (["N", 4, 8, 8], "float32"))
+    assert "- {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1, bias: false}" in r.text
+    assert round_trip(model, r.text, torch.randn(2, 4, 8, 8)) == 0.0
+    video = torchvision.models.video.r3d_18()  # Conv3DSimple(nn.Conv3d)
+    r = imported(video, (["N", 3, 4, 32, 32], "float32"))
+    assert "{op: Conv3d, out_channels: \"${out_channels}\", kernel_size: 3" in r.text
+    assert round_trip(video, r.text, torch.randn(2, 3, 4, 32, 32)) == 0.0
+    with pytest.raises(ImportFailure, match=r"torch.conv2d \(in 0: _OwnForward\): has no yamlnet op"):
+        imported(nn.Sequential(_OwnForward(4, 4, 3)), (["N", 4, 8, 8], "float32"))
+
+
+class _Fused(nn.Module):
+    """EfficientNetV2's FusedMBConv: padding [1, 0] and activation [true, false] along a repeat."""
+
+    def __init__(self, depth: int):
+        from torchvision.ops import Conv2dNormActivation
+
+        super().__init__()
+        layers = [Conv2dNormActivation(4, 8 if depth == 2 else 4, 3)]
+        if depth == 2:
+            layers.append(Conv2dNormActivation(8, 4, 1, activation_layer=None))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.block(x) + x
+
+
+def test_a_flag_is_never_merged_with_an_int_that_equals_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Fused(1), _Fused(2), _Fused(2))
+    r = imported(model, (["N", 4, 8, 8], "float32"))
+    assert 'use_2: "${use_2[i]}"' in r.text and 'use_2: "${padding[i]}"' not in r.text
+    assert round_trip(model, r.text, torch.randn(2, 4, 8, 8)) == 0.0
+
+
+@torch.fx.wrap
+def _clip_window(window: list, size) -> tuple:
+    for k in range(2):  # changes the list it is given, as swin3d's helpers do
+        window[k] = min(window[k], size[k])
+    return tuple(window)
+
+
+class _Windows(nn.Module):
+    def forward(self, x):
+        window = _clip_window([7, 7], x.shape[-2:])  # fx passes [7, 7] as an immutable list
+        return nn.functional.avg_pool2d(x, window)
+
+
+def test_model_code_gets_lists_it_can_change():
+    r = imported(_Windows(), (["N", 3, 4, 4], "float32"))
+    assert "{op: AvgPool2d, kernel_size: 4}" in r.text  # a size from forward that is constant
+    assert round_trip(_Windows(), r.text, torch.randn(2, 3, 4, 4)) == 0.0
+
+
+def plugin_swish(x, beta=1.0):  # public: fx wraps no name that starts with _
+    return x * torch.sigmoid(beta * x)
+
+
+class _Swished(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return plugin_swish(self.fc(x), 2.0)
+
+
+def test_a_plugin_function_is_one_node():
+    from yamlnet.compiler.registry import REGISTRY
+
+    yamlnet.register_op("test_import_swish", plugin_swish, args={"beta": {"type": "number"}})
+    try:
+        torch.manual_seed(0)
+        model = _Swished()
+        r = imported(model, (["N", 4], "float32"))
+        assert "test_import_swish: {op: test_import_swish, beta: 2.0}" in r.text
+        assert round_trip(model, r.text, torch.randn(3, 4)) == 0.0
+    finally:
+        REGISTRY._ops.pop("test_import_swish", None)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, norm: bool):
+        super().__init__()
+        self.embed = nn.Linear(4, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 3, norm=nn.LayerNorm(16) if norm else None,
+                                             enable_nested_tensor=False)  # fmt: skip
+        self.last = nn.TransformerEncoderLayer(16, 4, 24, 0.0, "gelu", 1e-6, True, True, False)
+
+    def forward(self, x):
+        return self.last(self.encoder(self.embed(x)))
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_transformer_encoder_is_a_repeat_of_its_layers(norm):
+    torch.manual_seed(0)
+    model = _Encoder(norm)
+    r = imported(model, (["N", "T", 4], "float32"))
+    assert ("layers: {op: TransformerEncoderLayer, repeat: 3, nhead: 2, dim_feedforward: 32, "
+            "activation: relu, batch_first: true}") in r.text  # fmt: skip
+    assert ("last:    {op: TransformerEncoderLayer, nhead: 4, dim_feedforward: 24, dropout: 0.0, "
+            "activation: gelu, layer_norm_eps: 1e-06, batch_first: true, norm_first: true, bias: false}"
+            ) in r.text  # fmt: skip
+    assert ("norm:   {op: LayerNorm}" in r.text) == norm
+    assert round_trip(model, r.text, torch.randn(2, 5, 4)) < 1e-5
+    with pytest.raises(ImportFailure, match="TransformerEncoder can be imported inside a module"):
+        imported(model.encoder, (["N", "T", 16], "float32"))
+
+
+class _IntShape(nn.Module):
+    def forward(self, x):
+        return x.reshape(x[0, 0] + 2, -1)
+
+
+def test_refusals_name_the_module_path_not_fx_nodes():
+    model = nn.Sequential(nn.Identity(), _IntShape())
+    with pytest.raises(ImportFailure) as err:
+        imported(model, (["N", 4], "int64"))
+    assert str(err.value).startswith("Tensor.reshape (in 1: _IntShape): uses a tensor "
+                                     "(operator.add in '1') where a number is expected")  # fmt: skip
+
+
+class _Branches(nn.Module):
+    """deeplabv3's ASPP: a ModuleList of parallel branches, joined after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(4, 2, 3, padding=d, dilation=d) for d in (1, 2, 3)])
+        self.project = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
+
+
+def test_a_container_of_parallel_branches_is_a_block_with_several_outputs():
+    torch.manual_seed(0)
+    model = _Branches()
+    r = imported(model, (["N", 4, 8, 8], "float32"))
+    assert "convs:   {block: module_list}" in r.text
+    assert 'outputs: ["0", "1", "2"]' in r.text
+    assert round_trip(model, r.text, torch.randn(2, 4, 8, 8)) == 0.0
+
+
+class _Einsum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.einsum("bik,bjk->bij", self.q(x), self.k(x))
+
+
+class _Constant(nn.Module):
+    def forward(self, x):
+        return x * torch.tensor([1.0, 2.0])
+
+
+def test_einsum_and_a_constant_tensor_made_in_forward():
+    torch.manual_seed(0)
+    r = imported(_Einsum(), (["N", "T", 4], "float32"))
+    assert 'einsum: {op: einsum, in: [q, k], equation: "bik,bjk->bij"}' in r.text
+    assert round_trip(_Einsum(), r.text, torch.randn(2, 5, 4)) < 1e-6
+    with pytest.raises(ImportFailure) as err:
+        imported(nn.Sequential(_Constant()), (["N", 2], "float32"))
+    assert str(err.value).startswith("forward of '0' (_Constant) uses a constant tensor (made in "
+                                     "forward, or a plain attribute)")  # fmt: skip

@@ -1,8 +1,10 @@
 """`yamlnet import`: an nn.Module -> a spec that rebuilds it.
 
 The module is traced with torch.fx. Layers yamlnet knows as ops (every torch.nn layer,
-a few torchvision.ops, plugin ops) stay single nodes; the user's own modules are traced
-through. The traced graph is then cut back into the module tree it came from — every
+a few torchvision.ops, plugin ops) stay single nodes, and so do subclasses of torch.nn layers
+that only compute their base's arguments (`Conv3DSimple(nn.Conv3d)`) and calls of functions a
+plugin registered; the user's own modules are traced through (a TransformerEncoder as its
+layers one after another). The traced graph is then cut back into the module tree it came from — every
 node knows the stack of modules whose `forward` made it — so each submodule becomes a
 scope with the same name, and the written spec has the module's state_dict keys.
 
@@ -14,7 +16,8 @@ Readable structure comes from three rules, applied bottom up:
   differs becomes a block parameter (arguments that always agree share one);
 - an `nn.Sequential`/`ModuleList` whose children are chained uses of one block (or one
   op) becomes one node with `repeat: n`; values that change along it become expressions
-  of `i` (`"${2 if i == 0 else 1}"`);
+  of `i` (`"${2 if i == 0 else 1}"`); one with several inputs or outputs (parallel
+  branches) is written as a block;
 - arguments the compiler infers from shapes (`in_channels`, ...) and arguments equal to
   their defaults are left out.
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import MISSING, ImportFailure, _is_container, _PerI, _same
+from .common import MISSING, ImportFailure, _PerI, _same
 from .trace import _Item, _Val
 from .tree import _Scope, _Tree
 
@@ -55,7 +55,7 @@ def _body_of(tree: _Tree, scope: _Scope) -> _Body:
             if k in local and base_len < len(v.index):
                 return local[k] + "".join(f"[{i}]" for i in v.index[base_len:])
         raise ImportFailure(
-            f"internal: value {v.node.name}{list(v.index)} not visible in '{scope.path}'"
+            f"internal: a value of {traced.origin(v.node)}{list(v.index)} not visible in '{scope.path}'"
         )
 
     entries = []
@@ -95,7 +95,7 @@ def _block_inputs(scope: _Scope) -> list[str]:
     called input; an inline container's one input must be input)."""
     base = "input"
     if base in scope.names:
-        if _is_container(scope.module):
+        if scope.inline():
             raise ImportFailure(
                 f"'{scope.path}' has a layer named 'input', the name of its input in a spec"
             )
@@ -107,7 +107,7 @@ def _block_inputs(scope: _Scope) -> list[str]:
 
 
 def _child_entry(tree: _Tree, child: _Scope, refs: list) -> _Entry:
-    if not _is_container(child.module):
+    if not child.inline():
         return _Entry(child.local, "block", child.block, dict(child.params), refs)
     body = _body_of(tree, child)
     rep = _as_repeat(body)
@@ -118,9 +118,6 @@ def _child_entry(tree: _Tree, child: _Scope, refs: list) -> _Entry:
     if rep is not None:  # children named layer_0, layer_1, ...: one node of a list, name: with i
         rep.name, rep.refs, rep.named = _named_copies(body), list(body.inputs[:1]), True
         return _Entry(child.local, "inline", "", {}, refs, body=_Body(list(body.inputs), [rep], [rep.name]))
-    if len(child.inputs) > 1 or len(child.outputs) != 1:
-        raise ImportFailure(f"'{child.path}' ({type(child.module).__name__}) takes {len(child.inputs)} inputs "
-                            f"and gives {len(child.outputs)} outputs; a container must take and give one")  # fmt: skip
     return _Entry(child.local, "inline", "", {}, refs, body=body)
 
 

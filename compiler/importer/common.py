@@ -55,12 +55,55 @@ _TV_LEAVES = {"StochasticDepth", "Permute", "FrozenBatchNorm2d", "DropBlock2d", 
 
 def _leaf_op(module) -> str | None:
     """The registry op a module instance is, or None when it is to be traced through."""
-    name = REGISTRY.module_op(type(module))
-    if name is None:
+    name = REGISTRY.module_op(type(module)) or _plain_subclass_op(type(module))
+    if name is None or _stand_in(module) is not None:
         return None
     if REGISTRY.get(name).source == "torchvision.ops" and name not in _TV_LEAVES:
         return None  # compositions of torch.nn layers: traced, so their layers keep their names
     return name
+
+
+# what a subclass may define and still be its base layer: a constructor, docs, new names
+_SUBCLASS_KEEPS = {"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__",
+                   "__weakref__", "__firstlineno__", "__static_attributes__", "__parameters__",
+                   "__orig_bases__", "extra_repr"}  # fmt: skip
+
+
+def _plain_subclass_op(cls: type) -> str | None:
+    """The torch.nn op a subclass is when it only computes its base's constructor arguments
+    (torchvision's `Conv3DSimple(nn.Conv3d)`): it overrides nothing its base has but
+    `__init__`, so it runs as its base, whose arguments are read off the instance."""
+    for k, base in enumerate(cls.__mro__[1:], start=1):
+        name = REGISTRY.module_op(base)
+        if name is None:
+            continue
+        if REGISTRY.get(name).source != "torch.nn":
+            return None
+        for sub in cls.__mro__[:k]:
+            if any(key not in _SUBCLASS_KEEPS and hasattr(base, key) for key in vars(sub)):
+                return None  # forward (or a method it calls) is the subclass's own
+        return name
+    return None
+
+
+def _stand_in(module):
+    """For a torch.nn layer made of layers (TransformerEncoder), a forward to trace in place
+    of its own, whose fast-path checks fx cannot follow: its layers one after another, each
+    keeping its name (`layers.0.self_attn...`). None for every other module."""
+    import torch.nn as nn
+
+    if type(module) is not nn.TransformerEncoder:
+        return None
+
+    def forward(src, mask=None, src_key_padding_mask=None, is_causal=None):
+        if mask is not None or src_key_padding_mask is not None or is_causal:
+            raise ImportFailure("a TransformerEncoder is called with a mask; the importer takes "
+                                "it without masks only")  # fmt: skip
+        for layer in module.layers:
+            src = layer(src)
+        return src if module.norm is None else module.norm(src)
+
+    return forward
 
 
 def _is_container(module) -> bool:
@@ -85,6 +128,11 @@ class _PerI(tuple):
 
 
 def _same(a, b) -> bool:
-    return type(a) is type(b) and a == b or (
-        isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
-        and not isinstance(b, bool) and a == b and type(a) is type(b))  # fmt: skip
+    """Equal and of one type, all the way down: True is not 1, [True] is not [1]."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return a == b

@@ -108,6 +108,16 @@ def _function_table():
         return h
 
     add([torch.cat, torch.concat], join("cat"))
+
+    def einsum(n, tr):  # einsum("bij,bjk->bik", a, b) or einsum(equation, [a, b])
+        equation, *operands = n.args
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = list(operands[0])
+        if n.kwargs or not operands or not all(tr.is_tensor(t) for t in operands):
+            raise _Unsupported("takes operands that are not tensors given by position")
+        return "einsum", [tr.val(t) for t in operands], {"equation": _const(equation, "equation", tr)}
+
+    add([torch.einsum], einsum)
     add([torch.stack], join("stack"))
 
     def simple(op, names, defaults=None, drop=()):
@@ -279,9 +289,58 @@ def _convert_function(n, tr) -> tuple[str, list, dict]:
         handler = _TABLE.get(n.target)
     except TypeError:  # unhashable target
         handler = None
-    if handler is None:
+    if handler is not None:
+        return handler(n, tr)
+    op = registered_functions().get(n.target)
+    if op is None:
         raise _Unsupported("has no yamlnet op")
-    return handler(n, tr)
+    return _registered_call(n, tr, op)
+
+
+def registered_functions() -> dict:
+    """target -> OpDef of every function op called as `target(*inputs, **args)`: those
+    plugins register with `register_op(name, fn)`. Tracing keeps their calls whole."""
+    found = {}
+    for name in REGISTRY.names():
+        op = REGISTRY.get(name)
+        plain = not (op.lead or op.positional or op.keyword_inputs or op.list_input or op.prepare)
+        if op.kind == "function" and plain and callable(op.target):
+            try:
+                found.setdefault(op.target, op)
+            except TypeError:  # unhashable target
+                continue
+    return found
+
+
+def _registered_call(n, tr, op) -> tuple[str, list, dict]:
+    """A call of a registered function: its leading tensors the inputs, the rest arguments
+    by name (positional ones named from the function's signature)."""
+    import inspect
+
+    k = 0
+    while k < len(n.args) and tr.is_tensor(n.args[k]):
+        k += 1
+    inputs, rest = list(n.args[:k]), list(n.args[k:])
+    if any(tr.is_tensor(v) for v in rest + list(n.kwargs.values())):
+        raise _Unsupported(f"passes a tensor after its arguments; {op.name} takes tensors first")
+    names = []
+    if rest:
+        try:
+            names = list(inspect.signature(op.target).parameters)[k:]
+        except (TypeError, ValueError):
+            names = []
+        if len(names) < len(rest):
+            raise _Unsupported(f"passes {len(rest)} arguments by position that {op.name}'s "
+                               "signature does not name", "pass them by keyword")  # fmt: skip
+    args = {key: _const(v, key, tr) for key, v in [*zip(names, rest, strict=False), *n.kwargs.items()]}
+    unknown = [key for key in args if key not in op.args]
+    if unknown and not op.open_args:
+        raise _Unsupported(f"is called with {unknown[0]}=, which op {op.name} does not take")
+    hi = op.max_inputs
+    if len(inputs) < op.min_inputs or hi is not None and len(inputs) > hi:
+        raise _Unsupported(f"gets {len(inputs)} tensors; op {op.name} takes "
+                           f"{op.min_inputs if hi == op.min_inputs else (op.min_inputs, hi)}")  # fmt: skip
+    return op.name, [tr.val(v) for v in inputs], args
 
 
 def _index(idx):

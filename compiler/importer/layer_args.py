@@ -17,6 +17,26 @@ _ATTR = {  # constructor argument -> how to read it where the attribute has anot
 }
 
 
+def _activation_name(m):
+    """A transformer layer's activation as its constructor takes it: "relu" or "gelu"."""
+    import torch.nn.functional as F
+
+    return {F.relu: "relu", F.gelu: "gelu"}.get(m.activation, m.activation)
+
+
+for _layer in ("TransformerEncoderLayer", "TransformerDecoderLayer"):  # kept in their sublayers
+    _ATTR.update({
+        (_layer, "d_model"): lambda m: m.self_attn.embed_dim,
+        (_layer, "nhead"): lambda m: m.self_attn.num_heads,
+        (_layer, "dim_feedforward"): lambda m: m.linear1.out_features,
+        (_layer, "dropout"): lambda m: m.dropout.p,
+        (_layer, "activation"): _activation_name,
+        (_layer, "layer_norm_eps"): lambda m: m.norm1.eps,
+        (_layer, "batch_first"): lambda m: m.self_attn.batch_first,
+        (_layer, "bias"): lambda m: m.linear1.bias is not None,
+    })  # fmt: skip
+
+
 def _module_args(m, op: str, shapes: list, path: str) -> tuple[dict, frozenset]:
     """The constructor arguments of a layer, read off the instance, and which of them
     the compiler would infer from the input shapes."""
@@ -52,7 +72,7 @@ def _module_args(m, op: str, shapes: list, path: str) -> tuple[dict, frozenset]:
             continue
         value = _plain(value, argdef.schema)
         if value is _NOT_PLAIN:
-            if argdef.default is None and not argdef.required:
+            if reader is None and argdef.default is None and not argdef.required:
                 continue  # a callable or module argument left at its default (checked later)
             raise ImportFailure(f"argument '{key}' of '{path}' ({op}) cannot be written in YAML")
         args[key] = value

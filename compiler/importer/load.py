@@ -11,7 +11,7 @@ import sys
 
 from ..errors import SpecError
 from ..schema import DTYPES
-from .common import ImportFailure, _first, _leaf_op
+from .common import ImportFailure, _first, _leaf_op, _stand_in
 
 
 # ---- loading the user's module ----------------------------------------------------------
@@ -108,6 +108,9 @@ def _input_decls(module, inputs) -> list[tuple[str, list, str]]:
         raise ImportFailure(
             f"{cls} is itself a layer: write {{op: {_leaf_op(module)}, ...}} in a spec"
         )
+    if _stand_in(module) is not None:  # its own forward is what fx cannot follow
+        raise ImportFailure(f"{cls} can be imported inside a module, not by itself",
+                            hint="import a module that holds it")  # fmt: skip
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):

@@ -45,11 +45,12 @@ def torch_assert():
 def _is_scalar(value) -> bool:
     if isinstance(value, (bool, int, float)) or value is None:
         return True
-    return (
-        isinstance(value, tuple)
-        and not isinstance(value, _Tuple)
-        and all(isinstance(v, int) for v in value)
-    )
+    return isinstance(value, tuple) and not isinstance(value, _Tuple) and (value == () or _ints(value))
+
+
+def _ints(v) -> bool:
+    """Sizes: a non-empty tuple or list of ints (or of such tuples), no tensor in it."""
+    return isinstance(v, (tuple, list)) and bool(v) and all(type(x) is int or _ints(x) for x in v)
 
 
 class _T:  # a recorded tensor: shape and dtype only
@@ -72,13 +73,17 @@ def _record(gm, examples) -> dict:
     def summary(v):
         if isinstance(v, torch.Tensor):
             return _T(v)
-        if isinstance(v, (tuple, list)) and not isinstance(v, torch.Size):
+        if isinstance(v, torch.Size) or _ints(v):
+            return tuple(summary(x) for x in v)  # a shape, or sizes computed from one
+        if isinstance(v, (tuple, list)):
             return _Tuple(summary(x) for x in v)
-        if isinstance(v, torch.Size):
-            return tuple(v)
         return v
 
     class Recorder(fx.Interpreter):
+        def fetch_args_kwargs_from_env(self, n):
+            args, kwargs = super().fetch_args_kwargs_from_env(n)
+            return _mutable(args), _mutable(kwargs)  # the module's code may change its lists
+
         def run_node(self, n):
             out = super().run_node(n)
             values[n] = summary(out)
@@ -91,6 +96,17 @@ def _record(gm, examples) -> dict:
         raise ImportFailure(f"the module fails on inputs of the given shapes: {type(err).__name__}: {_first(err)}",
                             hint="check --input (and --dim for symbolic dims)") from err  # fmt: skip
     return values
+
+
+def _mutable(v):
+    """fx's immutable_list / immutable_dict as the plain list / dict the code was written for."""
+    if isinstance(v, list):
+        return [_mutable(x) for x in v]
+    if isinstance(v, tuple) and type(v) is tuple:
+        return tuple(_mutable(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _mutable(x) for k, x in v.items()}
+    return v
 
 
 def _refuse_sharing(module) -> None:

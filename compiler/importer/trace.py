@@ -4,13 +4,21 @@ in the scope of the module that made it."""
 from __future__ import annotations
 
 import operator
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..registry import REGISTRY
-from .common import ImportFailure, _is_node, _leaf_op, snake_case
-from .functions import _BASE, _SIZE_HINT, _const, _convert_function, _Unsupported
-from .layer_args import _module_args
+from .common import ImportFailure, _is_node, _leaf_op, _stand_in, snake_case
+from .functions import (
+    _BASE,
+    _SIZE_HINT,
+    _const,
+    _convert_function,
+    _Unsupported,
+    registered_functions,
+)
+from .layer_args import _NOT_PLAIN, _module_args, _plain
 from .load import _example
 from .record import (
     _T,
@@ -70,8 +78,12 @@ class _Traced:
             def is_leaf_module(self, m, qualname):
                 return leaf(m) is not None
 
+            def call_module(self, m, forward, args, kwargs):
+                return super().call_module(m, _stand_in(m) or forward, args, kwargs)
+
         _refuse_sharing(module)
-        tracer = Tracer()
+        wrapped = tuple(f for f in registered_functions() if isinstance(f, types.FunctionType))
+        tracer = Tracer(autowrap_functions=wrapped)  # a plugin's function: one call, one node
         import inspect
 
         concrete = {}
@@ -169,8 +181,8 @@ class _Traced:
             try:
                 value = self.module.get_buffer(n.target)
             except AttributeError:
-                raise ImportFailure(f"'{n.target}' is a constant tensor of the module, which a spec cannot hold "
-                                    "(register it as a buffer)") from None  # fmt: skip
+                raise ImportFailure(f"{self._constant(n)}; a spec holds parameters and buffers only",
+                                    hint="register it as a buffer") from None  # fmt: skip
             op, args = "Buffer", {"shape": list(value.shape)}
             dtype = str(value.dtype).removeprefix("torch.")
             if dtype not in REGISTRY.get("Buffer").args["dtype"].schema["enum"]:
@@ -202,6 +214,15 @@ class _Traced:
                 f"forward reads '{n.target}' of a layer directly; the spec cannot share it"
             )
         self.items.append(_Item(n, op, args, [], owner, base=attr))
+
+    def _constant(self, n) -> str:
+        """A tensor forward reads that the module does not hold as a parameter or buffer:
+        an attribute, or one fx names `_tensor_constant0` (made in forward), by its module."""
+        if not n.target.startswith("_tensor_constant"):
+            return f"forward reads '{n.target}', a tensor attribute that is no parameter or buffer"
+        owner = self._scope_of(n)
+        where = f" of '{owner}' ({type(self.modules[owner]).__name__})" if owner else ""
+        return f"forward{where} uses a constant tensor (made in forward, or a plain attribute)"
 
     def _value(self, v: _Val):
         value = self.values.get(v.node)
@@ -237,9 +258,14 @@ class _Traced:
         # tuple indexing and sizes make no node
         if target is operator.getitem and isinstance(self.values.get(n.args[0]), _Tuple):
             base = self.val(n.args[0])
-            if not isinstance(n.args[1], int):
-                raise ImportFailure(f"{n.format_node()}: a tuple indexed by {n.args[1]!r}{where}")
-            self.alias[n] = _Val(base.node, base.index + (n.args[1],))
+            try:
+                index = self.scalar_value(n.args[1]) if _is_node(n.args[1]) else n.args[1]
+            except _Unsupported as err:
+                raise ImportFailure(f"operator.getitem{where}: a tuple indexed by a value computed in "
+                                    f"forward: {err}", hint=err.hint) from None  # fmt: skip
+            if type(index) is not int:
+                raise ImportFailure(f"operator.getitem{where}: a tuple indexed by {index!r}")
+            self.alias[n] = _Val(base.node, base.index + (index,))
             return
         if target is torch_assert():
             return  # a check of the module's own; the spec checks shapes itself
@@ -267,12 +293,15 @@ class _Traced:
         (`size`) a symbolic input dim itself. Which sizes follow the symbolic dims is seen
         by tracing the module a second time with every symbolic dim doubled."""
         if arg not in self.sizes:
-            raise _Unsupported(f"uses {arg.name}, a value computed in forward", _SIZE_HINT)
+            raise _Unsupported(f"uses a tensor ({self.origin(arg)}) where a number is expected", _SIZE_HINT)
         a = self.values.get(arg)
-        if isinstance(a, tuple):
-            raise _Unsupported(f"uses {arg.name}, a shape computed in forward", _SIZE_HINT)
         if not self._varies(arg):
-            return a
+            if _plain(a) is _NOT_PLAIN:
+                raise _Unsupported(f"uses {a!r} ({self.origin(arg)}), which YAML cannot write")
+            return _plain(a)
+        if isinstance(a, tuple):
+            raise _Unsupported(f"uses a shape ({self.origin(arg)}) that changes with the symbolic dims",
+                               _SIZE_HINT)  # fmt: skip
         if size and _is_size_leaf(arg, self.sizes):
             b = self._second_run().get(arg)
             hits = [s for s, v in self.sample.items() if v == a and 2 * v == b]
@@ -281,8 +310,20 @@ class _Traced:
             if len(hits) > 1:
                 raise _Unsupported(f"uses a size that could be {' or '.join(hits)}",
                                    "give those dims different sizes with --dim")  # fmt: skip
-        raise _Unsupported(f"computes {arg.name} from the symbolic dims; a spec can name a symbolic "
-                           "dim, not a number computed from one", _SIZE_HINT)  # fmt: skip
+        raise _Unsupported(f"computes a number from the symbolic dims ({self.origin(arg)}); a spec can "
+                           "name a symbolic dim, not a number computed from one", _SIZE_HINT)  # fmt: skip
+
+    def origin(self, n) -> str:
+        """What made fx node `n`, by the module path it sits in (fx's own node names, such
+        as getitem_1, mean nothing to the module's author)."""
+        if not _is_node(n):
+            return repr(n)
+        if n.op == "placeholder":
+            return f"the input '{n.target}'"
+        if n.op in ("call_module", "get_attr"):
+            return f"'{n.target}'"
+        owner = self._scope_of(n)
+        return _describe(n) + (f" in '{owner}'" if owner else "")
 
     def _varies(self, n, depth: int = 0) -> bool:
         """Whether scalar node `n` changes with the symbolic dims."""

@@ -3,9 +3,11 @@ values that cross its border as its inputs and outputs."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..schema import NAME_PATTERN, NAME_RULE
 from .common import ImportFailure, _few, _is_container
 from .trace import _Item, _Traced, _Val
 
@@ -32,6 +34,11 @@ class _Scope:
     def depth(self) -> int:
         return 0 if self.parent is None else 1 + self.parent.depth()
 
+    def inline(self) -> bool:
+        """Whether it is written as inline `nodes:`: a container with one input and one
+        output. Other containers (deeplab's parallel branches in a ModuleList) are blocks."""
+        return _is_container(self.module) and len(self.inputs) <= 1 and len(self.outputs) == 1
+
 
 class _Tree:
     """Items cut back into the module tree; values crossing scopes become their
@@ -45,11 +52,7 @@ class _Tree:
         self.root.names |= {n for n, _ in module.named_parameters(recurse=False)}
         self.root.names |= {n for n, _ in module.named_buffers(recurse=False)}
         self.scopes = {"": self.root}
-        for path, _ in module.named_modules():
-            for part in path.split(".") if path else ():
-                if not (part.isidentifier() or part.isdigit()):
-                    raise ImportFailure(f"submodule '{path}' has a name a spec cannot use ('{part}': "
-                                        "letters, digits and _ only)", hint="rename it in the Python class")  # fmt: skip
+        _refuse_names(module)
         # the spec's input names: forward's, unless a layer of the same name needs it
         self.input_names = {}
         for n in traced.names:
@@ -165,6 +168,17 @@ class _Tree:
                 cross(v, scope)
         for _, v in self.traced.outputs:
             cross(v, self.root)
+
+
+def _refuse_names(module) -> None:
+    """Submodule and tensor names a spec cannot write (`block1-0` it can, `a b` not)."""
+    names = [p for p, _ in module.named_modules() if p]
+    names += [p for p, _ in module.named_parameters()] + [p for p, _ in module.named_buffers()]
+    for path in names:
+        for part in path.split("."):
+            if not re.fullmatch(NAME_PATTERN, part):
+                raise ImportFailure(f"'{path}' has a name a spec cannot use ('{part}': {NAME_RULE})",
+                                    hint="rename it in the Python class")  # fmt: skip
 
 
 _RESERVED_NAMES = {"i", "shape", "input", "true", "false", "none", "self"}

@@ -8,7 +8,7 @@ from collections import Counter
 
 from ..registry import REGISTRY
 from .blocks import _Body, _body_of, _Entry, _merge
-from .common import MISSING, _is_container, _PerI, _same, snake_case
+from .common import MISSING, _PerI, _same, snake_case
 from .layer_args import _plain
 from .tree import _RESERVED_NAMES, _ancestors, _Scope, _Tree
 from .yaml_text import (
@@ -41,7 +41,7 @@ class _Writer:
     def _build(self):
         tree = self.tree
         scopes = [
-            s for s in tree.scopes.values() if s.parent is not None and not _is_container(s.module)
+            s for s in tree.scopes.values() if s.parent is not None and not s.inline()
         ]
         height: dict = {}
 
