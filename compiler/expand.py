@@ -544,7 +544,9 @@ class _Expander:
         if name in self.block_stack or len(self.block_stack) >= LIMITS["max_block_depth"]:
             chain = " -> ".join(self.block_stack + [name])
             raise GraphError(f"block '{name}' contains itself ({chain})", loc, where)
-        names = body.get("inputs") or ["input"]
+        names = body["inputs"] if "inputs" in body else ["input"]
+        if not names and "in" not in node:
+            inputs = ()  # a block that reads nothing is not chained to the node before
         if len(inputs) != len(names):
             raise GraphError(f"block '{name}' takes {len(names)} input(s) ({', '.join(names)}), "
                              f"got {len(inputs)}", doc.loc(path + ("in",)), where)  # fmt: skip

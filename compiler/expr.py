@@ -238,6 +238,14 @@ def _sqrt(x: Any) -> float:
     return math.sqrt(x)
 
 
+def _error(message: Any) -> Any:
+    """error('depth 18 and 34 take groups=1 only'): refuse a configuration in the spec's
+    own words, at the expression (in a branch: `x if ok else error('...')`)."""
+    if not isinstance(message, str):
+        raise ExprError("error() takes a message, a string")
+    raise ExprError(message[:300])
+
+
 _FUNCS: dict[str, Callable] = {
     "min": min,
     "max": max,
@@ -255,6 +263,7 @@ _FUNCS: dict[str, Callable] = {
     "log": _log,
     "log2": _log2,
     "sqrt": _sqrt,
+    "error": _error,
 }
 
 
@@ -323,6 +332,11 @@ class _Interpreter:
             if len(left) + len(right) > MAX_LEN:  # before the copy is made
                 raise ExprError(f"result is longer than {MAX_LEN:,} items")
             return left + right
+        if op is ast.Mult and (isinstance(left, list) and _is_int(right) or _is_int(left) and isinstance(right, list)):
+            items, times = (left, right) if isinstance(left, list) else (right, left)
+            if size_of(items) * max(times, 0) > MAX_LEN:  # before the copy is made
+                raise ExprError(f"result is larger than {MAX_LEN:,} items, nested lists counted in full")
+            return items * times  # [0] * 3: a list repeated, as in Python
         if not (_number(left) and _number(right)):
             sym = next((v for v in (left, right) if isinstance(v, str)), None)
             hint = f"'{sym}' is a symbolic dimension" if sym and sym.isidentifier() else ""

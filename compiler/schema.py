@@ -49,6 +49,7 @@ def document_schema() -> dict[str, Any]:
     """The structural schema: every section, node and block; op arguments left open."""
     ref = {"type": "string", "pattern": REF_PATTERN}
     refs = {"anyOf": [ref, {"type": "array", "items": ref, "minItems": 1}]}
+    ins = {"anyOf": [ref, {"type": "array", "items": ref}]}  # in: [] for a node that reads nothing
     dim = {"anyOf": [{"type": "integer", "minimum": 1},
                      {"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}]}  # fmt: skip
     shape = {"type": "array", "items": dim, "minItems": 0, "maxItems": 16}
@@ -75,7 +76,7 @@ def document_schema() -> dict[str, Any]:
             "block": {"anyOf": [{"type": "string", "pattern": IDENT_PATTERN}, {"$ref": "#/$defs/expr"}],
                       "description": "a block defined under blocks: (here or in an included file); "
                       "an expression may choose one"},
-            "in": {**refs, "description": "input node(s); default: the previous node"},
+            "in": {**ins, "description": "input node(s); default: the previous node; [] for none"},
             "repeat": {"anyOf": [_or_expr({"type": "integer", "minimum": 0}), {
                 "type": "object", "required": ["times"], "additionalProperties": False,
                 "properties": {"times": _or_expr({"type": "integer", "minimum": 0}),
@@ -126,7 +127,8 @@ def document_schema() -> dict[str, Any]:
                     "description": "names computed for each instance, in order, after params: "
                     "(shape() may name the block's inputs)"},
             "inputs": {"type": "array", "items": {"type": "string", "pattern": IDENT_PATTERN},
-                       "minItems": 1, "uniqueItems": True},
+                       "uniqueItems": True, "description": "the block's input names (default [input]; "
+                       "[] for a block that reads nothing, such as one that computes a constant)"},
             "nodes": {"$ref": "#/$defs/nodes"},
             "outputs": refs,
         },

@@ -158,6 +158,10 @@ def test_a_complex_result_is_refused():
     ("sqrt(width * 2)", 4.0),
     ("max(depths)", 4),
     ("min(depths)", 1),
+    ("[0] * 3 + [1] * 2", [0, 0, 0, 1, 1]),
+    ("2 * depths[:1]", [1, 1]),
+    ("[1] * -1", []),
+    ("width if width > 4 else error('too small')", 8),
 ])  # fmt: skip
 def test_list_and_math_functions(text, expected):
     """What derived configurations need (running block counts, RegNet-style widths)."""
@@ -172,6 +176,11 @@ def test_list_and_math_functions(text, expected):
     ("log2(-1)", "log2() takes a number above 0"),
     ("sqrt(-1)", "sqrt() takes a number of 0 or more"),
     ("sqrt('9')", "sqrt() takes a number of 0 or more"),
+    ("[1] * 100001", "result is larger than 100,000 items"),
+    ("[[0] * 1000] * 1000", "result is larger than 100,000 items, nested lists counted in full"),
+    ("[1] * 2.0", "cannot apply '[1] * 2.0' to list and float"),
+    ("width if width > 9 else error('width must be above 9')", "width must be above 9"),
+    ("error(3)", "error() takes a message, a string"),
 ])  # fmt: skip
 def test_list_and_math_functions_refuse_what_they_cannot_take(text, says):
     with pytest.raises(ExprError, match=re.escape(says)):

@@ -95,3 +95,23 @@ def test_reserved_index_name_is_refused(tmp_path):
     with pytest.raises(yamlnet.SpecError, match=r"bad.yaml:4:\d+: nodes.fc.repeat.index: repeat: index: 'shape' is a "
                                                 r"reserved name"):  # fmt: skip
         yamlnet.compile(path)
+
+
+def test_a_block_that_reads_nothing():
+    result = yamlnet.build(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        blocks:
+          table:
+            inputs: []
+            params: {n: int}
+            nodes:
+              r: {op: arange, end: "${n}", dtype: float32}
+        nodes:
+          fc: {op: Linear, out_features: 4}
+          t: {block: table, n: 4}
+          s: {op: add, in: [fc, t]}
+        """))
+    x = torch.randn(2, 4)
+    assert torch.equal(result.module(x), result.module.fc(x) + torch.arange(4.0))
+    assert "arange" not in result.module.code  # a constant, computed when built

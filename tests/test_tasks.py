@@ -260,7 +260,7 @@ def test_every_spec_under_specs_is_covered():
 
 FAMILIES = {  # the cheapest variant of each torchvision family (SGD: no optimizer state to save)
     "resnet": [], "vgg": [], "mobilenet_v2": [], "efficientnet": [], "densenet": [],
-    "convnext": [], "vit": ["--set", "patch=32"],
+    "convnext": [], "vit": ["--set", "patch=32"], "regnet": [], "swin": [],
 }  # fmt: skip
 
 

@@ -32,6 +32,13 @@ TORCHVISION = [
     ("efficientnet.yaml", {}, "efficientnet_b0"),
     *[pytest.param("efficientnet.yaml", {"variant": v}, f"efficientnet_{v}", marks=pytest.mark.slow)
       for v in ("b1", "b2", "b3")],
+    # RegNet: the stages are derived from torchvision's six parameters by expressions
+    ("regnet.yaml", {"variant": "x_400mf"}, "regnet_x_400mf"),
+    ("regnet.yaml", {"variant": "y_400mf"}, "regnet_y_400mf"),
+    *[pytest.param("regnet.yaml", {"variant": v}, f"regnet_{v}", marks=pytest.mark.slow)
+      for v in ("x_800mf", "y_800mf", "x_1_6gf", "y_1_6gf", "x_3_2gf", "y_3_2gf", "x_8gf", "y_8gf")],
+    *[pytest.param("regnet.yaml", {"variant": v}, f"regnet_{v}", marks=pytest.mark.extended)  # 54M to 645M parameters
+      for v in ("x_16gf", "y_16gf", "x_32gf", "y_32gf", "y_128gf")],
     ("densenet.yaml", {}, "densenet121"),
     pytest.param("densenet.yaml", {"depth": 169}, "densenet169", marks=pytest.mark.slow),
     ("convnext.yaml", {}, "convnext_tiny"),
