@@ -21,7 +21,7 @@ import keyword
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -44,6 +44,8 @@ class Ref:
 
     node: str
     index: tuple[int, ...] = ()
+    # how the spec wrote it, where that differs (an index into a left-out node): for errors
+    written: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.node + "".join(f"[{i}]" for i in self.index)
@@ -158,6 +160,7 @@ class _Env:
     skips: dict = field(default_factory=dict)  # left-out node -> (input name, loc, path)
     number: int = 0  # where a list-form nodes: starts numbering (past it, once expanded)
     given: frozenset = frozenset()  # a spliced group's input names (not the list's)
+    left_out: set = field(default_factory=set)  # names of nodes left out by if: false or repeat: 0
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class _Expander:
         self.names: dict[str, Location | None] = {}
         self.problems: list = []
         self.block_stack: list[str] = []
+        self.instances: list[str] = []  # the block instances being expanded, innermost last
         self.inputs: tuple[InputSpec, ...] = ()
         self.variables: dict[str, Any] = {}
         self.steps = 0
@@ -288,6 +292,11 @@ class _Expander:
                 raise GraphError(f"two outputs would be named '{name}'", loc, key,
                                  f"name them: {key}: {{a: 'x[0]', b: 'x[1]'}}")  # fmt: skip
             seen.add(name)
+            node = parse_ref(text)[0] if _REF.match(text) else ""
+            if node in env.left_out:  # it would silently give what the node would have read
+                what = f"output '{node}'" if node == name else f"output '{name}' is '{node}', which"
+                raise GraphError(f"{what} is left out (if: false or repeat: 0)",
+                                 loc, key, "output the node before it, or keep the node")  # fmt: skip
             out.append((name, self._lookup(text, env, loc, key)))
         return out
 
@@ -428,7 +437,7 @@ class _Expander:
             env.refs[local] = Ref(name)
         if any(not isinstance(r, Ref) for r in refs):
             self.unresolved.append(len(self.nodes))
-        self.nodes.append(NodeSpec(name, "cat", tuple(refs), {"dim": 1}, {}, loc, where))
+        self.nodes.append(NodeSpec(name, "cat", tuple(refs), {"dim": 1}, {}, loc, self._mark(where)))
         return (Ref(name),)
 
     def _splice(self, name, node, inputs, repeat, scope, path, doc, env, numbered, frozen) -> int:
@@ -482,6 +491,8 @@ class _Expander:
         first = first[0] if isinstance(first, list) and first else first
         if isinstance(first, str) and env is not None:  # to name a loop of left-out nodes
             env.skips[name] = (parse_ref(first)[0], loc, where)
+        if env is not None:
+            env.left_out.add(name)
         return inputs[0] if inputs else _Skipped(name, inputs, loc, where)
 
     def _takes_no_input(self, node: dict) -> bool:
@@ -523,10 +534,29 @@ class _Expander:
         if any(not isinstance(r, Ref) for r in refs):
             self.unresolved.append(len(self.nodes))  # names defined later in a scope
         tie = tuple((node.get("tie") or {}).items())
-        self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, where, tie))
+        self.nodes.append(NodeSpec(full, op_name, refs, args, call, loc, self._mark(where), tie))
         return Ref(full)
 
     def _block(self, node, full, inputs, scope, path, doc, into: _Env | None = None):
+        """One block instance. An error inside its definition names the instance too
+        (`blocks.conv_bn.nodes.conv (in AuxLogits.conv1)`): the definition's line alone
+        does not say which of its uses failed."""
+        self.instances.append(full.rstrip("."))
+        try:
+            return self._block_instance(node, full, inputs, scope, path, doc, into)
+        except SpecError as err:
+            raise type(err)(diagnostics=[replace(d, path=self._mark(d.path)) for d in err.diagnostics]) from None
+        finally:
+            self.instances.pop()
+
+    def _mark(self, where: str) -> str:
+        """`where` (a path inside a block definition) with the instance it was made for."""
+        instance = self.instances[-1] if self.instances else ""
+        if not instance or not where.startswith("blocks.") or " (in " in where:
+            return where
+        return f"{where} (in {instance if len(instance) <= 80 else '...' + instance[-77:]})"
+
+    def _block_instance(self, node, full, inputs, scope, path, doc, into: _Env | None = None):
         loc, where = doc.loc(path), format_path(path)
         name = node["block"]
         if has_expr(name):  # chosen by an expression: check what it chose
@@ -649,7 +679,12 @@ class _Expander:
             target = pending
         else:
             target = env.refs[name]
-        return _index(target, index, text, loc, where) if index else target
+        if not index:
+            return target
+        out = _index(target, index, text, loc, where)
+        if name in env.left_out and isinstance(out, Ref):  # errors say what was written
+            out = replace(out, written=f"'{text}' ('{name}' is left out and passes '{target}' through)")
+        return out
 
     def _finish_scope(self, env: _Env) -> None:
         """Resolve names used before their definition; unknown ones are errors."""

@@ -157,7 +157,8 @@ class _Engine:
         except ShapeError as err:
             if user is None:
                 raise
-            raise ShapeError(f"'{ref}': {err.diagnostics[0].message}", user.loc, user.path) from None
+            raise ShapeError(f"{ref.written or repr(str(ref))}: {err.diagnostics[0].message}", user.loc,
+                             user.path) from None  # fmt: skip
 
     def _value(self, ref: Ref, k: int) -> Any:
         value = self.values[ref.node][k]
@@ -192,8 +193,10 @@ class _Engine:
         node = self.nodes[name]
         op = self.registry.get(node.op)
         for ref in node.inputs:
-            if not isinstance(ref, Ref):
-                raise ExprError(f"shape(): input of '{name}' is defined after it")
+            if not isinstance(ref, Ref):  # a name used before its definition
+                later = getattr(ref, "name", None) or getattr(getattr(ref, "base", None), "name", "?")
+                raise ExprError(f"shape() needs '{name}', which reads '{later}', defined after this node",
+                                hint="shape() sees the nodes above it")  # fmt: skip
             self.type_of(ref, node)  # infers producers first (memoized)
         in_types = [self.type_of(r, node) for r in node.inputs]
         for k, (r, t) in enumerate(zip(node.inputs, in_types, strict=True)):
