@@ -68,6 +68,7 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         return sizes[sym]
 
     consts: dict[str, Any] = {}  # constant nodes' values, computed now
+    owned: list[tuple] = []  # (spec order, name, module or tensor, kind, persistent), installed last
 
     for name in topological_order(typed):
         data = typed.nodes[name]
@@ -81,14 +82,14 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
             consts[name] = op.apply(None, [_pick(consts, r) for r in node.inputs], args, node.call,
                                     torch.get_default_device())  # fmt: skip
             if folded_into_buffer(typed, name):
-                _install(root, name, _one_tensor(consts[name], node), "buffer", False)
+                owned.append((data["order"], name, _one_tensor(consts[name], node), "buffer", False))
                 env[name] = graph.create_node("get_attr", name, (), {}, fx_name)
             continue
         if op.owns_state:
             built = _instantiate(op, args, node)
             if built is None:  # a Buffer that holds its input, a constant
                 built = op.apply(None, [_pick(consts, r) for r in node.inputs], args, {})
-            _install(root, name, built, op.kind, args.get("persistent", True))
+            owned.append((data["order"], name, built, op.kind, args.get("persistent", True)))
             if op.kind == "module":
                 inputs = tuple(value(r) for r in node.inputs)
                 env[name] = graph.create_node("call_module", name, inputs, dict(node.call), fx_name)
@@ -104,6 +105,9 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
         kw.update(node.call)
         kind = "call_method" if op.kind == "method" else "call_function"
         env[name] = graph.create_node(kind, op.target, pos, kw, fx_name)
+    # in the order the spec writes them (so state_dict keys too), not the order they run
+    for _, name, built, kind, persistent in sorted(owned, key=lambda item: item[0]):
+        _install(root, name, built, kind, persistent)
     _tie(root, typed)
     for name, fx_node in env.items():
         fx_node.meta["spec_node"] = name  # which spec node each fx node computes (summary costs)
@@ -112,7 +116,20 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     graph.lint()
     guard = training_guard(graph)
     graph.on_generate_code(lambda _previous: hoist_lookups if guard is None else lambda body: guard(hoist_lookups(body)))
-    return _module_class()(root, graph, class_name=class_name(spec.name))
+    return _ordered_like(_module_class()(root, graph, class_name=class_name(spec.name)), root)
+
+
+def _ordered_like(gm, root):
+    """fx copies the submodules, parameters and buffers in the order the graph first uses
+    them; put them back in `root`'s (the spec's writing order), which state_dict follows:
+    torchvision's PatchMerging registers `reduction` before the `norm` that runs first."""
+    for path, source in root.named_modules():
+        target = gm.get_submodule(path) if path else gm
+        for attr in ("_modules", "_parameters", "_buffers"):
+            mine, theirs = getattr(target, attr), getattr(source, attr)
+            if list(mine) != list(theirs) and set(mine) == set(theirs):
+                setattr(target, attr, {k: mine[k] for k in theirs})
+    return gm
 
 
 class TrainingGuard:

@@ -106,3 +106,19 @@ def test_bad_layer_arguments_are_located(value, message, tmp_path):
     text = str(err.value)
     assert text.startswith(f"{path}:4:") and "nodes.c.activation_layer: Conv2dNormActivation." in text
     assert message in text
+
+
+def test_state_dict_keys_follow_the_writing_order_not_the_running_order():
+    """torchvision's PatchMerging registers `reduction` before the `norm` that runs first:
+    a spec that writes them so (a forward reference) gets its key order."""
+    model = yamlnet.compile(spec("""
+        yamlnet: 1
+        inputs: {x: [N, 4]}
+        nodes:
+          reduction: {op: Linear, in: norm, out_features: 2}
+          norm: {op: LayerNorm, in: x}
+        outputs: reduction
+        """))
+    assert list(model.state_dict()) == ["reduction.weight", "reduction.bias", "norm.weight", "norm.bias"]
+    x = torch.randn(3, 4)
+    assert torch.equal(model(x), model.reduction(model.norm(x)))
