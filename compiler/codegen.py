@@ -34,7 +34,8 @@ from .graph import topological_order
 from .registry import REGISTRY
 from .shapes import first_line
 
-__all__ = ["generate_module", "emit_python", "class_name", "plain_code", "hoist_lookups", "eval_module"]
+__all__ = ["generate_module", "emit_python", "class_name", "plain_code", "hoist_lookups", "eval_module",
+           "output_names"]
 
 
 def class_name(spec_name: str) -> str:
@@ -112,7 +113,8 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     for name, fx_node in env.items():
         fx_node.meta["spec_node"] = name  # which spec node each fx node computes (summary costs)
     outs = [value(ref) for _, ref in typed.graph["outputs"]]  # the train outputs last
-    graph.output(outs[0] if len(outs) == 1 else tuple(outs)).meta["eval_outputs"] = len(spec.outputs)
+    output = graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+    output.meta.update(eval_outputs=len(spec.outputs), names=tuple(n for n, _ in typed.graph["outputs"]))
     graph.lint()
     guard = training_guard(graph)
     graph.on_generate_code(lambda _previous: hoist_lookups if guard is None else lambda body: guard(hoist_lookups(body)))
@@ -171,6 +173,15 @@ def training_guard(graph) -> TrainingGuard | None:
     names = frozenset(m.name for m in graph.nodes if m.op not in ("placeholder", "output") and m.name not in needed)
     eval_expr = outs[0].name if n == 1 else "(" + ", ".join(o.name for o in outs[:n]) + ",)"
     return TrainingGuard(names, eval_expr)
+
+
+def output_names(gm) -> tuple[str, ...]:
+    """The names of what `gm` returns in its current mode (train outputs in training)."""
+    output = next((n for n in reversed(gm.graph.nodes) if n.op == "output"), None)
+    names = output.meta.get("names") if output is not None else None
+    if names is None:
+        raise ValueError("this module has no output names: it was not compiled from a spec")
+    return names if gm.training else names[: output.meta["eval_outputs"]]
 
 
 def eval_module(gm):
@@ -245,8 +256,9 @@ def _module_class():
                 rebuild, (body, *rest) = super().__reduce__()
                 if training_guard(self.graph) is None:
                     return rebuild, (body, *rest)
-                n = next(m for m in reversed(self.graph.nodes) if m.op == "output").meta["eval_outputs"]
-                return _rebuild_guarded, (rebuild, {**body, "training": True}, tuple(rest), n, self.training)
+                meta = next(m for m in reversed(self.graph.nodes) if m.op == "output").meta
+                return _rebuild_guarded, (rebuild, {**body, "training": True}, tuple(rest), meta["eval_outputs"],
+                                          self.training, meta.get("names"))  # fmt: skip
 
         _SpecGraphModule = SpecGraphModule
     return _SpecGraphModule
@@ -255,11 +267,12 @@ def _module_class():
 _SpecGraphModule = None
 
 
-def _rebuild_guarded(rebuild, body: dict, rest: tuple, eval_outputs: int, training: bool):
+def _rebuild_guarded(rebuild, body: dict, rest: tuple, eval_outputs: int, training: bool, names=None):
     """Unpickle a module with train outputs: fx's rebuild traced every node; mark which
     outputs are eval's and put the training guard back."""
     traced = rebuild(body, *rest)
-    next(m for m in reversed(traced.graph.nodes) if m.op == "output").meta["eval_outputs"] = eval_outputs
+    output = next(m for m in reversed(traced.graph.nodes) if m.op == "output")
+    output.meta.update(eval_outputs=eval_outputs, **({"names": names} if names else {}))
     guard = training_guard(traced.graph)
     traced.graph.on_generate_code(lambda _previous: lambda lines: guard(hoist_lookups(lines)))
     return _module_class()(traced, traced.graph, class_name=type(traced).__name__).train(training)

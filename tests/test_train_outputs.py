@@ -137,3 +137,11 @@ def test_run_config_refusals(loss, sets, message, tmp_path, capsys):
 def test_a_name_used_twice_is_refused():
     with pytest.raises(yamlnet.SpecError, match="two outputs would be named 'logits'"):
         yamlnet.compile(AUX.replace("{aux: aux_soft, raw: aux_head}", "{logits: aux_soft, raw: aux_head}"))
+
+
+def test_outputs_are_reachable_by_name():
+    model, x = yamlnet.compile(AUX), torch.randn(2, 8)
+    trained = yamlnet.named_outputs(model.train(), x)
+    assert list(trained) == ["logits", "aux", "raw"]
+    assert torch.equal(trained["raw"], model.aux_head(model.body(x)))
+    assert list(yamlnet.named_outputs(model.eval(), x)) == ["logits"]

@@ -17,7 +17,7 @@ from .compiler.errors import SpecError
 
 __version__ = "0.1.0"
 __all__ = [
-    "compile", "build", "load_spec", "register_op", "train", "evaluate", "predict", "generate",
+    "compile", "build", "load_spec", "named_outputs", "register_op", "train", "evaluate", "predict", "generate",
     "export",
     "from_module", "published_schema", "SpecError", "__version__",
 ]  # fmt: skip
@@ -45,6 +45,16 @@ def load_spec(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **ove
     from .compiler.compile import compile_spec
 
     return compile_spec(source, _plain(overrides), plugins=tuple(plugins), build=False).spec
+
+
+def named_outputs(model, *inputs: Any) -> dict:
+    """Run a compiled model and name what it returns by the spec's output names (in
+    training, the train outputs too): `yamlnet.named_outputs(model, x)["aux"]`."""
+    from .compiler.codegen import output_names
+
+    names = output_names(model)
+    values = model(*inputs)
+    return dict(zip(names, values if len(names) > 1 else (values,), strict=True))
 
 
 def _plain(overrides: dict) -> dict:
