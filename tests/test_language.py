@@ -17,6 +17,18 @@ def spec(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 
 
+def refusal(tmp_path, text: str) -> str:
+    """The one-line error of the spec `text` (written to bad.yaml), after `bad.yaml:`:
+    `4:3: nodes.x: ...`."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        yamlnet.compile(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:") and "\n" not in message, message
+    return message.removeprefix(f"{path}:")
+
+
 def shapes(result) -> dict:
     return {n: str(result.graph.nodes[n]["type"]) for n in result.graph
             if result.graph.nodes[n]["kind"] == "op"}  # fmt: skip
