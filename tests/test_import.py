@@ -631,3 +631,175 @@ def test_einsum_and_a_constant_tensor_made_in_forward():
         imported(nn.Sequential(_Constant()), (["N", 2], "float32"))
     assert str(err.value).startswith("forward of '0' (_Constant) uses a constant tensor (made in "
                                      "forward, or a plain attribute)")  # fmt: skip
+
+
+class _AuxHead(nn.Module):
+    """GoogLeNet's pattern: a head that runs in training only, returned after the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.aux = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(32, 5))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        x = self.body(x)
+        aux = self.aux(x) if self.training else None
+        x = nn.functional.dropout(self.head(x), 0.1, self.training)  # follows the mode: no branch
+        return (x, aux) if self.training else x
+
+
+def test_an_aux_head_used_in_training_only_is_a_train_output():
+    torch.manual_seed(0)
+    model = _AuxHead()
+    r = imported(model, (["N", 3, 8, 8], "float32"))
+    assert "outputs: dropout\ntrain_outputs: {output_1: aux}\n" in r.text
+    built = yamlnet.compile(r.text)
+    built.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(built.eval()(x), model.eval()(x))
+    outs = []
+    for net in (model, built):  # the same dropout masks: same seed, same order
+        torch.manual_seed(1)
+        outs.append(net.train()(x))
+    assert len(outs[1]) == 2
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*outs, strict=True))
+
+
+class _Noisy(nn.Module):
+    def forward(self, x):
+        if self.training:
+            x = x + 0.1 * torch.randn_like(x)
+        return x * 2
+
+
+class _NoisyNet(nn.Module):
+    def __init__(self, order=False):
+        super().__init__()
+        self.fc, self.noise, self.order = nn.Linear(4, 4), _Noisy(), order
+
+    def forward(self, x):
+        if self.order:  # the aux pattern, but the logits last in training
+            return (x.relu(), self.fc(x)) if self.training else self.fc(x)
+        return self.noise(self.fc(x))
+
+
+@pytest.mark.parametrize("order, message", [
+    (False, "forward of 'noise' (_Noisy) computes otherwise in training than in eval (an `if "
+            "self.training:` branch); a spec's training mode can only add outputs"),
+    (True, "_NoisyNet.forward returns eval's outputs in another order in training; a spec returns "
+           "its train_outputs after them"),
+])  # fmt: skip
+def test_a_training_branch_that_changes_more_than_outputs_is_refused(order, message):
+    with pytest.raises(ImportFailure) as err:
+        imported(_NoisyNet(order), (["N", 4], "float32"))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+# ---- typical user modules -----------------------------------------------------------------------
+class _TextClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, tokens):
+        return self.fc(self.encoder(self.embed(tokens)).mean(dim=1))
+
+
+class _Residual(nn.Module):
+    def __init__(self, c, stride=1):
+        super().__init__()
+        cin = c if stride == 1 else c // 2
+        self.conv1, self.bn1 = nn.Conv2d(cin, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+        self.short = nn.Sequential()
+        if stride != 1:
+            self.short = nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(nn.functional.relu(self.bn1(self.conv1(x)))))
+        return nn.functional.relu(out + self.short(x))
+
+
+class _ResCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.layers = nn.Sequential(_Residual(8), _Residual(8), _Residual(16, 2), _Residual(16))
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+class _UNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc1, self.enc2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.dec, self.out = nn.Conv2d(24, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        skip = nn.functional.relu(self.enc1(x))
+        y = nn.functional.relu(self.enc2(skip))
+        y = nn.functional.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(nn.functional.relu(self.dec(torch.cat([y, skip], dim=1))))
+
+
+class _Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(40, 16)
+        self.lstm = nn.LSTM(16, 24, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(48, 5)
+
+    def forward(self, tokens):
+        h, _ = self.lstm(self.embed(tokens))
+        return self.out(h)  # a tag per token
+
+
+@pytest.mark.parametrize("module, shape, dtype, expect, other", [
+    (_TextClassifier, ["N", "T"], "int64",
+     "layers: {op: TransformerEncoderLayer, repeat: 2, nhead: 2, dim_feedforward: 32", (2, 7)),
+    (_ResCNN, ["N", 3, 16, 16], "float32",
+     "{block: _residual, repeat: 4", (2, 3, 16, 16)),
+    (_UNet, ["N", 3, "H", "W"], "float32",  # the skip's symbolic size read at run time
+     "{op: interpolate_like, in: [relu_1, relu], mode: bilinear, align_corners: false}", (2, 3, 10, 14)),
+    (_Tagger, ["N", "T"], "int64", 'out:   {op: Linear, in: "lstm[0]", out_features: 5}', (2, 9)),
+])  # fmt: skip
+def test_typical_user_modules_import_exactly(module, shape, dtype, expect, other):
+    torch.manual_seed(0)
+    model = module()
+    r = imported(model, (shape, dtype))
+    assert r.max_abs_diff == 0.0 and expect in r.text
+    x = torch.randint(0, 40, other) if dtype == "int64" else torch.randn(other)  # other sizes
+    assert round_trip(model, r.text, x) < 1e-6
+
+
+def rel_bias(table, index, size: int):  # public: fx wraps no name that starts with _
+    return torch.permute(table[index.view(-1)].view(size, size, -1), (2, 0, 1))
+
+
+torch.fx.wrap("rel_bias")  # as torchvision wraps Swin's _get_relative_position_bias
+
+
+class _RelBias(nn.Module):
+    """Swin's and MaxViT's relative position bias: a table indexed by a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(9, 2))
+        self.register_buffer("index", torch.randint(0, 9, (4, 4)))
+
+    def forward(self, x):  # (N, 2, 4, 4)
+        return torch.swapaxes(x + rel_bias(self.table, self.index, 4), 2, 3)
+
+
+def test_a_table_indexed_by_a_buffer_through_a_wrapped_helper():
+    torch.manual_seed(0)
+    for _ in range(2):  # the first leaves fx able to trace the second (fx.wrap state is global)
+        r = imported(_RelBias(), (["N", 2, 4, 4], "float32"))
+    assert "{op: getitem, in: [table, view]}" in r.text and "{op: transpose, dim0: 2, dim1: 3}" in r.text
+    assert r.max_abs_diff == 0.0

@@ -24,8 +24,12 @@ Readable structure comes from three rules, applied bottom up:
 The written spec is then compiled, loaded with the module's state_dict (strict) and run
 beside it on sample inputs; `ImportResult.check` says how close the outputs are.
 
+The module is traced in eval and in training: outputs that only training returns
+(GoogLeNet's aux heads) become `train_outputs:`, any other `if self.training:` difference
+is refused.
+
 The steps, one module each: `load` (the target, the inputs), `trace` (torch.fx; with
-`record`, `layer_args`, `functions`), `tree` (scopes), `blocks` (bodies, repeats,
+`modes`, `record`, `layer_args`, `functions`), `tree` (scopes), `blocks` (bodies, repeats,
 merged templates), `write` (the YAML text; with `yaml_text`), `check`; `api` runs them
 in turn, and `common` holds what they share.
 """

@@ -32,20 +32,45 @@ def _check(text: str, module, examples, final: bool = False):
         )
     built.eval()
     with torch.no_grad():
-        want = _flat(module(*examples))
-        got = _flat(built(*examples))
+        diff = _compare(_flat(module(*examples)), _flat(built(*examples)), "")
+    if compiled.spec.train_outputs:
+        diff = max(diff, _compare_training(module, built, examples))
+        built.eval()
+    return diff, compiled
+
+
+def _compare_training(module, built, examples) -> float:
+    """Both in training, the module on a copy (batch norm's running statistics move), the
+    random generator seeded alike for each: the spec keeps forward's order, so dropout draws
+    the same masks."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(module).train()
+    built.train()
+    outs = []
+    for net in (module, built):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            outs.append(_flat(net(*examples)))
+    return _compare(*outs, " in training")
+
+
+def _compare(want: list, got: list, mode: str) -> float:
+    """The largest difference of the module's outputs (`want`) and the spec's, or refused."""
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=False)):
         raise ImportFailure(
-            "the written spec's outputs differ in number or shape from the module's"
+            f"the written spec's outputs{mode} differ in number or shape from the module's"
         )
     diff = max((float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
                 for a, b in zip(want, got, strict=True)), default=0.0)  # fmt: skip
     scale = max((float(a.double().abs().max()) for a in want if a.numel()), default=1.0)
     if not math.isfinite(diff) or diff > 1e-4 * max(1.0, scale):
         raise ImportFailure(
-            f"the written spec's outputs differ from the module's (max abs diff {diff:.3g})"
+            f"the written spec's outputs{mode} differ from the module's (max abs diff {diff:.3g})"
         )
-    return diff, compiled
+    return diff
 
 
 def _flat(value) -> list:

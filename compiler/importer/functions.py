@@ -26,7 +26,8 @@ class _Unsupported(Exception):
 _BASE = {"getitem": "getitem", "scaled_dot_product_attention": "attention"}
 
 
-_ALIASES = {"axis": "dim", "split_size": "split_size_or_sections", "self": "input"}
+_ALIASES = {"axis": "dim", "split_size": "split_size_or_sections", "self": "input",
+            "axis0": "dim0", "axis1": "dim1"}
 
 
 def _bind(n, names: list[str]) -> dict:
@@ -147,7 +148,8 @@ def _function_table():
         ["flatten"],
         simple("flatten", ["self", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1}),
     )
-    add([torch.transpose, "transpose"], simple("transpose", ["input", "dim0", "dim1"]))
+    add([torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims, "swapdims"],
+        simple("transpose", ["input", "dim0", "dim1"]))
     add([torch.unsqueeze, "unsqueeze"], simple("unsqueeze", ["input", "dim"]))
     add([torch.squeeze, "squeeze"], simple("squeeze", ["input", "dim"]))
     add(
@@ -181,10 +183,21 @@ def _function_table():
         [F.pad],
         simple("pad", ["input", "pad", "mode", "value"], {"mode": "constant", "value": None}),
     )
-    add([F.interpolate], simple("interpolate", ["input", "size", "scale_factor", "mode", "align_corners",
-                                                "recompute_scale_factor", "antialias"],
-                                {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
-                                 "recompute_scale_factor": None, "antialias": False}))  # fmt: skip
+    names = ["input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"]
+    defaults = {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+                "recompute_scale_factor": None, "antialias": False}  # fmt: skip
+    interpolate = simple("interpolate", names, defaults)
+
+    def interpolate_like(n, tr):  # F.interpolate(x, size=skip.shape[-2:]): sized like skip
+        b = _bind(n, names)
+        x = tr.val(b.pop("input"))
+        like = _spatial_source(b.pop("size", None), tr, x)
+        args = {k: _const(v, k, tr) for k, v in b.items() if defaults[k] != v}
+        if like is None or set(args) - {"mode", "align_corners"}:
+            return interpolate(n, tr)
+        return "interpolate_like", [x, tr.val(like)], args
+
+    add([F.interpolate], interpolate_like)
 
     def sizes(op, key):
         def h(n, tr):
@@ -218,6 +231,8 @@ def _function_table():
     add(["unflatten", torch.unflatten], unflatten)
 
     def getitem(n, tr):
+        if tr.is_tensor(n.args[1]):  # table[ids]: rows picked by a tensor of indices
+            return "getitem", [tr.val(n.args[0]), tr.val(n.args[1])], {}
         return "getitem", [tr.val(n.args[0])], {"index": _index(n.args[1])}
 
     add([operator.getitem], getitem)
@@ -341,6 +356,45 @@ def _registered_call(n, tr, op) -> tuple[str, list, dict]:
         raise _Unsupported(f"gets {len(inputs)} tensors; op {op.name} takes "
                            f"{op.min_inputs if hi == op.min_inputs else (op.min_inputs, hi)}")  # fmt: skip
     return op.name, [tr.val(v) for v in inputs], args
+
+
+def _spatial_source(size, tr, x):
+    """The tensor t when `size` is t's spatial size (t.shape[2:], t.shape[-2:] of a 4-d t,
+    [t.size(2), t.size(3)]) and t has x's rank; else None."""
+    found = _dims_of(size, tr)
+    if found is None:
+        return None
+    t, dims = found
+    rank = len(tr._shape(tr.val(t)) or ())
+    if rank != len(tr._shape(x) or ()) or dims != list(range(2, rank)):
+        return None
+    return t
+
+
+def _dims_of(v, tr):
+    """(tensor node, the dims of its shape that `v` holds), or None."""
+    if isinstance(v, (list, tuple)):
+        parts = [_dims_of(x, tr) for x in v]
+        if not parts or any(p is None or len(p[1]) != 1 or p[0] is not parts[0][0] for p in parts):
+            return None
+        return parts[0][0], [p[1][0] for p in parts]
+    if not _is_node(v) or v.op not in ("call_function", "call_method"):
+        return None
+
+    def rank(t) -> int:
+        return len(tr._shape(tr.val(t)) or ())
+
+    if v.target is getattr and v.args[1] == "shape" or v.target == "size" and len(v.args) == 1:
+        return v.args[0], list(range(rank(v.args[0])))
+    if v.target == "size" and isinstance(v.args[1], int):
+        return v.args[0], [v.args[1] % rank(v.args[0])]
+    if v.target is operator.getitem and isinstance(v.args[1], (int, slice)):
+        base = _dims_of(v.args[0], tr)
+        if base is None:
+            return None
+        picked = base[1][v.args[1]]
+        return base[0], picked if isinstance(picked, list) else [picked]
+    return None
 
 
 def _index(idx):

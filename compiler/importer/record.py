@@ -133,7 +133,34 @@ def _has_param(module, target: str) -> bool:
         return False
 
 
-def _trace_error(err: Exception, tracer, module) -> ImportFailure:
+def _returned(out) -> list:
+    """(name, value) of what forward returns: a tensor, a tuple or a dict of them, or a
+    namedtuple, which fx may record as a call of its class (GoogLeNetOutputs)."""
+    if _is_node(out) and _is_namedtuple_call(out):
+        out = out.target(*out.args, **out.kwargs)
+    if isinstance(out, dict):
+        return [(str(k), v) for k, v in out.items()]
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return list(zip(out._fields, out, strict=True))
+    if isinstance(out, (tuple, list)):
+        return [(f"output_{k}", v) for k, v in enumerate(out)]
+    return [("output", out)]
+
+
+def _is_namedtuple_call(n) -> bool:
+    t = n.target
+    return n.op == "call_function" and isinstance(t, type) and issubclass(t, tuple) and hasattr(t, "_fields")
+
+
+def _scope_of(n) -> str:
+    """The path of the module whose forward made fx node `n` (a layer's call: its caller)."""
+    stack = n.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else v for v in stack.values()]
+    paths = [p for p in paths if p and not (n.op == "call_module" and p == n.target)]
+    return paths[-1] if paths else ""
+
+
+def _trace_error(err: Exception, tracer, module, mode: str = "") -> ImportFailure:
     stack = list(getattr(tracer, "module_stack", {}).values())
     where = ""
     if stack:
@@ -147,7 +174,7 @@ def _trace_error(err: Exception, tracer, module) -> ImportFailure:
                "which tracing cannot follow (torch.fx: " + text + ")")  # fmt: skip
     else:
         why = f"torch.fx cannot trace it: {type(err).__name__}: {text}"
-    return ImportFailure(f"cannot trace {type(module).__name__}{where}: {why}",
+    return ImportFailure(f"cannot trace {type(module).__name__}{where}{mode}: {why}",
                          hint="make that forward independent of tensor values, or register the "
                          "submodule's class as an op with a plugin (--plugin) so it stays one node")  # fmt: skip
 

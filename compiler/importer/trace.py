@@ -20,22 +20,89 @@ from .functions import (
 )
 from .layer_args import _NOT_PLAIN, _module_args, _plain
 from .load import _example
+from .modes import _split_modes
 from .record import (
     _T,
     _describe,
     _flat_args,
     _has_param,
+    _is_namedtuple_call,
     _is_scalar,
     _is_size_leaf,
     _record,
     _refuse_sharing,
+    _returned,
+    _scope_of,
     _trace_error,
     _Tuple,
     torch_assert,
 )
 
 
+def _traced_through(target, plugin_functions: tuple) -> bool:
+    """A library's function that torch.fx.wrap keeps whole (torchvision's
+    `_get_relative_position_bias`) and no plugin registers: traced through like a module's
+    forward, since a spec has no op for it (one that branches on sizes stays whole). torch's
+    own functions stay single nodes."""
+    return isinstance(target, types.FunctionType) and target not in plugin_functions \
+        and (target.__module__ or "").split(".")[0] != "torch"  # fmt: skip
+
+
 # ---- tracing ------------------------------------------------------------------------------------
+def _trace_graph(module, names: list[str], mode: str = ""):
+    """The fx graph of `module` (a registry op's layer one node), in the mode it is in."""
+    import inspect
+
+    import torch.fx as fx
+
+    class Tracer(fx.Tracer):
+        proxy_buffer_attributes = True  # a buffer read in forward is a node (index.view(-1))
+
+        def is_leaf_module(self, m, qualname):
+            return _leaf_op(m) is not None
+
+        def call_module(self, m, forward, args, kwargs):
+            return super().call_module(m, _stand_in(m) or forward, args, kwargs)
+
+        def create_proxy(self, kind, target, args, kwargs, *rest, **more):
+            if kind == "call_function" and _traced_through(target, wrapped):
+                last = next(reversed(self.graph.nodes), None)
+                try:
+                    out = target(*args, **kwargs)  # its body becomes nodes
+                except fx.proxy.TraceError:  # it branches on sizes
+                    out = None
+                if isinstance(out, fx.Proxy):
+                    self.unwrapped.append(out.node)  # fx marks it wrapped next: undone after
+                    return out
+                while (tail := next(reversed(self.graph.nodes), None)) is not last:
+                    self.graph.erase_node(tail)  # kept whole, as fx.wrap asked
+            return super().create_proxy(kind, target, args, kwargs, *rest, **more)
+
+    _refuse_sharing(module)
+    wrapped = tuple(f for f in registered_functions() if isinstance(f, types.FunctionType))
+    tracer = Tracer(autowrap_functions=wrapped)  # a plugin's function: one call, one node
+    concrete = {}
+    try:
+        for p in list(inspect.signature(module.forward).parameters.values()):
+            if p.name not in names and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                if p.default is inspect.Parameter.empty:
+                    raise ImportFailure(f"{type(module).__name__}.forward needs '{p.name}'",
+                                        hint=f"--input {p.name}=[...]")  # fmt: skip
+                concrete[p.name] = p.default
+    except (TypeError, ValueError):
+        pass
+    tracer.unwrapped = []
+    try:
+        graph = tracer.trace(module, concrete_args=concrete or None)
+    except ImportFailure:
+        raise
+    except Exception as err:  # noqa: BLE001 - explain fx's failure, name the submodule
+        raise _trace_error(err, tracer, module, mode) from err
+    for n in tracer.unwrapped:  # else fx's code for the graph would wrap torch.cat for good
+        n.meta.pop("is_wrapped", None)
+    return graph
+
+
 @dataclass
 class _Val:
     """A value as the graph sees it: an fx node, indexed into when it is a tuple."""
@@ -72,36 +139,13 @@ class _Traced:
         self.input_decls = [(shape, dtype) for _, shape, dtype in decls]
         self.sample = sample
         self._values_b = None
-        leaf = _leaf_op
-
-        class Tracer(fx.Tracer):
-            def is_leaf_module(self, m, qualname):
-                return leaf(m) is not None
-
-            def call_module(self, m, forward, args, kwargs):
-                return super().call_module(m, _stand_in(m) or forward, args, kwargs)
-
-        _refuse_sharing(module)
-        wrapped = tuple(f for f in registered_functions() if isinstance(f, types.FunctionType))
-        tracer = Tracer(autowrap_functions=wrapped)  # a plugin's function: one call, one node
-        import inspect
-
-        concrete = {}
+        eval_graph = _trace_graph(module, names)
+        module.train()  # `if self.training:` branches: traced again, compared in modes.py
         try:
-            for p in list(inspect.signature(module.forward).parameters.values()):
-                if p.name not in names and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-                    if p.default is inspect.Parameter.empty:
-                        raise ImportFailure(f"{type(module).__name__}.forward needs '{p.name}'",
-                                            hint=f"--input {p.name}=[...]")  # fmt: skip
-                    concrete[p.name] = p.default
-        except (TypeError, ValueError):
-            pass
-        try:
-            self.graph = tracer.trace(module, concrete_args=concrete or None)
-        except ImportFailure:
-            raise
-        except Exception as err:  # noqa: BLE001 - explain fx's failure, name the submodule
-            raise _trace_error(err, tracer, module) from err
+            train_graph = _trace_graph(module, names, " in training")
+        finally:
+            module.eval()
+        self.graph, self.n_train, self.output_names = _split_modes(eval_graph, train_graph, module)
         for ph in self.graph.nodes:
             if ph.op == "placeholder" and ph.target in names and not ph.users:
                 raise ImportFailure(f"forward never uses its input '{ph.target}'; a spec's inputs are all used",
@@ -123,6 +167,8 @@ class _Traced:
                 continue
             if n.op == "output":
                 self.outputs = self._outputs(n.args[0])
+            elif _is_namedtuple_call(n) and list(n.users) == [self.graph.output_node()]:
+                continue  # what forward returns, named
             elif n.op == "call_module":
                 self._call_module(n)
             elif n.op == "get_attr":
@@ -132,12 +178,6 @@ class _Traced:
 
     def val(self, arg) -> _Val:
         return self.alias.get(arg) or _Val(arg)
-
-    def _scope_of(self, n) -> str:
-        stack = n.meta.get("nn_module_stack") or {}
-        paths = [v[0] if isinstance(v, tuple) else v for v in stack.values()]
-        paths = [p for p in paths if p and not (n.op == "call_module" and p == n.target)]
-        return paths[-1] if paths else ""
 
     def _call_module(self, n):
         path = n.target
@@ -220,7 +260,7 @@ class _Traced:
         an attribute, or one fx names `_tensor_constant0` (made in forward), by its module."""
         if not n.target.startswith("_tensor_constant"):
             return f"forward reads '{n.target}', a tensor attribute that is no parameter or buffer"
-        owner = self._scope_of(n)
+        owner = _scope_of(n)
         where = f" of '{owner}' ({type(self.modules[owner]).__name__})" if owner else ""
         return f"forward{where} uses a constant tensor (made in forward, or a plain attribute)"
 
@@ -235,12 +275,7 @@ class _Traced:
         return value.shape if isinstance(value, _T) else None
 
     def _outputs(self, out) -> list:
-        if isinstance(out, dict):
-            pairs = [(str(k), v) for k, v in out.items()]
-        elif isinstance(out, (tuple, list)):
-            pairs = [(f"output_{k}", v) for k, v in enumerate(out)]
-        else:
-            pairs = [("output", out)]
+        pairs = [(name, v) for name, (_, v) in zip(self.output_names, _returned(out), strict=True)]
         for name, v in pairs:
             if not (_is_node(v) and isinstance(self._value(self.val(v)), _T)):
                 what = "a tuple" if _is_node(v) and isinstance(self._value(self.val(v)), tuple) \
@@ -252,7 +287,7 @@ class _Traced:
         return [(name, self.val(v)) for name, v in pairs]
 
     def _function(self, n):
-        owner = self._scope_of(n)
+        owner = _scope_of(n)
         target = n.target
         where = f" (in {owner}: {type(self.modules[owner]).__name__})" if owner else ""
         # tuple indexing and sizes make no node
@@ -322,7 +357,7 @@ class _Traced:
             return f"the input '{n.target}'"
         if n.op in ("call_module", "get_attr"):
             return f"'{n.target}'"
-        owner = self._scope_of(n)
+        owner = _scope_of(n)
         return _describe(n) + (f" in '{owner}'" if owner else "")
 
     def _varies(self, n, depth: int = 0) -> bool:

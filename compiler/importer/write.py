@@ -217,18 +217,7 @@ class _Writer:
                 lines.append(f"  {n}: {{shape: {_flow(shape)}, dtype: {dtype}}}")
         lines.append("nodes:")
         lines += self._body_lines(self.root, 2, self.root.inputs[0] if self.root.inputs else None)
-        outs = self.root.outputs
-        names = [n for n, _ in self.tree.traced.outputs]
-        last = self.root.entries[-1].name if self.root.entries else None
-        if not (len(outs) == 1 and outs[0] == last):
-            if len(outs) == 1:
-                lines.append(f"outputs: {_scalar(outs[0])}")
-            else:
-                lines.append(
-                    "outputs: {"
-                    + ", ".join(f"{n}: {_scalar(r)}" for n, r in zip(names, outs, strict=True))
-                    + "}"
-                )
+        lines += self._outputs_lines()
         if self.blocks:
             lines += ["", "blocks:"]
             for bid, (template, params) in self.blocks.items():
@@ -249,6 +238,23 @@ class _Writer:
                 if not (len(template.outputs) == 1 and template.outputs[0] == last):
                     out = template.outputs[0] if len(template.outputs) == 1 else template.outputs
                     lines.append(f"    outputs: {_flow(out)}")
+        return lines
+
+    def _outputs_lines(self) -> list[str]:
+        """`outputs:`, left out where it is the last node alone, and `train_outputs:`."""
+        traced = self.tree.traced
+        pairs = list(zip([n for n, _ in traced.outputs], self.root.outputs, strict=True))
+        cut = len(pairs) - traced.n_train
+        outs, train = pairs[:cut], pairs[cut:]
+        last = self.root.entries[-1].name if self.root.entries else None
+        lines = []
+        if len(outs) == 1 and (not train or outs[0][0] == "output"):
+            if train or outs[0][1] != last:
+                lines.append(f"outputs: {_scalar(outs[0][1])}")
+        else:
+            lines.append("outputs: {" + ", ".join(f"{n}: {_scalar(r)}" for n, r in outs) + "}")
+        if train:
+            lines.append("train_outputs: {" + ", ".join(f"{n}: {_scalar(r)}" for n, r in train) + "}")
         return lines
 
     def _body_lines(self, body: _Body, indent: int, first_input) -> list[str]:
