@@ -1,6 +1,6 @@
 """Run every benchmark and write the table.
 
-    python -m benchmarks                 # the full run (about 15 minutes on 2 cores) -> RESULTS.md
+    python -m benchmarks                 # the full run (about 25 minutes on 2 cores) -> RESULTS.md
     python -m benchmarks --quick         # every row at toy size, well under a minute
     python -m benchmarks --only 1 2 5    # some rows, printed (--out FILE to write them)
 """
@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 def _sections():
     """Row number -> a function(quick) giving its rows; imported here so `--help` is quick."""
-    from . import compile, ddp, export, gpu, models, tasks, training
+    from . import compile, ddp, export, gpu, models, tasks, training, zoo
 
     return {
         "1": models.forward_backward_rows,
@@ -35,6 +35,9 @@ def _sections():
         "11": tasks.language_model_rows,
         "12": tasks.segmentation_rows,
         "13": tasks.image_folder_rows,
+        "14": zoo.family_rows,
+        "15": lambda quick: [zoo.first_compile_row(quick)],
+        "16": lambda quick: [zoo.import_row(quick)],
     }
 
 
