@@ -155,13 +155,19 @@ class TrainingGuard:
         return out
 
 
+def _returned(graph) -> tuple[list, int]:
+    """What `graph` returns, and how many of those (the first) eval returns: the output
+    node's `eval_outputs` (all of them in a graph without it)."""
+    output = graph.output_node()
+    value = output.args[0]
+    outs = list(value) if isinstance(value, tuple) else [value]
+    return outs, output.meta.get("eval_outputs", len(outs))
+
+
 def training_guard(graph) -> TrainingGuard | None:
     """The guard for `graph` (None without train outputs): which nodes only the train
     outputs need, read from the graph and its output node's `eval_outputs`."""
-    output = next(n for n in reversed(graph.nodes) if n.op == "output")
-    value = output.args[0]
-    outs = list(value) if isinstance(value, tuple) else [value]
-    n = output.meta.get("eval_outputs", len(outs))
+    outs, n = _returned(graph)
     if n == len(outs):
         return None
     needed, stack = set(), list(outs[:n])
@@ -177,8 +183,8 @@ def training_guard(graph) -> TrainingGuard | None:
 
 def output_names(gm) -> tuple[str, ...]:
     """The names of what `gm` returns in its current mode (train outputs in training)."""
-    output = next((n for n in reversed(gm.graph.nodes) if n.op == "output"), None)
-    names = output.meta.get("names") if output is not None else None
+    output = gm.graph.output_node()
+    names = output.meta.get("names")
     if names is None:
         raise ValueError("this module has no output names: it was not compiled from a spec")
     return names if gm.training else names[: output.meta["eval_outputs"]]
@@ -198,14 +204,10 @@ def eval_module(gm):
 def eval_graph(graph):
     """A copy of `graph` without the train outputs and the nodes only they need (what
     TorchScript compiles: it cannot type a forward whose outputs change with the mode)."""
-    import copy
-
     graph = copy.deepcopy(graph)
-    output = next(n for n in reversed(graph.nodes) if n.op == "output")
-    value = output.args[0]
-    n = output.meta.get("eval_outputs")
-    if n is not None and isinstance(value, tuple) and n < len(value):
-        output.args = (value[0] if n == 1 else tuple(value[:n]),)
+    outs, n = _returned(graph)
+    if n < len(outs):
+        graph.output_node().args = (outs[0] if n == 1 else tuple(outs[:n]),)
         for node in reversed(list(graph.nodes)):  # what only the train outputs used, last first
             if node.op not in ("placeholder", "output") and not node.users:
                 graph.erase_node(node)
@@ -245,8 +247,7 @@ def _module_class():
 
         class SpecGraphModule(fx.GraphModule):
             def __prepare_scriptable__(self):
-                graph = copy.deepcopy(self.graph)
-                graph = eval_graph(graph)
+                graph = eval_graph(self.graph)  # a copy
                 graph.on_generate_code(lambda _previous: None)
                 return fx.GraphModule(self, graph, class_name=type(self).__name__)
 
@@ -256,7 +257,7 @@ def _module_class():
                 rebuild, (body, *rest) = super().__reduce__()
                 if training_guard(self.graph) is None:
                     return rebuild, (body, *rest)
-                meta = next(m for m in reversed(self.graph.nodes) if m.op == "output").meta
+                meta = self.graph.output_node().meta
                 return _rebuild_guarded, (rebuild, {**body, "training": True}, tuple(rest), meta["eval_outputs"],
                                           self.training, meta.get("names"))  # fmt: skip
 
@@ -271,8 +272,7 @@ def _rebuild_guarded(rebuild, body: dict, rest: tuple, eval_outputs: int, traini
     """Unpickle a module with train outputs: fx's rebuild traced every node; mark which
     outputs are eval's and put the training guard back."""
     traced = rebuild(body, *rest)
-    output = next(m for m in reversed(traced.graph.nodes) if m.op == "output")
-    output.meta.update(eval_outputs=eval_outputs, **({"names": names} if names else {}))
+    traced.graph.output_node().meta.update(eval_outputs=eval_outputs, **({"names": names} if names else {}))
     guard = training_guard(traced.graph)
     traced.graph.on_generate_code(lambda _previous: lambda lines: guard(hoist_lookups(lines)))
     return _module_class()(traced, traced.graph, class_name=type(traced).__name__).train(training)

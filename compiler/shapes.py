@@ -41,7 +41,7 @@ from .expand import InputSpec, NodeSpec, Ref
 from .graph import topological_order
 from .registry import REGISTRY
 
-__all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "first_line", "SAMPLE_SIZES"]
+__all__ = ["TensorType", "infer_shapes", "ShapeOracle", "format_type", "first_line", "SAMPLE_SIZES", "pick_type"]
 
 MAX_PARAMS = 10**12  # one node asking for more is a typo, not a model
 TOTAL_PARAMS = 10**9  # the whole network, unless $YAMLNET_MAX_PARAMS says otherwise (4 GB as float32)
@@ -153,7 +153,7 @@ class _Engine:
         if ref.node not in self.types:
             self.infer(ref.node)
         try:
-            return _pick(self.types[ref.node], ref.index)
+            return pick_type(self.types[ref.node], ref.index)
         except ShapeError as err:
             if user is None:
                 raise
@@ -379,7 +379,8 @@ def _linear(sym: str, a: Fraction, b: Fraction) -> str:
     return f"{term}{sign}{abs(b)}" if b.denominator == 1 else "?"
 
 
-def _pick(t: Any, index: tuple) -> Any:
+def pick_type(t: Any, index: tuple) -> Any:
+    """The type of `output[i][j]...` of a node of type `t` (a tuple output indexed)."""
     for i in index:
         if not isinstance(t, tuple):
             raise ShapeError(f"cannot index [{i}] into a single tensor {t}")

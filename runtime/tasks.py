@@ -239,13 +239,11 @@ def _train_outputs(compiled, batch: int) -> tuple:
     """Stand-ins for the train outputs, which an eval forward does not give: meta tensors
     of their inferred shapes (symbolic dims at the batch size), enough to check the loss
     terms that read them; None for one that is not a tensor."""
-    from ..compiler.shapes import TensorType
+    from ..compiler.shapes import TensorType, pick_type
 
     out = []
-    for _, ref in compiled.spec.train_outputs:
-        t = compiled.graph.nodes[ref.node]["type"]
-        for i in ref.index:
-            t = t[i] if isinstance(t, tuple) else None
+    for _, ref in compiled.spec.train_outputs:  # their references were checked by the shapes stage
+        t = pick_type(compiled.graph.nodes[ref.node]["type"], ref.index)
         if not isinstance(t, TensorType):
             out.append(None)
             continue
