@@ -77,6 +77,7 @@ class OpDef:
     rule: Callable[[Any, list, dict], Any] | None = None
     doc: str = ""
     source: str = "yamlnet"
+    takes_device: bool = False  # a torch.nn module whose constructor places every tensor by `device=`
 
     @property
     def owns_state(self) -> bool:
@@ -105,6 +106,10 @@ class OpDef:
         device = device or torch.get_default_device()  # cpu, unless a `with torch.device(...)` says
         if self.kind == "module":
             args = {k: layer_class(v) if k in self.args and self.args[k].layer else v for k, v in args.items()}
+            if str(device) == str(torch.get_default_device()):
+                return self.target(**args)  # no device mode: it intercepts every call made
+            if self.takes_device:
+                return self.target(**args, device=device)
             with torch.device(device):
                 return self.target(**args)
         if self.kind in ("parameter", "buffer"):

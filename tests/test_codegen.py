@@ -1,5 +1,6 @@
 """The generated forward's hoisted lookups (codegen.hoist_lookups) and the registered
-shape rules that stand in for meta kernels (Linear, batch norm, adaptive pooling, add).
+shape rules that stand in for meta kernels (Linear, batch norm, adaptive pooling, add,
+cat, and torchvision.ops' composites).
 
 Oracles: fx's own plain code for the same graph, eager PyTorch on real tensors, and the
 modules' own behaviour (hooks, assignment, deepcopy, pickling, TorchScript).
@@ -13,9 +14,10 @@ import warnings
 
 import pytest
 import torch
+from torchvision import ops as tvops
 from yamlnet.compiler.codegen import plain_code
 from yamlnet.compiler.ops.modules import SHAPE_RULES
-from yamlnet.compiler.ops.tensors import broadcast_rule
+from yamlnet.compiler.ops.tensors import broadcast_rule, cat_rule
 
 import yamlnet
 
@@ -94,6 +96,13 @@ CASES = [
     (torch.nn.AdaptiveAvgPool2d(1), [(2, 4, 9, 7)]),
     (torch.nn.AdaptiveAvgPool2d((2, None)), [(4, 9, 7)]),
     (torch.nn.AdaptiveAvgPool3d([2, 1, None]), [(2, 4, 5, 6, 7)]),
+    (tvops.SqueezeExcitation(4, 2), [(2, 4, 5, 6)]),
+    (tvops.SqueezeExcitation(4, 2), [(4, 5, 6)]),
+    (tvops.Conv2dNormActivation(4, 6, 3, stride=2, activation_layer=torch.nn.Hardswish), [(2, 4, 9, 7)]),
+    (tvops.Conv2dNormActivation(4, 6, 1, norm_layer=None), [(4, 5, 5)]),
+    (tvops.Conv3dNormActivation(4, 6, 3), [(2, 4, 5, 6, 7)]),
+    (tvops.MLP(6, [8, 3], dropout=0.1), [(2, 5, 6)]),
+    (tvops.StochasticDepth(0.2, "row"), [(2, 5, 6)]),
 ]
 
 
@@ -121,7 +130,26 @@ def test_broadcast_rule_leaves_other_calls_to_the_kernel(inputs, args):
     assert broadcast_rule(None, bools, {}) is NotImplemented
 
 
+@pytest.mark.parametrize("shapes, dim", [([(2, 3, 4), (2, 5, 4)], 1), ([(2, 3), (2, 3), (2, 3)], -1), ([(4,)], 0)])
+def test_cat_rule_agrees_with_torch_cat(shapes, dim):
+    real = [torch.randn(s) for s in shapes]
+    want = torch.cat(real, dim=dim)
+    got = cat_rule(None, [t.to("meta") for t in real], {"dim": dim})
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+
+
+@pytest.mark.parametrize("shapes, args", [([(2, 3), (3, 3)], {"dim": 1}), ([(2, 3), (2, 3, 1)], {}),
+                                          ([(2, 3)], {"dim": 2}), ([()], {}), ([(2, 3)], {"out": None})])
+def test_cat_rule_leaves_mismatches_to_the_kernel(shapes, args):
+    assert cat_rule(None, [torch.empty(s, device="meta") for s in shapes], args) is NotImplemented
+    mixed = [torch.empty(2, device="meta"), torch.empty(2, dtype=torch.int64, device="meta")]
+    assert cat_rule(None, mixed, {}) is NotImplemented
+
+
 @pytest.mark.parametrize("node, shape, message", [
+    ("{op: SqueezeExcitation, squeeze_channels: 2}", "[N, 3, 8]", "SqueezeExcitation cannot take input [N, 3, 8]: "),
+    ("{op: Conv2dNormActivation, out_channels: 4}", "[N, 5, 8]",
+     "Conv2dNormActivation cannot take input [N, 5, 8]: Invalid channel dimensions"),
     ("{op: BatchNorm2d}", "[N, 3, 8]", "BatchNorm2d cannot take input [N, 3, 8]: expected 4D input (got 3D input)"),
     ("{op: BatchNorm1d}", "[N, 3, 8, 8]", "expected 2D or 3D input (got 4D input)"),
     ("{op: AdaptiveAvgPool2d, output_size: 1}", "[N, 8]", "expected 3D or 4D input (got 2D input)"),

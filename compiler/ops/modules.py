@@ -96,9 +96,64 @@ def _adaptive_pool_rule(module, inputs: list, _args: dict):
     return x.new_empty((*x.shape[:-n], *spatial))
 
 
+def _identity_rule(_module, inputs: list, _args: dict):
+    return inputs[0]  # StochasticDepth: the identity in eval, and shaped like its input in training
+
+
+def _squeeze_excitation_rule(module, inputs: list, _args: dict):
+    (x,) = inputs  # the input scaled per channel: shaped like it; the layer words any error
+    if x.dim() not in (3, 4) or x.shape[-3] != module.fc1.in_channels or not x.is_floating_point():
+        return NotImplemented
+    return x
+
+
+def _composite_rule(module, inputs: list, _args: dict):
+    """A Sequential (torchvision's Conv2dNormActivation, MLP): its children in turn, each
+    by its own rule where it has one (on meta tensors, in eval, a batch norm's kernel
+    costs about 30 times a 3x3 convolution's)."""
+    if len(inputs) != 1:
+        return NotImplemented
+    return module_output(module, inputs[0])
+
+
+def module_output(module, x):
+    """`module(x)` on a meta tensor, by the shape rules here where one applies: to the
+    module's exact class (a subclass may change `forward`), then to a Sequential's
+    children in turn; any other module is run."""
+    import torch
+
+    cls = type(module)
+    if cls.__name__ in ELEMENTWISE and getattr(torch.nn, cls.__name__, None) is cls:
+        return x
+    if not _RULE_CLASSES:
+        _RULE_CLASSES.update(_rule_classes())
+    rule = _RULE_CLASSES.get(cls)
+    out = NotImplemented if rule is None else rule(module, [x], {})
+    if out is not NotImplemented:
+        return out
+    if isinstance(module, torch.nn.Sequential) and cls.forward is torch.nn.Sequential.forward:
+        for child in module:
+            x = module_output(child, x)
+        return x
+    return module(x)
+
+
+def _rule_classes() -> dict:
+    import torch.nn as nn
+    import torchvision.ops as tvops
+
+    rules = {getattr(nn, name): rule for name, rule in SHAPE_RULES.items() if hasattr(nn, name)}
+    rules[tvops.SqueezeExcitation] = _squeeze_excitation_rule
+    rules[tvops.StochasticDepth] = _identity_rule
+    return rules
+
+
 SHAPE_RULES = {"Linear": _linear_rule, **dict.fromkeys(BATCH_NORM_RANKS, _batch_norm_rule),
                **dict.fromkeys(("AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"),
-                               _adaptive_pool_rule)}  # fmt: skip
+                               _adaptive_pool_rule),
+               "SqueezeExcitation": _squeeze_excitation_rule, "StochasticDepth": _identity_rule,
+               **dict.fromkeys(("Conv2dNormActivation", "Conv3dNormActivation", "MLP"), _composite_rule)}  # fmt: skip
+_RULE_CLASSES: dict = {}
 
 # Modules with floating-point weights whose input is integer ids.
 INTEGER_INPUTS = {"Embedding", "EmbeddingBag"}
@@ -177,6 +232,7 @@ def module_opdef(name: str, cls: type, source: str = "plugin") -> OpDef:
         open_args=any(p.kind is p.VAR_KEYWORD for p in _raw_params(cls)) and not params,
         doc=doc[:300], source=source, hint=SHAPE_HINTS.get(name, ""),
         int_inputs=name in INTEGER_INPUTS, same_shape=name in ELEMENTWISE, rule=SHAPE_RULES.get(name),
+        takes_device=source == "torch.nn" and any(p.name == "device" for p in _raw_params(cls)),
     )  # fmt: skip
 
 

@@ -47,6 +47,27 @@ def broadcast_rule(_built, inputs: list, args: dict):
     return torch.empty(shape, dtype=dtype, device=a.device)
 
 
+def cat_rule(_built, inputs: list, args: dict):
+    """Shape rule of cat for the usual call: tensors of one dtype and rank, equal but
+    along `dim`. Anything else is declined, so torch's kernel words the error (its meta
+    kernel costs a millisecond a call: DenseNet's blocks join hundreds of inputs)."""
+
+    tensors = inputs  # the node's inputs, not yet one list
+    if set(args) - {"dim"} or not tensors:
+        return NotImplemented
+    first = tensors[0]
+    rank, dim = first.dim(), args.get("dim", 0)
+    if rank == 0 or not -rank <= dim < rank:
+        return NotImplemented
+    dim %= rank
+    rest = first.shape[:dim] + first.shape[dim + 1:]
+    for t in tensors[1:]:
+        if t.dtype != first.dtype or t.dim() != rank or t.shape[:dim] + t.shape[dim + 1:] != rest:
+            return NotImplemented
+    size = sum(t.shape[dim] for t in tensors)
+    return first.new_empty((*first.shape[:dim], size, *first.shape[dim + 1:]))
+
+
 def register_tensor_functions(registry) -> None:
     import torch
     import torch.nn.functional as F
@@ -73,7 +94,7 @@ def register_tensor_functions(registry) -> None:
        ["other"], hint=same, doc="torch.div: element-wise division")  # fmt: skip
     fn("matmul", torch.matmul, (2, 2), doc="torch.matmul: matrix product of two inputs")
     for name, target in (("cat", torch.cat), ("stack", torch.stack)):
-        fn(name, target, (1, None), [_a("dim", INT)], list_input=True,
+        fn(name, target, (1, None), [_a("dim", INT)], list_input=True, rule=cat_rule if name == "cat" else None,
            hint="all inputs must have the same shape except along dim",
            doc=f"torch.{name}: join inputs along dim")  # fmt: skip
     fn("flatten", torch.flatten, args=[_a("start_dim", INT), _a("end_dim", INT)],
@@ -257,9 +278,10 @@ def register_constants(registry) -> None:
           "torch.arange(start, end, step): 0, 1, ..., end - 1 by default (int64 for integer arguments)")
     const("tensor", torch.tensor, [_a("data", {"anyOf": [NUM, BOOL, {"type": "array"}]}, True), dtype],
           "torch.tensor(data): a tensor written out in the spec")
-    registry.add(OpDef("meshgrid", "function", torch.meshgrid, {"indexing": _a("indexing", {"enum": ["ij", "xy"]})},
-                       1, None, doc="torch.meshgrid(*inputs, indexing): coordinate grids, a tuple",
-                       source="torch"))  # fmt: skip
+    indexing = ArgDef("indexing", {"enum": ["ij", "xy"]}, default="ij", doc="ij (the default) or xy")
+    registry.add(OpDef("meshgrid", "function", torch.meshgrid, {"indexing": indexing}, 1, None,
+                       prepare=lambda args: {"indexing": "ij", **args},  # torch's default, said aloud
+                       doc="torch.meshgrid(*inputs, indexing): coordinate grids, a tuple", source="torch"))  # fmt: skip
 
 
 def fill_call(args: dict) -> tuple[str, tuple]:
