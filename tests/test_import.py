@@ -79,6 +79,21 @@ def test_torchvision_families_round_trip(name):
     assert round_trip(model, r.text, torch.randn(2, 3, 64, 64)) == 0.0
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_swin_attention_and_patch_merging_stay_one_op_each(version):
+    from torchvision.models import swin_transformer as swin
+
+    torch.manual_seed(0)
+    v2 = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2} if version == 2 else {}
+    model = swin.SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=10, **v2)
+    r = imported(model, (["N", 3, 32, 32], "float32"), name="swin")
+    assert r.max_abs_diff == 0.0
+    suffix = "V2" if version == 2 else ""
+    assert f"{{op: ShiftedWindowAttention{suffix}, window_size: [4, 4]" in r.text
+    assert f'"2": {{op: PatchMerging{suffix}}}' in r.text
+    assert round_trip(model, r.text, torch.randn(2, 3, 32, 32)) == 0.0
+
+
 def test_vision_transformer_with_class_token_and_sizes_from_forward():
     from torchvision.models.vision_transformer import VisionTransformer
 

@@ -24,6 +24,13 @@ def _activation_name(m):
     return {F.relu: "relu", F.gelu: "gelu"}.get(m.activation, m.activation)
 
 
+for _layer in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2", "ShiftedWindowAttention3d"):
+    _ATTR.update({
+        (_layer, "dim"): lambda m: m.qkv.in_features,
+        (_layer, "qkv_bias"): lambda m: m.qkv.bias is not None,
+        (_layer, "proj_bias"): lambda m: m.proj.bias is not None,
+    })  # fmt: skip
+
 for _layer in ("TransformerEncoderLayer", "TransformerDecoderLayer"):  # kept in their sublayers
     _ATTR.update({
         (_layer, "d_model"): lambda m: m.self_attn.embed_dim,

@@ -38,6 +38,8 @@ SHAPE_DERIVED_BY_OP = {
     "MLP": {"in_channels": lambda ins: ins[0][-1]},  # a stack of Linear
     "LayerNorm2d": {"normalized_shape": lambda ins: [ins[0][1]]},  # over the channels of [N, C, H, W]
     "SqueezeExcitation": {"input_channels": lambda ins: ins[0][1]},
+    **dict.fromkeys(("ShiftedWindowAttention", "ShiftedWindowAttentionV2", "ShiftedWindowAttention3d",
+                     "PatchMerging", "PatchMergingV2"), {"dim": lambda ins: ins[0][-1]}),  # channels last
 }
 
 # How to fix the usual shape error of a module, shown after torch's own message.
@@ -168,6 +170,16 @@ TORCHVISION_OPS = (
     "MLP", "Permute", "FrozenBatchNorm2d", "DropBlock2d", "DropBlock3d",
 )  # fmt: skip
 
+# Layers of torchvision's model files, each one op: their forward calls functions that
+# read the weights themselves (Swin's attention) or pads by sizes read in forward, so
+# `yamlnet import` keeps them whole; specs/zoo/swin.yaml writes Swin v1 out in ops.
+TORCHVISION_MODEL_LAYERS = {
+    "LayerNorm2d": "convnext",  # ConvNeXt's LayerNorm over channels
+    "ShiftedWindowAttention": "swin_transformer", "ShiftedWindowAttentionV2": "swin_transformer",
+    "PatchMerging": "swin_transformer", "PatchMergingV2": "swin_transformer",
+    "ShiftedWindowAttention3d": "video.swin_transformer",
+}  # fmt: skip
+
 
 def register_torch_nn(registry) -> None:
     import torch.nn as nn
@@ -195,12 +207,17 @@ def register_torchvision_ops(registry) -> None:
     for name in TORCHVISION_OPS:
         registry.add(loader(name), name)
 
-    def layer_norm_2d() -> OpDef:  # ConvNeXt's LayerNorm over channels (torchvision.models.convnext)
-        from torchvision.models.convnext import LayerNorm2d
+    def model_layer(name: str, module: str):
+        def load() -> OpDef:
+            import importlib
 
-        return module_opdef("LayerNorm2d", LayerNorm2d, source="torchvision.models")
+            cls = getattr(importlib.import_module(f"torchvision.models.{module}"), name)
+            return module_opdef(name, cls, source="torchvision.models")
 
-    registry.add(layer_norm_2d, "LayerNorm2d")
+        return load
+
+    for name, module in TORCHVISION_MODEL_LAYERS.items():
+        registry.add(model_layer(name, module), name)
 
 
 def _lazy(name: str, cls: type, source: str):
