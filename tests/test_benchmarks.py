@@ -19,7 +19,7 @@ ROWS = ["1a", "1b", "1c", "1d", "2", "2fx", "2seq", "3a", "3b", "3c", "4", "5a",
         "14g", "14h", "14i", "15", "16"]  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a minute and a half: .ci/run runs it after the README's command
 def test_quick_run_measures_every_row(tmp_path):
     out = tmp_path / "RESULTS.md"
     # about a minute on 2 idle cores; the limit guards against a hang only (a busy machine is 2-6x slower)

@@ -6,7 +6,10 @@ B must equal one step with batch 2B), an uninterrupted 2-process run (a run rest
 after a SIGKILL must end with the same weights), and the checkpoints' own checksums.
 Crash points come from the test hook YAMLNET_FAULTS (runtime/faults.py), `name=N@RANK`.
 
-Every job here is 2 processes on 2 cores, so the jobs run one after another.
+Every job here is 2 processes on 2 cores, so the jobs run one after another. The fault
+and resume runs (10-40 s each) are marked `extended`: `.ci/run` runs them after the
+README's test command, which keeps one DDP step, a whole 2-process run and the launch
+checks.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .conftest import SPECS
 
 DIGITS = SPECS / "digits_cnn.yaml"
 MLP = SPECS / "mlp.yaml"
+LONG = pytest.mark.extended
+
 TIMEOUT = 240
 
 
@@ -87,6 +92,7 @@ def test_one_ddp_step_equals_one_step_on_the_global_batch(tmp_path):
     assert max(g.abs().max().item() for g in grads1.values()) > 1e-3
 
 
+@LONG
 def test_ranks_agree_on_a_checkpoint_by_rank_0s_clock(tmp_path):
     """checkpoint_every_n_minutes on 2 ranks: rank 0's clock decides and its answer rides
     with the step's all-reduce, so both ranks save at the same steps (a checkpoint is a
@@ -151,6 +157,7 @@ def test_two_processes_write_one_log_and_one_set_of_checkpoints(ddp_run):
 # -- faults ---------------------------------------------------------------------------
 
 
+@LONG
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_stopped(ddp_run, tmp_path):
     """Rank 1 dies by SIGKILL after step 7; the launcher restarts both workers, which
     resume from step 5. In the restarted attempt rank 1 joins 3 s late, so rank 0 reads
@@ -180,6 +187,7 @@ def test_restarts_are_reliable(tmp_path, attempt):
     assert "restart 1 of 1" in res.stdout and time.monotonic() - t0 < 120
 
 
+@LONG
 def test_a_killed_worker_without_restarts_stops_the_job_naming_it(tmp_path):
     res = yamlnet(tmp_path, "train", str(DIGITS), "--out", "run", "--nproc", "2", *RUN,
                   faults="kill_after_step=7@1")  # fmt: skip
@@ -193,6 +201,7 @@ def test_a_killed_worker_without_restarts_stops_the_job_naming_it(tmp_path):
         load_checkpoint(path)
 
 
+@LONG
 def test_nan_on_one_rank_stops_every_rank_at_that_step_with_one_message(tmp_path):
     res = yamlnet(tmp_path, "train", str(DIGITS), "--out", "run", "--nproc", "2", *RUN,
                   faults="nan_at_step=8@1")  # fmt: skip
@@ -204,6 +213,7 @@ def test_nan_on_one_rank_stops_every_rank_at_that_step_with_one_message(tmp_path
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["position"]["step"] == 5
 
 
+@LONG
 def test_a_run_stopped_on_purpose_is_not_restarted(tmp_path):
     """A NaN stops the run (in the first attempt only: the fault does not fire again);
     the restarted workers find the run ended on purpose and do not train it on."""
@@ -214,6 +224,7 @@ def test_a_run_stopped_on_purpose_is_not_restarted(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["position"]["step"] == 5
 
 
+@LONG
 def test_sigterm_to_the_workers_stops_the_job_despite_restarts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "YAMLNET_FAULTS"}
     env["OMP_NUM_THREADS"] = "1"
@@ -236,6 +247,7 @@ def test_sigterm_to_the_workers_stops_the_job_despite_restarts(tmp_path):
     assert stdout.count("SIGTERM at step") == 1
 
 
+@LONG
 def test_a_hung_rank_is_caught_by_the_collective_timeout(tmp_path):
     t0 = time.monotonic()
     res = yamlnet(tmp_path, "train", str(DIGITS), "--out", "run", "--nproc", "2", *RUN,
@@ -246,6 +258,7 @@ def test_a_hung_rank_is_caught_by_the_collective_timeout(tmp_path):
     assert time.monotonic() - t0 < 90
 
 
+@LONG
 def test_sigterm_to_the_launcher_saves_one_checkpoint_and_exits(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "YAMLNET_FAULTS"}
     env["OMP_NUM_THREADS"] = "1"
@@ -290,6 +303,7 @@ def two_ranks(cwd: Path, args_by_rank, timeout: float = TIMEOUT) -> list[tuple[i
     return [(p.wait(timeout=timeout), p.stdout.read()) for p in procs]
 
 
+@LONG
 def test_ranks_that_compiled_different_networks_refuse_to_train(tmp_path):
     base = [str(MLP), "--out", "run", "--max-steps", "2", "--set", "data.flatten=true"]
     (c0, out0), (c1, out1) = two_ranks(tmp_path, [base, [*base, "--set", "hidden=64"]])
@@ -310,6 +324,7 @@ def test_torchrun_style_ranks_train(tmp_path):
 # -- resuming with another number of processes ---------------------------------------------
 
 
+@LONG
 def test_resume_across_a_change_of_world_size(tmp_path):
     """2 processes -> 1 -> 2 (the global batch kept at 64 by the per-rank batch)."""
     common = ("--out", "run", "--set", "train.checkpoint_every_n_steps=5", "--set", "train.scheduler=null")

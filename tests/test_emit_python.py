@@ -28,8 +28,8 @@ TORCH_SITE = os.path.dirname(os.path.dirname(torch.__file__))
 
 CASES = [
     pytest.param("resnet18.yaml", (2, 3, 224, 224), torch.float32, id="resnet18"),
-    pytest.param("tiny_vit.yaml", (3, 3, 32, 32), torch.float32, id="tiny_vit"),
-    pytest.param("lstm_classifier.yaml", (2, 6), torch.int64, id="lstm_classifier"),
+    pytest.param("tiny_vit.yaml", (3, 3, 32, 32), torch.float32, id="tiny_vit", marks=pytest.mark.extended),
+    pytest.param("lstm_classifier.yaml", (2, 6), torch.int64, id="lstm_classifier", marks=pytest.mark.extended),
     pytest.param("zoo/gpt.yaml", (2, 9), torch.int64, id="gpt"),  # tie: and positions
     # names such as block1-0, and layer-class arguments (functools.partial)
     pytest.param(ROOT / "tests" / "specs" / "names_layers.yaml", (2, 3, 16, 16), torch.float32, id="names_layers"),

@@ -309,19 +309,34 @@ def test_review_findings_are_located_errors(text, message):
     assert str(info.value).startswith(message), str(info.value)
 
 
-@pytest.mark.parametrize("name", ["training", "meta", "_modules", "_parameters", "__dict__", "__class__",
-                                  "graph", "code", "state_dict", "T_destination"])  # fmt: skip
-def test_no_node_takes_the_name_of_a_module_attribute(name, tmp_path):
+ATTRIBUTES = ["training", "meta", "_modules", "_parameters", "__dict__", "__class__", "graph", "code",
+              "state_dict", "T_destination"]  # fmt: skip
+
+
+def _attribute_node(name: str) -> str:
+    return f"yamlnet: 1\ninputs: {{x: [N, 4]}}\nnodes:\n  {name}: {{op: Linear, out_features: 4}}\n"
+
+
+@pytest.mark.parametrize("name", ATTRIBUTES)
+def test_no_node_takes_the_name_of_a_module_attribute(name):
     """Class and instance attributes of the generated module alike, dunders too: refused
     where the spec is checked, not a crash when it is built."""
-    text = f"yamlnet: 1\ninputs: {{x: [N, 4]}}\nnodes:\n  {name}: {{op: Linear, out_features: 4}}\n"
     with pytest.raises(SpecError) as info:
-        _compile(text)
+        _compile(_attribute_node(name))
     assert str(info.value).startswith(f"t.yaml:4:3: nodes.{name}: '{name}' cannot name a node"), str(info.value)
-    (tmp_path / "t.yaml").write_text(text)
-    r = subprocess.run([sys.executable, "-m", "yamlnet", "validate", str(tmp_path / "t.yaml")],
+
+
+def test_attribute_names_are_one_line_each_from_the_cli(tmp_path):
+    files = []
+    for k, name in enumerate(ATTRIBUTES):
+        files.append(tmp_path / f"t{k}.yaml")
+        files[-1].write_text(_attribute_node(name))
+    r = subprocess.run([sys.executable, "-m", "yamlnet", "validate", *map(str, files)],
                        capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 2 and f"'{name}' cannot name a node" in r.stderr and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == len(ATTRIBUTES), r.stderr
+    for line, path, name in zip(lines, files, ATTRIBUTES, strict=True):
+        assert line.startswith(f"{path}:4:3: nodes.{name}: '{name}' cannot name a node"), line
 
 
 def test_forward_reference_through_a_left_out_node():

@@ -61,7 +61,7 @@ def args_of(spec: Path, sets: list[str], out: str, *extra: str) -> list[str]:
             "--set", "train.checkpoint_every_n_steps=4", *extra]  # fmt: skip
 
 
-@pytest.mark.parametrize("task", ["gpt", "unet"])
+@pytest.mark.parametrize("task", ["gpt", pytest.param("unet", marks=pytest.mark.extended)])
 def test_resume_after_kill_is_bitwise_exact(task, tmp_path):
     spec, sets = SPECS_FOR[task](tmp_path)
     done = run_cli(tmp_path, *args_of(spec, sets, "ref"))
@@ -82,7 +82,7 @@ def last_val_row(run: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if v and k.startswith("val/")}
 
 
-@pytest.mark.parametrize("task", ["gpt", "unet"])
+@pytest.mark.parametrize("task", ["gpt", pytest.param("unet", marks=pytest.mark.extended)])
 def test_two_processes_validate_as_one(task, tmp_path, monkeypatch):
     """Metrics logged by a 2-process run (each rank sees half the validation set; loss
     sums are all-reduced, torchmetrics gathers its states) equal a one-process evaluation
