@@ -115,6 +115,11 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     outs = [value(ref) for _, ref in typed.graph["outputs"]]  # the train outputs last
     output = graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     output.meta.update(eval_outputs=len(spec.outputs), names=tuple(n for n, _ in typed.graph["outputs"]))
+    if spec.checkpointed:
+        from .regions import checkpoint_region
+
+        for prefix in spec.checkpointed:
+            checkpoint_region(graph, root, prefix, typed)
     graph.lint()
     guard = training_guard(graph)
     graph.on_generate_code(lambda _previous: hoist_lookups if guard is None else lambda body: guard(hoist_lookups(body)))
@@ -205,6 +210,18 @@ def eval_graph(graph):
     """A copy of `graph` without the train outputs and the nodes only they need (what
     TorchScript compiles: it cannot type a forward whose outputs change with the mode)."""
     graph = copy.deepcopy(graph)
+    from .regions import checkpointed
+
+    for node in list(graph.nodes):  # a checkpointed layer or block: called plainly
+        if node.op == "call_function" and node.target is checkpointed:
+            handle, *args = node.args
+            with graph.inserting_before(node):
+                plain = graph.call_module(handle.target, tuple(args), dict(node.kwargs))
+            plain.meta.update(node.meta)
+            node.replace_all_uses_with(plain)
+            graph.erase_node(node)
+            if not handle.users:
+                graph.erase_node(handle)
     outs, n = _returned(graph)
     if n < len(outs):
         graph.output_node().args = (outs[0] if n == 1 else tuple(outs[:n]),)
@@ -389,6 +406,10 @@ def _install(root, path: str, built, kind: str, persistent: bool) -> None:
 def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     """Source of a standalone module file equivalent to `gm` (needs only torch)."""
     spec = typed.graph["spec"]
+    if spec.checkpointed:
+        raise SpecError(f"'{spec.checkpointed[0]}' has checkpoint: true, which the standalone file cannot "
+                        "write yet", hint="set it to false for --emit-python: the weights and outputs are "
+                        "the same without it")  # fmt: skip
     for n in typed:
         if typed.nodes[n]["kind"] == "op":
             op = registry.get(typed.nodes[n]["spec"].op)

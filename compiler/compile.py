@@ -48,10 +48,12 @@ def compile_spec(
     plugins: tuple[str, ...] = (),
     build: bool = True,
     registry=REGISTRY,
+    checkpoint_blocks: tuple[str, ...] = (),
 ) -> Compiled:
-    """Run every stage; `build=False` stops before weights are allocated."""
+    """Run every stage; `build=False` stops before weights are allocated. Every instance
+    of the blocks in `checkpoint_blocks` is checkpointed (see `expand`)."""
     with _collector_paused():
-        return _compile(source, overrides, plugins, build, registry)
+        return _compile(source, overrides, plugins, build, registry, tuple(checkpoint_blocks))
 
 
 @contextmanager
@@ -69,13 +71,13 @@ def _collector_paused():
             gc.enable()
 
 
-def _compile(source, overrides, plugins, build, registry) -> Compiled:
+def _compile(source, overrides, plugins, build, registry, checkpoint_blocks=()) -> Compiled:
     load_plugins(plugins)
     src = source if isinstance(source, SpecSource) else load_spec_source(source)
     validate(src, registry)
     oracle = ShapeOracle(registry)  # answers shape() while expanding; reused below
     with _overrides_named(overrides):
-        spec = expand(src, overrides, registry=registry, shape_of=oracle)
+        spec = expand(src, overrides, registry=registry, shape_of=oracle, checkpoint_blocks=checkpoint_blocks)
         graph = build_graph(spec)
         check_graph(graph)
         typed = infer_shapes(graph, registry, oracle)

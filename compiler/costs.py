@@ -48,8 +48,14 @@ def node_costs(result, dims: dict[str, int]) -> dict[str, NodeCost]:
     flops: dict[str, int] = {}
     act: dict[str, int] = {}
 
+    from .regions import checkpointed
+
     class Counter(fx.Interpreter):
         def run_node(self, n):
+            if n.op == "call_function" and n.target is checkpointed:
+                (region, *args), kwargs = self.fetch_args_kwargs_from_env(n)
+                if isinstance(region, fx.GraphModule):  # a block instance: its nodes one by one
+                    return Counter(region).run(*args)
             before = mode.get_total_flops()
             out = super().run_node(n)
             name = n.meta.get("spec_node")

@@ -99,6 +99,8 @@ class ExpandedSpec:
     # outputs computed in training only, after `outputs` (auxiliary heads for a loss term)
     train_outputs: tuple[tuple[str, Ref], ...] = ()
     frozen: tuple[str, ...] = ()  # nodes (subtrees) written with freeze: true
+    # nodes and block instances (each repeat copy) written with checkpoint: true, outermost
+    checkpointed: tuple[str, ...] = ()
     init: tuple[InitSpec, ...] = ()  # weights loaded when the model is built
 
     @property
@@ -132,13 +134,23 @@ def expand(
     *,
     registry=REGISTRY,
     shape_of: ShapeOracle | None = None,
+    checkpoint_blocks: tuple[str, ...] = (),
 ) -> ExpandedSpec:
     """Resolve a validated spec into a flat node list.
 
     `overrides` replace `vars:` by name (`{"depth": 50}`); `shape_of(ref, nodes, inputs)`
-    answers `shape(name)` in expressions (the compile pipeline passes the shapes stage).
+    answers `shape(name)` in expressions (the compile pipeline passes the shapes stage);
+    every instance of a block named in `checkpoint_blocks` is checkpointed, as if written
+    with `checkpoint: true` (a run configuration's `train.activation_checkpointing`).
     """
-    return _Expander(source, registry, shape_of).run(overrides or {})
+    expander = _Expander(source, registry, shape_of)
+    unknown = [b for b in checkpoint_blocks if b not in expander.blocks]
+    if unknown:
+        known = ", ".join(sorted(expander.blocks)) or "none"
+        raise SpecError(f"activation checkpointing names block '{unknown[0]}', which the spec does not define",
+                        hint=did_you_mean(unknown[0], list(expander.blocks)) or f"its blocks: {known}")  # fmt: skip
+    expander.checkpoint_blocks = frozenset(checkpoint_blocks)
+    return expander.run(overrides or {})
 
 
 class _Pending:
@@ -190,6 +202,8 @@ class _Expander:
         self.steps = 0
         self.unresolved: list[int] = []  # indices of nodes with not-yet-defined inputs
         self.frozen: list[str] = []
+        self.checkpointed: list[str] = []
+        self.checkpoint_blocks: frozenset = frozenset()
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -223,6 +237,7 @@ class _Expander:
             outputs_loc=self.doc.loc(("outputs",)),
             train_outputs=train,
             frozen=tuple(self.frozen),
+            checkpointed=_outermost(self.checkpointed),
             init=self._init(),
         )
 
@@ -338,6 +353,10 @@ class _Expander:
                     raise SchemaError(f"splice: a spliced group takes the list's numbers, so it has no {key}:",
                                       doc.loc(path + (key,)), where)  # fmt: skip
             frozen = self._flag(node, "freeze", scope, path, doc)
+            if self._checkpoint(node, scope, path, doc):
+                raise SchemaError("checkpoint: needs a node of its own to recompute; a spliced group's nodes "
+                                  "join the list", doc.loc(path + ("checkpoint",)), where,
+                                  "checkpoint the block that holds the list, or its nodes one by one")  # fmt: skip
             return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered, frozen)
         splice = numbered and "repeat" in node  # copies numbered in the list itself
         names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
@@ -355,6 +374,9 @@ class _Expander:
         full = env.prefix + name
         if self._flag(node, "freeze", scope, path, doc):
             self.frozen += [env.prefix + n for n in names] if splice else [full]
+        if self._checkpoint(node, scope, path, doc):  # each copy is recomputed on its own
+            self.checkpointed += ([env.prefix + n for n in names] if splice else
+                                  [f"{full}.{k}" for k in range(repeat)] if "repeat" in node else [full])  # fmt: skip
         out: Any = inputs
         concat = node.get("feed") == "concat"
         if "feed" in node and "repeat" not in node:
@@ -415,6 +437,10 @@ class _Expander:
         if not isinstance(value, bool):
             raise ExprError(f"{key}: must be true or false, got {value!r}", loc, format_path(path))
         return value
+
+    def _checkpoint(self, node: dict, scope: Scope, path: tuple, doc: Document) -> bool:
+        """checkpoint: true written on the node, or its block named by the run configuration."""
+        return self._flag(node, "checkpoint", scope, path, doc) or node.get("block") in self.checkpoint_blocks
 
     def _copy_name(self, template: str, scope: Scope, path: tuple, doc: Document) -> str:
         loc, where = doc.loc(path + ("name",)), format_path(path) + ".name"
@@ -784,6 +810,14 @@ def _undefined(name: str, env: _Env) -> str | None:
             return name
         name, value = value.name, env.refs.get(value.name)
     return None
+
+
+def _outermost(prefixes: list[str]) -> tuple[str, ...]:
+    """The prefixes not inside another one (a checkpointed block inside a checkpointed
+    block is recomputed with it)."""
+    kept = set(prefixes)
+    return tuple(p for p in dict.fromkeys(prefixes)
+                 if not any(p.startswith(q + ".") for q in kept if q != p))  # fmt: skip
 
 
 @lru_cache(maxsize=1)

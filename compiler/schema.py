@@ -26,7 +26,8 @@ NAME_RULE = "a name has no . [ ] $ quotes, backslashes or spaces"
 IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 REF_PATTERN = rf"^{NAME_CHARS}+(\[-?[0-9]+\])*$"
 PATH_PATTERN = rf"^{NAME_CHARS}+(\.{NAME_CHARS}+)*$"  # a node inside blocks: layer1.0.conv1
-NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie", "feed")
+NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie", "feed",
+             "checkpoint")
 PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "dict": "object", "any": None}  # fmt: skip
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
@@ -93,6 +94,9 @@ def document_schema() -> dict[str, Any]:
                     "that parameter of the model (tied, saved under both names)"},
             "freeze": {**_or_expr({"type": "boolean"}),
                        "description": "true: no gradients for this node's weights, kept in eval mode"},
+            "checkpoint": {**_or_expr({"type": "boolean"}),
+                           "description": "true: in training, keep only this node's (each copy's) inputs "
+                           "and recompute its inside during backward (activation checkpointing)"},
             "nodes": {"$ref": "#/$defs/nodes",
                       "description": "inline nodes: a submodule container (like nn.Sequential)"},
             "call": {"type": "object", "description": "keyword arguments passed at call time"},

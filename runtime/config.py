@@ -111,6 +111,11 @@ TRAIN_PROPS: dict[str, dict] = {
     "precision": {"enum": list(PRECISIONS), "default": "32",
                   "description": "32, bf16-mixed, or 16-mixed (with a gradient scaler)"},
     "compile": {"type": "boolean", "default": False, "description": "torch.compile the model"},
+    "activation_checkpointing": {
+        "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "maxItems": MAX_ITEMS,
+        "uniqueItems": True, "default": [],
+        "description": "blocks of the spec whose every instance recomputes its activations in backward "
+                       "(as checkpoint: true on each): less memory, about one more forward of them"},
     "deterministic": {"type": "boolean", "default": True,
                       "description": "deterministic kernels (exact resume; may be slower)"},
     "dist_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 300,

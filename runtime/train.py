@@ -25,6 +25,7 @@ import torch
 
 from ..compiler.compile import Compiled, compile_spec
 from ..compiler.errors import did_you_mean
+from ..compiler.validate import collect_blocks
 from . import faults
 from .checkpoint import (
     digest,
@@ -40,7 +41,7 @@ from .distributed import (
     shutdown,
     sync_buffers,
 )
-from .errors import TrainingError, first_line
+from .errors import ConfigError, TrainingError, first_line
 from .evaluate import Evaluator, autocast_for
 from .log import NullLog, RunLog, banner, end_summary, last_metrics, log_columns
 from .optim import build_optimizer, build_scheduler, check_optimizer, check_schedule
@@ -140,7 +141,7 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
                 seed = cfg.train["seed"]
                 seed_all(seed)  # every rank builds the same initial weights
                 set_determinism(cfg.train["deterministic"], env, cfg.train["compile"])
-                compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+                compiled = compile_model(source, cfg, var_over, plugins)
                 run = _build(cfg, env, compiled, var_over)
             except Exception as err:  # noqa: BLE001 - every rank must hear of it, or they wait
                 failure = err
@@ -166,11 +167,25 @@ def plan(spec, *, config=None, out=None, resume: bool | str = False, plugins=(),
     run folder, made now, so that restarted workers resume this run."""
     source, cfg, var_over = load_run(spec, config, overrides)
     with cfg.located():
-        compiled = compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins))
+        compiled = compile_model(source, cfg, var_over, plugins)
         loaders = build_loaders(cfg.data, seed=cfg.train["seed"])
         build_task(compiled, cfg, loaders.fields, _first_batch(loaders, cfg), torch.device("cpu"))
         build_optimizer(cfg.train["optimizer"], compiled.module.parameters())
         return resolve_out_dir(out, compiled, resume)
+
+
+def compile_model(source, cfg: RunConfig, var_over: dict, plugins=()) -> Compiled:
+    """The spec compiled for this run: its variables, and the blocks that
+    `train.activation_checkpointing` names checkpointed (each named one checked here)."""
+    blocks = cfg.train["activation_checkpointing"]
+    if blocks:
+        defined = collect_blocks(source)
+        for k, name in enumerate(blocks):
+            if name not in defined:
+                raise ConfigError(f"the spec defines no block '{name}'", None, f"train.activation_checkpointing[{k}]",
+                                  did_you_mean(name, list(defined)) or
+                                  f"its blocks: {', '.join(sorted(defined)) or 'none'}")  # fmt: skip
+    return compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins), checkpoint_blocks=tuple(blocks))
 
 
 def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:

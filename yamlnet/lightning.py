@@ -26,11 +26,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from .compiler.compile import compile_spec
 from .runtime.config import load_run
 from .runtime.data import build_loaders
 from .runtime.optim import build_optimizer, build_scheduler
 from .runtime.tasks import as_tuple, build_task, sample_batch
+from .runtime.train import compile_model
 
 __all__ = ["SpecModule"]
 
@@ -46,7 +46,7 @@ class SpecModule(L.LightningModule):
         source, self.cfg, var_over = load_run(spec, config, overrides)
         with self.cfg.located():
             torch.manual_seed(self.cfg.train["seed"])  # the weights `yamlnet train` starts from
-            self.compiled = compile_spec(source, {**self.cfg.vars, **var_over})
+            self.compiled = compile_model(source, self.cfg, var_over)
             self.model = self.compiled.module
             loaders = build_loaders(self.cfg.data, seed=self.cfg.train["seed"])  # (its fields only)
             self.task = build_task(self.compiled, self.cfg, loaders.fields,
