@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 def _sections():
     """Row number -> a function(quick) giving its rows; imported here so `--help` is quick."""
-    from . import compile, ddp, export, gpu, models, tasks, training, zoo
+    from . import compile, ddp, export, gpu, models, scale, tasks, training, zoo
 
     return {
         "1": models.forward_backward_rows,
@@ -38,6 +38,7 @@ def _sections():
         "14": zoo.family_rows,
         "15": lambda quick: [zoo.first_compile_row(quick)],
         "16": lambda quick: [zoo.import_row(quick)],
+        "17": scale.checkpointing_rows,
     }
 
 

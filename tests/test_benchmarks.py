@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 ROWS = ["1a", "1b", "1c", "1d", "2", "2fx", "2seq", "3a", "3b", "3c", "4", "5a", "5aL", "5a0", "5b", "5bL", "5b0", "6", "7",
         "8a", "8b", "9a", "9b", "9c", "9d", "9e", "11", "12", "13a", "13b", "14a", "14b", "14c", "14d", "14e", "14f",
-        "14g", "14h", "14i", "15", "16"]  # fmt: skip
+        "14g", "14h", "14i", "15", "16", "17a", "17b"]  # fmt: skip
 
 
 @pytest.mark.extended  # a minute and a half: .ci/run runs it after the README's command
