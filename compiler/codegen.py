@@ -406,10 +406,6 @@ def _install(root, path: str, built, kind: str, persistent: bool) -> None:
 def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     """Source of a standalone module file equivalent to `gm` (needs only torch)."""
     spec = typed.graph["spec"]
-    if spec.checkpointed:
-        raise SpecError(f"'{spec.checkpointed[0]}' has checkpoint: true, which the standalone file cannot "
-                        "write yet", hint="set it to false for --emit-python: the weights and outputs are "
-                        "the same without it")  # fmt: skip
     for n in typed:
         if typed.nodes[n]["kind"] == "op":
             op = registry.get(typed.nodes[n]["spec"].op)
@@ -432,7 +428,18 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     if any(registry.get(typed.nodes[n]["spec"].op).source.startswith("torchvision")
            for n in typed if typed.nodes[n]["kind"] == "op"):  # fmt: skip
         lines.insert(4, "import torchvision")
-    lines += ["", f"class {cls}(nn.Module):", "    def __init__(self):", "        super().__init__()"]
+    if spec.checkpointed:
+        lines.insert(lines.index("import torch") + 1, "import torch.utils.checkpoint  # noqa: F401")
+    regions = {}  # checkpointed block instances: a class each, its forward the instance's nodes
+    for prefix in spec.checkpointed:
+        region = gm.get_submodule(prefix)
+        if isinstance(region, _module_class()):
+            regions[prefix] = f"{cls}_{_py_name(prefix.replace('.', '_'))}"
+            body = [line for line in plain_code(region).strip("\n").splitlines() if line.strip()]
+            lines += ["", "", f"class {regions[prefix]}(nn.Module):",
+                      f'    """{prefix}: run again during backward (checkpoint: true)."""', "",
+                      *("    " + line for line in body)]  # fmt: skip
+    lines += ["", "", f"class {cls}(nn.Module):", "    def __init__(self):", "        super().__init__()"]
     made: set[str] = set()
     for name in topological_order(typed):
         data = typed.nodes[name]
@@ -450,7 +457,8 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
             prefix = ".".join(parents[:k])
             if prefix not in made:
                 made.add(prefix)
-                lines.append(f"        {_owner(parents[: k - 1])}.add_module({parents[k - 1]!r}, nn.Module())")
+                container = f"{regions[prefix]}()" if prefix in regions else "nn.Module()"
+                lines.append(f"        {_owner(parents[: k - 1])}.add_module({parents[k - 1]!r}, {container})")
         if data.get("constant"):
             lines.append(f"        {_owner(parents)}.register_buffer({leaf!r}, {_const_name(name)}, persistent=False)")
         else:
@@ -458,7 +466,8 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     for name in topological_order(typed):  # shared weights (tie:)
         for own, target in getattr(typed.nodes[name].get("spec"), "tie", ()):
             lines.append(f"        {_owner(name.split('.'))}.{own} = self.get_parameter({target!r})")
-    lines[lines.index("import torch") + 1 : lines.index("import torch") + 1] = _helpers(typed, registry)
+    after = lines.index("from torch import nn") + 1  # our own functions, after the imports
+    lines[after:after] = _helpers(typed, registry)
     code = plain_code(gm).strip("\n")
     body = [line for line in code.splitlines() if line.strip()]
     lines += ["", *("    " + line if line.strip() else "" for line in body), ""]
@@ -474,7 +483,13 @@ def _helpers(typed: nx.DiGraph, registry) -> list[str]:
 
     out = []
     used = {registry.get(typed.nodes[n]["spec"].op).target for n in typed if typed.nodes[n]["kind"] == "op"}
-    for fn, source in STANDALONE_FUNCTIONS.items():
+    functions = dict(STANDALONE_FUNCTIONS)
+    if typed.graph["spec"].checkpointed:
+        from .regions import STANDALONE_CHECKPOINTED, checkpointed
+
+        functions[checkpointed] = STANDALONE_CHECKPOINTED
+        used.add(checkpointed)
+    for fn, source in functions.items():
         if fn in used:
             name = re.sub(r"[^0-9a-zA-Z_]+", "_", f"{fn.__module__}.{fn.__name__}")
             out += ["", "", *source.format(name=name).splitlines()]

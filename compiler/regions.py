@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from .codegen import _getitem, _module_class, _py_name, hoist_lookups
 from .errors import SpecError
 
-__all__ = ["checkpointed", "checkpoint_region", "RegionTracer"]
+__all__ = ["checkpointed", "checkpoint_region", "RegionTracer", "STANDALONE_CHECKPOINTED"]
 
 
 def checkpointed(module, *args, **kwargs):
@@ -32,6 +32,16 @@ def checkpointed(module, *args, **kwargs):
     if module.training and torch.is_grad_enabled():
         return checkpoint(module, *args, use_reentrant=False, **kwargs)
     return module(*args, **kwargs)
+
+
+# `checkpointed` as `compile --emit-python` writes it, needing only torch
+STANDALONE_CHECKPOINTED = """\
+def {name}(module, *args, **kwargs):
+    # checkpoint: true -- in training, keep the inputs and run `module` again in backward
+    if module.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False, **kwargs)
+    return module(*args, **kwargs)
+"""
 
 
 class RegionTracer(fx.Tracer):
