@@ -321,6 +321,59 @@ def test_torchrun_style_ranks_train(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["world_size"] == 2
 
 
+# -- two nodes: torchrun agents with c10d rendezvous, as README.md's multi-node command ------
+
+
+def two_nodes(cwd: Path, args: list[str], *, restarts: int = 0, faults: str | None = None,
+              timeout: float = TIMEOUT) -> list[tuple[int, str]]:  # fmt: skip
+    """Two torchrun agents on this machine, each a node of one process, meeting at a c10d
+    rendezvous on localhost (the first to come hosts its store), both running
+    `-m yamlnet train ARGS` in `cwd` (their shared file system)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("YAMLNET_FAULTS", "RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    if faults:
+        env["YAMLNET_FAULTS"] = faults
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{free_port()}", "--rdzv-id", "yamlnet-test",
+           "--max-restarts", str(restarts), "-m", "yamlnet", "train", *args]  # fmt: skip
+    nodes = [subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]  # fmt: skip
+    try:
+        return [(node.wait(timeout=timeout), node.stdout.read()) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+
+
+def test_two_nodes_train_as_two_local_processes(ddp_run, tmp_path):
+    """README.md's multi-node command, with 2 agents of 1 process each: one metrics file,
+    one set of checkpoints, and the weights of `--nproc 2` on one node, bitwise."""
+    cwd, two, _ = ddp_run
+    (c0, out0), (c1, out1) = two_nodes(tmp_path, [str(DIGITS), "--out", "run", *RUN, "--set", "data.batch_size=32"])
+    assert (c0, c1) == (0, 0), out0 + out1
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("*.csv")) == ["metrics.csv"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        p.name for p in (cwd / "two" / "checkpoints").iterdir())  # fmt: skip
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["world_size"] == 2
+    assert max_diff(weights(run), weights(cwd / "two")) == 0
+
+
+@LONG
+def test_a_worker_killed_on_one_node_is_restarted_on_both(ddp_run, tmp_path):
+    """Rank 1 (the second node's only process) dies by SIGKILL after step 7; with
+    --max-restarts 1 both agents start their workers again, which resume from step 5 and
+    end where the uninterrupted run ends."""
+    cwd, two, _ = ddp_run
+    (c0, out0), (c1, out1) = two_nodes(tmp_path, [str(DIGITS), "--out", "run", *RUN, "--set", "data.batch_size=32",
+                                                  "--set", "train.dist_timeout=60"],
+                                       restarts=1, faults="kill_after_step=7@1")  # fmt: skip
+    assert (c0, c1) == (0, 0), out0 + out1
+    assert "resuming from" in out0 + out1 and "(step 5, epoch 1)" in out0 + out1
+    assert max_diff(weights(tmp_path / "run"), weights(cwd / "two")) == 0
+
+
 # -- resuming with another number of processes ---------------------------------------------
 
 
