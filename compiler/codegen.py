@@ -45,8 +45,9 @@ def class_name(spec_name: str) -> str:
     return name if name[0].isalpha() else "Model" + name
 
 
-def generate_module(typed: nx.DiGraph, registry=REGISTRY):
-    """Build the GraphModule: real modules/parameters, fx graph, generated forward."""
+def generate_module(typed: nx.DiGraph, registry=REGISTRY, block_modules: bool = False):
+    """Build the GraphModule: real modules/parameters, fx graph, generated forward
+    (`block_modules`: each outermost block instance a module that runs, see regions.py)."""
     import torch
     import torch.fx as fx
 
@@ -115,11 +116,17 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY):
     outs = [value(ref) for _, ref in typed.graph["outputs"]]  # the train outputs last
     output = graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     output.meta.update(eval_outputs=len(spec.outputs), names=tuple(n for n, _ in typed.graph["outputs"]))
-    if spec.checkpointed:
-        from .regions import checkpoint_region
+    if spec.checkpointed or block_modules:
+        from .expand import outermost
+        from .regions import checkpoint_region, outline_region
 
         for prefix in spec.checkpointed:
             checkpoint_region(graph, root, prefix, typed)
+        if block_modules:  # those not checkpointed, which are modules already
+            done = spec.checkpointed
+            for prefix in outermost([*done, *spec.block_instances]):
+                if prefix not in done:
+                    outline_region(graph, root, prefix, typed)
     graph.lint()
     guard = training_guard(graph)
     graph.on_generate_code(lambda _previous: hoist_lookups if guard is None else lambda body: guard(hoist_lookups(body)))

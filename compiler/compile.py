@@ -49,11 +49,14 @@ def compile_spec(
     build: bool = True,
     registry=REGISTRY,
     checkpoint_blocks: tuple[str, ...] = (),
+    block_modules: bool = False,
 ) -> Compiled:
     """Run every stage; `build=False` stops before weights are allocated. Every instance
-    of the blocks in `checkpoint_blocks` is checkpointed (see `expand`)."""
+    of the blocks in `checkpoint_blocks` is checkpointed (see `expand`). `block_modules`
+    makes each outermost block instance a module that runs (a GraphModule of its own in
+    its container's place, the state_dict unchanged): the unit FSDP shards."""
     with _collector_paused():
-        return _compile(source, overrides, plugins, build, registry, tuple(checkpoint_blocks))
+        return _compile(source, overrides, plugins, build, registry, tuple(checkpoint_blocks), block_modules)
 
 
 @contextmanager
@@ -71,7 +74,7 @@ def _collector_paused():
             gc.enable()
 
 
-def _compile(source, overrides, plugins, build, registry, checkpoint_blocks=()) -> Compiled:
+def _compile(source, overrides, plugins, build, registry, checkpoint_blocks=(), block_modules=False) -> Compiled:
     load_plugins(plugins)
     src = source if isinstance(source, SpecSource) else load_spec_source(source)
     validate(src, registry)
@@ -85,7 +88,7 @@ def _compile(source, overrides, plugins, build, registry, checkpoint_blocks=()) 
             from .weights import check_ties
 
             check_ties(typed, registry)
-        module = generate_module(typed, registry) if build else None
+        module = generate_module(typed, registry, block_modules=block_modules) if build else None
     if module is not None and (spec.init or spec.frozen):
         from .weights import apply_freeze, apply_init
 

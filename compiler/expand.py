@@ -101,6 +101,7 @@ class ExpandedSpec:
     frozen: tuple[str, ...] = ()  # nodes (subtrees) written with freeze: true
     # nodes and block instances (each repeat copy) written with checkpoint: true, outermost
     checkpointed: tuple[str, ...] = ()
+    block_instances: tuple[str, ...] = ()  # every instance of a block (each repeat copy), not spliced
     init: tuple[InitSpec, ...] = ()  # weights loaded when the model is built
 
     @property
@@ -204,6 +205,7 @@ class _Expander:
         self.frozen: list[str] = []
         self.checkpointed: list[str] = []
         self.checkpoint_blocks: frozenset = frozenset()
+        self.block_instances: list[str] = []
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -237,7 +239,8 @@ class _Expander:
             outputs_loc=self.doc.loc(("outputs",)),
             train_outputs=train,
             frozen=tuple(self.frozen),
-            checkpointed=_outermost(self.checkpointed),
+            checkpointed=outermost(self.checkpointed),
+            block_instances=tuple(self.block_instances),
             init=self._init(),
         )
 
@@ -393,6 +396,8 @@ class _Expander:
                 inst_name = f"{full}.{k}" if "repeat" in node else full
             inst_scope = _copy_scope(node, scope, k)
             ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
+            if "block" in node:
+                self.block_instances.append(inst_name)
             out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
             outs.append(out)
             if splice:
@@ -812,7 +817,7 @@ def _undefined(name: str, env: _Env) -> str | None:
     return None
 
 
-def _outermost(prefixes: list[str]) -> tuple[str, ...]:
+def outermost(prefixes: list[str]) -> tuple[str, ...]:
     """The prefixes not inside another one (a checkpointed block inside a checkpointed
     block is recomputed with it)."""
     kept = set(prefixes)

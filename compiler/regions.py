@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from .codegen import _getitem, _module_class, _py_name, hoist_lookups
 from .errors import SpecError
 
-__all__ = ["checkpointed", "checkpoint_region", "RegionTracer", "STANDALONE_CHECKPOINTED"]
+__all__ = ["checkpointed", "checkpoint_region", "outline_region", "RegionTracer", "STANDALONE_CHECKPOINTED"]
 
 
 def checkpointed(module, *args, **kwargs):
@@ -59,6 +59,17 @@ def checkpoint_region(graph, root, prefix: str, typed: nx.DiGraph) -> None:
     `checkpointed`. A layer is called through it as it is; a block instance's nodes move
     into a GraphModule of their own that takes the container's place (its children, and
     so the state_dict keys, stay the same), called with the values they read from outside."""
+    outline_region(graph, root, prefix, typed, checkpoint=True)
+
+
+def outline_region(graph, root, prefix: str, typed: nx.DiGraph, checkpoint: bool = False) -> None:
+    """A block instance's nodes as a GraphModule of their own in its container's place,
+    called by the model's graph (through `checkpointed` when `checkpoint`): a module that
+    runs, so hooks on it run (FSDP's all-gathers), where a container of layers never does.
+    A layer is one already: with `checkpoint` its call goes through `checkpointed`."""
+    if prefix in typed and not checkpoint:
+        return
+
     def inside(name: str | None) -> bool:
         return name is not None and (name == prefix or name.startswith(prefix + "."))
 
@@ -101,17 +112,20 @@ def checkpoint_region(graph, root, prefix: str, typed: nx.DiGraph) -> None:
     sub.output(mapping[results[0]] if len(results) == 1 else tuple(mapping[r] for r in results))
     container = root.get_submodule(prefix)
     sub.on_generate_code(lambda _previous: hoist_lookups)
-    region = _module_class()(container, sub, class_name="Checkpointed")
+    region = _module_class()(container, sub, class_name="Checkpointed" if checkpoint else "Block")
     for attr in ("_modules", "_parameters", "_buffers"):  # the container's own, in its order
         setattr(region, attr, dict(getattr(container, attr)))
     region._non_persistent_buffers_set = set(container._non_persistent_buffers_set)
     parent, _, leaf = prefix.rpartition(".")
     root.get_submodule(parent)._modules[leaf] = region
+    name = _py_name(prefix.replace(".", "_"))
     with graph.inserting_after(members[-1]):
-        handle = graph.create_node("get_attr", prefix, (), {}, _py_name(prefix.replace(".", "_")) + "_layer")
-    with graph.inserting_after(handle):
-        call = graph.create_node("call_function", checkpointed, (handle, *inputs), {},
-                                 _py_name(prefix.replace(".", "_")))  # fmt: skip
+        if checkpoint:
+            handle = graph.create_node("get_attr", prefix, (), {}, name + "_layer")
+            with graph.inserting_after(handle):
+                call = graph.create_node("call_function", checkpointed, (handle, *inputs), {}, name)
+        else:
+            call = graph.create_node("call_module", prefix, tuple(inputs), {}, name)
     call.meta["spec_node"] = prefix
     picks = [call]
     if len(results) > 1:
