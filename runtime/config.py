@@ -111,6 +111,10 @@ TRAIN_PROPS: dict[str, dict] = {
     "precision": {"enum": list(PRECISIONS), "default": "32",
                   "description": "32, bf16-mixed, or 16-mixed (with a gradient scaler)"},
     "compile": {"type": "boolean", "default": False, "description": "torch.compile the model"},
+    "strategy": {"enum": ["ddp", "fsdp"], "default": "ddp",
+                 "description": "on several processes: ddp keeps the whole model on each; fsdp shards the "
+                                "parameters, gradients and optimizer state across them (FSDP2), a unit per "
+                                "block instance of the spec"},
     "activation_checkpointing": {
         "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "maxItems": MAX_ITEMS,
         "uniqueItems": True, "default": [],

@@ -29,8 +29,9 @@ from .checkpoint import (
 )
 from .config import load_run_config, split_overrides
 from .data import DataFailure, EpochSampler, Transformed, batches, build_splits, build_transforms
-from .distributed import Env, all_sum, pick_device
+from .distributed import Env, all_sum, broadcast, pick_device
 from .errors import CheckpointError, ConfigError, first_line
+from .sharding import is_sharded
 from .tasks import Task, as_tuple, build_task, sample_batch, to_device
 
 __all__ = ["Evaluator", "evaluate", "session", "resolve_checkpoint", "compile_checkpoint",
@@ -60,6 +61,8 @@ class Evaluator:
         sums = torch.zeros(len(labels) + 1, device=dev)  # every rank sums (a rank may have no batches)
         metrics = self.task.new_metrics(dev)
         batches_done = 0
+        lockstep = self.env.distributed and is_sharded(self.model)
+        most, spare = self._lockstep(loader) if lockstep else (0, None)
         try:
             for batch in batches(loader, lambda: f"{prefix}: batch {batches_done + 1}"):  # noqa: B023 - the count now
                 try:
@@ -67,6 +70,9 @@ class Evaluator:
                 except (RuntimeError, IndexError, ValueError) as err:  # a label past the classes, say
                     raise DataFailure(f"{prefix}: batch {batches_done + 1}: {first_line(err)}") from None
                 batches_done += 1
+            for _ in range(most - batches_done):  # forwards the other ranks' all-gathers need
+                with self.autocast():
+                    self.forward(*self.task.inputs(to_device(dev, spare, self.task.fields)))
         finally:
             self.model.train()
         sums = all_sum(sums, self.env)
@@ -76,6 +82,22 @@ class Evaluator:
         values = {label: float(v / sums[-1]) for label, v in zip(labels, sums[:-1], strict=True)}
         values.update({k: _value(m.compute()) for k, m in metrics.items()})
         return {f"{prefix}/{k}": v for k, v in values.items()}
+
+    def _lockstep(self, loader) -> tuple[int, dict | None]:
+        """FSDP all-gathers each unit's weights in every forward, so every rank must run as
+        many as the others: the most batches any rank has of the split, and a batch for a
+        rank with fewer to run again, unrecorded (its first; rank 0's when it has none)."""
+        counts = torch.zeros(self.env.world_size, device=self.env.device)
+        counts[self.env.rank] = len(loader)
+        counts = all_sum(counts, self.env, "counting the validation batches").tolist()
+        most, least = int(max(counts)), int(min(counts))
+        spare = None
+        if least == 0 and most:  # a rank without a batch of its own: every rank joins the broadcast
+            spare = broadcast(next(iter(loader), None) if self.env.is_main else None, self.env,
+                              "sharing a batch for the lockstep")  # fmt: skip
+        if 0 < len(loader) < most:
+            spare = next(iter(loader))
+        return most, spare
 
     def _batch(self, batch: dict, metrics: dict) -> torch.Tensor:
         """[loss, each term's loss (several terms), samples], the losses times the samples."""

@@ -40,6 +40,7 @@ from .distributed import (
 )
 from .errors import CheckpointError, ConfigError, TrainingError, first_line
 from .optim import Schedule
+from .sharding import check_weights_fit, full_state, is_sharded, load_full_state
 from .tasks import Task
 
 EXIT_SIGNAL_BASE = 128  # a run stopped by signal S exits with 128 + S, after saving
@@ -364,7 +365,11 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
         raise CheckpointError(f"the spec changed since {path} was written (hash "
                               f"{state['spec']['hash'][:12]} -> {run.compiled.hash[:12]})",
                               hint="pass --force to resume anyway")  # fmt: skip
-    load_weights(run.model, state["model"], path)
+    sharded = is_sharded(run.model)
+    if sharded:
+        check_weights_fit(run.model, state["model"], path)
+    else:
+        load_weights(run.model, state["model"], path)
     note_changes(state.get("config", {}), run)
     saved_total = state.get("total_steps", run.total_steps)
     if run.cfg.train["scheduler"] and saved_total != run.total_steps and not force:
@@ -378,7 +383,10 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
                               hint="resume with the same optimizer, or start a new run from its weights "
                                    "with init:")  # fmt: skip
     try:
-        run.optimizer.load_state_dict(state["optimizer"])
+        if sharded:  # every rank has the whole (broadcast by rank 0) and takes its part
+            load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
+        else:
+            run.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:  # torch: "loaded state dict has a different number ..."
         raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer: {first_line(err)}",
                               hint="resume with the same optimizer and frozen parts, or start anew with init:") from None  # fmt: skip
@@ -450,11 +458,15 @@ def checkpoint_state(run: Run) -> dict[str, Any] | None:
     rank's RNG state goes in, so a resume on as many ranks restores each stream. The
     weights are the unwrapped model's, so no key carries DDP's `module.` prefix."""
     rngs = gather(capture_rng(), run.env, "gathering the ranks' RNG states for a checkpoint")
+    if is_sharded(run.model):  # FSDP: the whole, gathered from the shards (every rank takes part)
+        weights, optimizer = full_state(run.model, run.optimizer)
+    else:
+        weights, optimizer = run.model.state_dict(), run.optimizer.state_dict()
     if not run.env.is_main:
         return None
     return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optimizer,
         "scheduler": run.schedule.state_dict(),
         "scaler": run.scaler.state_dict(),
         "rng": rngs[0],
@@ -489,7 +501,15 @@ def save_best(run: Run) -> None:
     state = checkpoint_state(run)
     if run.env.is_main:
         run.ckpts.save_best(state)
-        save_safetensors(run.model.state_dict(), run.out / "best.safetensors", weights_meta(run))
+        save_safetensors(state["model"], run.out / "best.safetensors", weights_meta(run))
+
+
+def model_weights(run: Run) -> dict:
+    """The model's whole state_dict on rank 0 (gathered from the shards with FSDP: every
+    rank calls it then)."""
+    if is_sharded(run.model):
+        return full_state(run.model, run.optimizer)[0]
+    return run.model.state_dict()
 
 
 def weights_meta(run: Run) -> dict[str, str]:

@@ -27,6 +27,7 @@ from .run import (
     Position,
     Run,
 )
+from .sharding import accumulating, is_sharded
 from .tasks import as_tuple, to_device
 
 
@@ -75,7 +76,7 @@ def micro_step(run: Run, batch: dict) -> None:
     terms = torch.stack([p.detach().float() for p in parts]) if len(parts) > 1 else None
     if faults.fault_at("nan_at_step", run.pos.step + 1, run.env.rank):
         loss = loss * float("nan")
-    if run.env.distributed and not skip:
+    if run.env.distributed and not skip and hasattr(run.forward, "rider"):  # DDP
         ddp_backward(run, loss, syncs, terms)
         return
     shared = share_losses(run, loss, terms)
@@ -165,6 +166,8 @@ def scaled_backward(run: Run, loss: torch.Tensor, syncs: bool) -> None:
 def no_sync(run: Run, syncs: bool):
     """DDP's no_sync while accumulating: gradients are all-reduced once per step."""
     if run.env.distributed and not syncs:
+        if is_sharded(run.model):  # FSDP: gradients reduce-scattered at the group's last micro-batch
+            return accumulating(run.model)
         return run.forward.no_sync()
     return nullcontext()
 
@@ -245,7 +248,7 @@ def clock_says_save(run: Run) -> bool:
 def wrap_ddp(module: torch.nn.Module, compiled: Compiled, cfg: RunConfig, env: Env):
     """DistributedDataParallel on several ranks (it averages the gradients, so a step on
     N ranks with batch B is a step with batch N*B); the module itself on one."""
-    if not env.distributed:
+    if not env.distributed or is_sharded(module):  # FSDP2 shards the module itself
         return module
     from torch.nn.parallel import DistributedDataParallel
 
