@@ -346,11 +346,13 @@ def two_nodes(cwd: Path, args: list[str], *, restarts: int = 0, faults: str | No
                 node.kill()
 
 
-def test_two_nodes_train_as_two_local_processes(ddp_run, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=LONG)])
+def test_two_nodes_train_as_two_local_processes(ddp_run, tmp_path, strategy):
     """README.md's multi-node command, with 2 agents of 1 process each: one metrics file,
-    one set of checkpoints, and the weights of `--nproc 2` on one node, bitwise."""
+    one set of checkpoints, and the weights of `--nproc 2` on one node (DDP), bitwise."""
     cwd, two, _ = ddp_run
-    (c0, out0), (c1, out1) = two_nodes(tmp_path, [str(DIGITS), "--out", "run", *RUN, "--set", "data.batch_size=32"])
+    (c0, out0), (c1, out1) = two_nodes(tmp_path, [str(DIGITS), "--out", "run", *RUN, "--set", "data.batch_size=32",
+                                                  "--set", f"train.strategy={strategy}"])  # fmt: skip
     assert (c0, c1) == (0, 0), out0 + out1
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("*.csv")) == ["metrics.csv"]
