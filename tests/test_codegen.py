@@ -15,9 +15,10 @@ import warnings
 import pytest
 import torch
 from torchvision import ops as tvops
+from torchvision.models.convnext import LayerNorm2d
 from yamlnet.compiler.codegen import plain_code
 from yamlnet.compiler.ops.modules import SHAPE_RULES
-from yamlnet.compiler.ops.tensors import broadcast_rule, cat_rule
+from yamlnet.compiler.ops.tensors import _roll_rule, broadcast_rule, cat_rule
 
 import yamlnet
 
@@ -103,6 +104,9 @@ CASES = [
     (tvops.Conv3dNormActivation(4, 6, 3), [(2, 4, 5, 6, 7)]),
     (tvops.MLP(6, [8, 3], dropout=0.1), [(2, 5, 6)]),
     (tvops.StochasticDepth(0.2, "row"), [(2, 5, 6)]),
+    (torch.nn.LayerNorm(6), [(2, 5, 6)]),
+    (torch.nn.LayerNorm([5, 6]), [(2, 5, 6)]),
+    (LayerNorm2d(4), [(2, 4, 5, 6)]),
 ]
 
 
@@ -136,6 +140,17 @@ def test_cat_rule_agrees_with_torch_cat(shapes, dim):
     want = torch.cat(real, dim=dim)
     got = cat_rule(None, [t.to("meta") for t in real], {"dim": dim})
     assert (got.shape, got.dtype) == (want.shape, want.dtype)
+
+
+def test_layer_norm_and_roll_rules_leave_what_does_not_fit_to_the_kernel():
+    x = torch.empty(2, 5, 6, device="meta")
+    assert SHAPE_RULES["LayerNorm"](torch.nn.LayerNorm(5), [x], {}) is NotImplemented
+    assert SHAPE_RULES["LayerNorm"](torch.nn.LayerNorm(6), [x.long()], {}) is NotImplemented
+    assert SHAPE_RULES["LayerNorm2d"](LayerNorm2d(6), [x], {}) is NotImplemented
+    assert _roll_rule(None, [x], {"shifts": [1, 2], "dims": [1, 2]}).shape == x.shape
+    assert torch.roll(torch.zeros(2, 5, 6), 3, 1).shape == _roll_rule(None, [x], {"shifts": 3, "dims": 1}).shape
+    for args in ({"shifts": [1, 2], "dims": [1]}, {"shifts": 1, "dims": 3}, {"shifts": 1}):
+        assert _roll_rule(None, [x], args) is NotImplemented
 
 
 @pytest.mark.parametrize("shapes, args", [([(2, 3), (3, 3)], {"dim": 1}), ([(2, 3), (2, 3, 1)], {}),

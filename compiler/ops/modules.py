@@ -98,6 +98,19 @@ def _adaptive_pool_rule(module, inputs: list, _args: dict):
     return x.new_empty((*x.shape[:-n], *spatial))
 
 
+def _layer_norm_rule(module, inputs: list, _args: dict):
+    """LayerNorm: shaped like its input, whose last dims are `normalized_shape` (anything
+    else is declined: the layer words the error). LayerNorm2d normalises dim 1 of
+    [N, C, H, W] instead (ConvNeXt's, from torchvision.models.convnext)."""
+    (x,) = inputs
+    shape = tuple(module.normalized_shape)
+    if type(module).__name__ == "LayerNorm2d":
+        fits = x.dim() == 4 and (x.shape[1],) == shape
+    else:
+        fits = x.dim() >= len(shape) and tuple(x.shape[x.dim() - len(shape):]) == shape
+    return x if fits and x.is_floating_point() else NotImplemented
+
+
 def _identity_rule(_module, inputs: list, _args: dict):
     return inputs[0]  # StochasticDepth: the identity in eval, and shaped like its input in training
 
@@ -147,6 +160,9 @@ def _rule_classes() -> dict:
     rules = {getattr(nn, name): rule for name, rule in SHAPE_RULES.items() if hasattr(nn, name)}
     rules[tvops.SqueezeExcitation] = _squeeze_excitation_rule
     rules[tvops.StochasticDepth] = _identity_rule
+    from torchvision.models.convnext import LayerNorm2d
+
+    rules[LayerNorm2d] = _layer_norm_rule
     return rules
 
 
@@ -154,6 +170,7 @@ SHAPE_RULES = {"Linear": _linear_rule, **dict.fromkeys(BATCH_NORM_RANKS, _batch_
                **dict.fromkeys(("AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"),
                                _adaptive_pool_rule),
                "SqueezeExcitation": _squeeze_excitation_rule, "StochasticDepth": _identity_rule,
+               "LayerNorm": _layer_norm_rule, "LayerNorm2d": _layer_norm_rule,
                **dict.fromkeys(("Conv2dNormActivation", "Conv3dNormActivation", "MLP"), _composite_rule)}  # fmt: skip
 _RULE_CLASSES: dict = {}
 

@@ -68,6 +68,18 @@ def cat_rule(_built, inputs: list, args: dict):
     return first.new_empty((*first.shape[:dim], size, *first.shape[dim + 1:]))
 
 
+def _roll_rule(_built, inputs: list, args: dict):
+    """roll keeps its input's shape; declined unless the shifts and dims pair up in range."""
+    (x,) = inputs
+    shifts, dims = args.get("shifts"), args.get("dims")
+    shifts = list(shifts) if isinstance(shifts, (list, tuple)) else [shifts]
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    if set(args) - {"shifts", "dims"} or x.dim() == 0 or len(shifts) != len(dims) or not all(
+            isinstance(d, int) and -x.dim() <= d < x.dim() for d in dims):  # fmt: skip
+        return NotImplemented
+    return x
+
+
 def register_tensor_functions(registry) -> None:
     import torch
     import torch.nn.functional as F
@@ -179,7 +191,7 @@ def _register_selection(fn, torch) -> None:
 
     num_or_null = {"anyOf": [NUM, {"type": "null"}]}
     fn("roll", torch.roll, args=[_a("shifts", DIMS, True), _a("dims", DIMS)], positional=["shifts"],
-       doc="torch.roll: shift elements along dims, wrapping around (shifted windows)")  # fmt: skip
+       rule=_roll_rule, doc="torch.roll: shift elements along dims, wrapping around (shifted windows)")  # fmt: skip
     fn("gather", torch.gather, (2, 2), [_a("dim", INT, True)], input_names=("input", "index"),
        keyword_inputs=("index",), doc="torch.gather(input, dim, index): pick along dim by an int64 index tensor")  # fmt: skip
     fn("index_select", torch.index_select, (2, 2), [_a("dim", INT, True)], input_names=("input", "index"),
