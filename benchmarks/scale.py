@@ -27,7 +27,9 @@ def _model(checkpoint: bool, quick: bool):
     return model, tokens, sizes, batch
 
 
-def _saved_bytes(model, tokens) -> int:
+def kept_for_backward(loss_of) -> int:
+    """Bytes of the tensors autograd keeps for backward while `loss_of()` runs (each
+    storage once), then its backward."""
     import torch
 
     seen, total = set(), 0
@@ -41,8 +43,13 @@ def _saved_bytes(model, tokens) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(tokens)
-    logits.float().mean().backward()
+        loss = loss_of()
+    loss.backward()
+    return total
+
+
+def _saved_bytes(model, tokens) -> int:
+    total = kept_for_backward(lambda: model(tokens).float().mean())
     model.zero_grad()
     return total
 

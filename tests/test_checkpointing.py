@@ -22,6 +22,7 @@ from yamlnet.compiler.errors import SpecError
 from yamlnet.compiler.load import load_spec_source
 
 import yamlnet
+from benchmarks.scale import kept_for_backward
 
 from .test_tasks_runs import gpt_spec
 
@@ -80,23 +81,14 @@ def test_checkpointed_layers_blocks_and_repeats_give_the_plain_gradients():
 
 
 def saved_bytes(model, x) -> int:
-    """Bytes of the tensors autograd keeps for backward during one training forward
-    (each storage once: the checkpointed inputs are counted where they are kept)."""
-    seen, total = set(), 0
-
-    def pack(t):
-        nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
-
+    """Bytes autograd keeps for backward during one training forward."""
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+    def loss():
         y, z = model(x)
-    (y.sum() + z.sum()).backward()
-    return total
+        return y.sum() + z.sum()
+
+    return kept_for_backward(loss)
 
 
 def test_checkpointing_keeps_a_fraction_of_the_activations():
