@@ -118,15 +118,16 @@ def generate_module(typed: nx.DiGraph, registry=REGISTRY, block_modules: bool = 
     output.meta.update(eval_outputs=len(spec.outputs), names=tuple(n for n, _ in typed.graph["outputs"]))
     if spec.checkpointed or block_modules:
         from .expand import outermost
-        from .regions import checkpoint_region, outline_region
+        from .regions import finish_regions, outline_region
 
         for prefix in spec.checkpointed:
-            checkpoint_region(graph, root, prefix, typed)
+            outline_region(graph, root, prefix, typed, checkpoint=True)
         if block_modules:  # those not checkpointed, which are modules already
             done = spec.checkpointed
             for prefix in outermost([*done, *spec.block_instances]):
                 if prefix not in done:
                     outline_region(graph, root, prefix, typed)
+        finish_regions(graph)
     graph.lint()
     guard = training_guard(graph)
     graph.on_generate_code(lambda _previous: hoist_lookups if guard is None else lambda body: guard(hoist_lookups(body)))

@@ -1,4 +1,5 @@
-"""Activation checkpointing in the generated module (`checkpoint: true`).
+"""Block instances as modules that run: activation checkpointing (`checkpoint: true`)
+and FSDP's units (`compile_spec(block_modules=True)`).
 
 A checkpointed layer is called through `checkpointed`. A checkpointed block instance (or
 repeat copy) has its nodes moved out of the model's graph into a GraphModule of its own,
@@ -22,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from .codegen import _getitem, _module_class, _py_name, hoist_lookups
 from .errors import SpecError
 
-__all__ = ["checkpointed", "checkpoint_region", "outline_region", "RegionTracer", "STANDALONE_CHECKPOINTED"]
+__all__ = ["checkpointed", "outline_region", "finish_regions", "RegionTracer", "STANDALONE_CHECKPOINTED"]
 
 
 def checkpointed(module, *args, **kwargs):
@@ -54,19 +55,12 @@ class RegionTracer(fx.Tracer):
         super().__init__(*args, **kwargs)
 
 
-def checkpoint_region(graph, root, prefix: str, typed: nx.DiGraph) -> None:
-    """Rewrite the nodes of one `checkpoint: true` node or block instance as a call of
-    `checkpointed`. A layer is called through it as it is; a block instance's nodes move
-    into a GraphModule of their own that takes the container's place (its children, and
-    so the state_dict keys, stay the same), called with the values they read from outside."""
-    outline_region(graph, root, prefix, typed, checkpoint=True)
-
-
 def outline_region(graph, root, prefix: str, typed: nx.DiGraph, checkpoint: bool = False) -> None:
     """A block instance's nodes as a GraphModule of their own in its container's place,
     called by the model's graph (through `checkpointed` when `checkpoint`): a module that
     runs, so hooks on it run (FSDP's all-gathers), where a container of layers never does.
-    A layer is one already: with `checkpoint` its call goes through `checkpointed`."""
+    A layer is one already: with `checkpoint` its call goes through `checkpointed`. Call
+    `finish_regions` once after the last."""
     if prefix in typed and not checkpoint:
         return
 
@@ -81,8 +75,7 @@ def outline_region(graph, root, prefix: str, typed: nx.DiGraph, checkpoint: bool
     members = [n for n in graph.nodes if n in owned]
     spec_node = typed.nodes[prefix]["spec"] if prefix in typed else None
     if spec_node is not None:  # one op node
-        call = next(n for n in members if n.op == "call_module" and n.target == prefix) if any(
-            n.op == "call_module" and n.target == prefix for n in members) else None  # fmt: skip
+        call = next((n for n in members if n.op == "call_module" and n.target == prefix), None)
         if call is None:
             raise SpecError("checkpoint: applies to a layer or a block; this node is "
                             f"'{spec_node.op}', which holds nothing to recompute", spec_node.loc,
@@ -93,7 +86,6 @@ def outline_region(graph, root, prefix: str, typed: nx.DiGraph, checkpoint: bool
         wrapped.meta.update(call.meta)
         call.replace_all_uses_with(wrapped)
         graph.erase_node(call)
-        graph._tracer_cls = RegionTracer
         return
     inputs: list = []
     for n in members:
@@ -137,15 +129,13 @@ def outline_region(graph, root, prefix: str, typed: nx.DiGraph, checkpoint: bool
         result.replace_all_uses_with(pick, delete_user_cb=lambda user: user not in owned)
     for n in reversed(members):
         graph.erase_node(n)
+
+
+def finish_regions(graph) -> None:
+    """After the regions are outlined: the model's graph in an order where each node comes
+    after its inputs, moving as few as the original order allows (a block's outputs may
+    have had users between its nodes), and pickled with `RegionTracer`."""
     graph._tracer_cls = RegionTracer  # pickled by name: loading traces `checkpointed` as one call
-    if not _stable_topological(graph):
-        raise SpecError(f"checkpoint: '{prefix}' cannot be recomputed on its own: a value it makes "
-                        "comes back into it from outside", hint="checkpoint the block around both")  # fmt: skip
-
-
-def _stable_topological(graph) -> bool:
-    """Reorder `graph`'s nodes so each comes after its inputs, moving as few as the
-    original order allows (a block's outputs may have had users between its nodes)."""
     nodes = list(graph.nodes)
     index = {n: k for k, n in enumerate(nodes)}
     waiting = {n: len(set(n.all_input_nodes)) for n in nodes}
@@ -159,8 +149,10 @@ def _stable_topological(graph) -> bool:
             waiting[user] -= 1
             if waiting[user] == 0:
                 heapq.heappush(ready, (index[user], user.name, user))
-    if len(order) < len(nodes):  # a value leaves the region and comes back into it
-        return False
+    if len(order) < len(nodes):  # a value leaves a region and comes back into it
+        placed = set(order)
+        stuck = next((n.meta["spec_node"] for n in nodes if n not in placed and n.meta.get("spec_node")), "a block")
+        raise SpecError(f"checkpoint: '{stuck}' cannot be run on its own: a value it makes comes back "
+                        "into it from outside", hint="checkpoint the block around both")  # fmt: skip
     for before, n in zip(order, order[1:], strict=False):
         before.append(n)
-    return True

@@ -65,6 +65,8 @@ class Evaluator:
         most, spare = self._lockstep(loader) if lockstep else (0, None)
         try:
             for batch in batches(loader, lambda: f"{prefix}: batch {batches_done + 1}"):  # noqa: B023 - the count now
+                if lockstep and spare is None:
+                    spare = batch  # what this rank runs again, if the others have more batches
                 try:
                     sums += self._batch(to_device(dev, batch, self.task.fields), metrics)
                 except (RuntimeError, IndexError, ValueError) as err:  # a label past the classes, say
@@ -85,19 +87,18 @@ class Evaluator:
 
     def _lockstep(self, loader) -> tuple[int, dict | None]:
         """FSDP all-gathers each unit's weights in every forward, so every rank must run as
-        many as the others: the most batches any rank has of the split, and a batch for a
-        rank with fewer to run again, unrecorded (its first; rank 0's when it has none)."""
+        many as the others: the most batches any rank has of the split, and for a rank
+        without a batch of its own, rank 0's first to run instead (a rank with fewer runs
+        its first again, kept in the loop), unrecorded."""
         counts = torch.zeros(self.env.world_size, device=self.env.device)
         counts[self.env.rank] = len(loader)
         counts = all_sum(counts, self.env, "counting the validation batches").tolist()
         most, least = int(max(counts)), int(min(counts))
-        spare = None
-        if least == 0 and most:  # a rank without a batch of its own: every rank joins the broadcast
-            spare = broadcast(next(iter(loader), None) if self.env.is_main else None, self.env,
+        given = None
+        if least == 0 and most:  # every rank joins the broadcast
+            given = broadcast(next(iter(loader), None) if self.env.is_main else None, self.env,
                               "sharing a batch for the lockstep")  # fmt: skip
-        if 0 < len(loader) < most:
-            spare = next(iter(loader))
-        return most, spare
+        return most, given if len(loader) == 0 else None
 
     def _batch(self, batch: dict, metrics: dict) -> torch.Tensor:
         """[loss, each term's loss (several terms), samples], the losses times the samples."""

@@ -40,7 +40,7 @@ from .distributed import (
 )
 from .errors import CheckpointError, ConfigError, TrainingError, first_line
 from .optim import Schedule
-from .sharding import check_weights_fit, full_state, is_sharded, load_full_state
+from .sharding import check_weights_fit, full_state, full_weights, is_sharded, load_full_state
 from .tasks import Task
 
 EXIT_SIGNAL_BASE = 128  # a run stopped by signal S exits with 128 + S, after saving
@@ -507,9 +507,7 @@ def save_best(run: Run) -> None:
 def model_weights(run: Run) -> dict:
     """The model's whole state_dict on rank 0 (gathered from the shards with FSDP: every
     rank calls it then)."""
-    if is_sharded(run.model):
-        return full_state(run.model, run.optimizer)[0]
-    return run.model.state_dict()
+    return full_weights(run.model) if is_sharded(run.model) else run.model.state_dict()
 
 
 def weights_meta(run: Run) -> dict[str, str]:

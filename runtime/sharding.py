@@ -22,7 +22,7 @@ import torch
 from ..compiler.compile import Compiled
 from ..compiler.expand import outermost
 
-__all__ = ["shard_units", "shard_model", "local_bytes", "is_sharded", "full_state", "load_full_state",
+__all__ = ["shard_units", "shard_model", "local_bytes", "is_sharded", "full_weights", "full_state", "load_full_state",
            "accumulating", "check_weights_fit"]
 
 
@@ -82,19 +82,23 @@ def _names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """The whole state_dict and the optimizer's whole state, as one process has them, on
-    rank 0 (empty elsewhere). A collective: every rank calls it."""
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+def full_weights(model: torch.nn.Module) -> dict:
+    """The whole state_dict, as one process has it, on rank 0 (empty elsewhere). A
+    collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """`full_weights`, and the optimizer's whole state as one process has it (keyed by
+    parameter number), on rank 0 (empty elsewhere). A collective: every rank calls it."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    weights = full_weights(model)
+    by_name = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                  cpu_offload=True))  # fmt: skip
     if dist.get_rank() != 0:
         return {}, {}
     names = _names(model, optimizer)

@@ -154,15 +154,20 @@ def module_output(module, x):
 
 
 def _rule_classes() -> dict:
+    """SHAPE_RULES by class: torch.nn's, torchvision.ops' and TORCHVISION_MODEL_LAYERS'
+    (the composites are walked by `module_output` itself)."""
+    import importlib
+
     import torch.nn as nn
     import torchvision.ops as tvops
 
-    rules = {getattr(nn, name): rule for name, rule in SHAPE_RULES.items() if hasattr(nn, name)}
-    rules[tvops.SqueezeExcitation] = _squeeze_excitation_rule
-    rules[tvops.StochasticDepth] = _identity_rule
-    from torchvision.models.convnext import LayerNorm2d
-
-    rules[LayerNorm2d] = _layer_norm_rule
+    rules = {}
+    for name, rule in SHAPE_RULES.items():
+        if rule is _composite_rule:
+            continue
+        home = (nn if hasattr(nn, name) else tvops if name in TORCHVISION_OPS else
+                importlib.import_module(f"torchvision.models.{TORCHVISION_MODEL_LAYERS[name]}"))  # fmt: skip
+        rules[getattr(home, name)] = rule
     return rules
 
 

@@ -51,7 +51,6 @@ def cat_rule(_built, inputs: list, args: dict):
     """Shape rule of cat for the usual call: tensors of one dtype and rank, equal but
     along `dim`. Anything else is declined, so torch's kernel words the error (its meta
     kernel costs a millisecond a call: DenseNet's blocks join hundreds of inputs)."""
-
     tensors = inputs  # the node's inputs, not yet one list
     if set(args) - {"dim"} or not tensors:
         return NotImplemented
