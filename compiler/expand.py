@@ -102,6 +102,9 @@ class ExpandedSpec:
     # nodes and block instances (each repeat copy) written with checkpoint: true, outermost
     checkpointed: tuple[str, ...] = ()
     block_instances: tuple[str, ...] = ()  # every instance of a block (each repeat copy), not spliced
+    block_names: tuple[str, ...] = ()  # the block each of block_instances is an instance of
+    # nodes and block instances written with shard: true or false (FSDP's units; runtime/sharding.py)
+    sharding: tuple[tuple[str, bool], ...] = ()
     init: tuple[InitSpec, ...] = ()  # weights loaded when the model is built
 
     @property
@@ -206,6 +209,8 @@ class _Expander:
         self.checkpointed: list[str] = []
         self.checkpoint_blocks: frozenset = frozenset()
         self.block_instances: list[str] = []
+        self.block_names: list[str] = []
+        self.sharding: list[tuple[str, bool]] = []
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -241,6 +246,8 @@ class _Expander:
             frozen=tuple(self.frozen),
             checkpointed=outermost(self.checkpointed),
             block_instances=tuple(self.block_instances),
+            block_names=tuple(self.block_names),
+            sharding=tuple(self.sharding),
             init=self._init(),
         )
 
@@ -360,6 +367,9 @@ class _Expander:
                 raise SchemaError("checkpoint: needs a node of its own to recompute; a spliced group's nodes "
                                   "join the list", doc.loc(path + ("checkpoint",)), where,
                                   "checkpoint the block that holds the list, or its nodes one by one")  # fmt: skip
+            if "shard" in node:
+                raise SchemaError("shard: needs a node of its own to shard; a spliced group's nodes join the list",
+                                  doc.loc(path + ("shard",)), where, "write shard: on its nodes one by one")  # fmt: skip
             return self._splice(name, node, inputs, repeat, scope, path, doc, env, numbered, frozen)
         splice = numbered and "repeat" in node  # copies numbered in the list itself
         names = [str(int(name) + k) for k in range(repeat)] if splice else [name]
@@ -377,6 +387,10 @@ class _Expander:
         full = env.prefix + name
         if self._flag(node, "freeze", scope, path, doc):
             self.frozen += [env.prefix + n for n in names] if splice else [full]
+        if "shard" in node:  # each copy its own unit (or none)
+            on = self._flag(node, "shard", scope, path, doc)
+            self.sharding += [(p, on) for p in ([env.prefix + n for n in names] if splice else
+                              [f"{full}.{k}" for k in range(repeat)] if "repeat" in node else [full])]  # fmt: skip
         if self._checkpoint(node, scope, path, doc):  # each copy is recomputed on its own
             self.checkpointed += ([env.prefix + n for n in names] if splice else
                                   [f"{full}.{k}" for k in range(repeat)] if "repeat" in node else [full])  # fmt: skip
@@ -398,6 +412,7 @@ class _Expander:
             ins = out if isinstance(out, tuple) else (out,)  # instance k feeds instance k+1
             if "block" in node:
                 self.block_instances.append(inst_name)
+                self.block_names.append(str(node["block"]))
             out = self._instance(node, inst_name, ins, inst_scope, path, doc, env)
             outs.append(out)
             if splice:

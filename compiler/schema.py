@@ -27,7 +27,7 @@ IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 REF_PATTERN = rf"^{NAME_CHARS}+(\[-?[0-9]+\])*$"
 PATH_PATTERN = rf"^{NAME_CHARS}+(\.{NAME_CHARS}+)*$"  # a node inside blocks: layer1.0.conv1
 NODE_KEYS = ("op", "block", "nodes", "in", "repeat", "if", "call", "name", "freeze", "splice", "tie", "feed",
-             "checkpoint")
+             "checkpoint", "shard")
 PARAM_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "dict": "object", "any": None}  # fmt: skip
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
@@ -97,6 +97,9 @@ def document_schema() -> dict[str, Any]:
             "checkpoint": {**_or_expr({"type": "boolean"}),
                            "description": "true: in training, keep only this node's (each copy's) inputs "
                            "and recompute its inside during backward (activation checkpointing)"},
+            "shard": {**_or_expr({"type": "boolean"}),
+                      "description": "with train.strategy: fsdp, false: this block's instances are not "
+                      "sharded on their own (they join the enclosing unit); true: this node (each copy) is"},
             "nodes": {"$ref": "#/$defs/nodes",
                       "description": "inline nodes: a submodule container (like nn.Sequential)"},
             "call": {"type": "object", "description": "keyword arguments passed at call time"},

@@ -22,7 +22,9 @@ Files are written to a temporary name in the same folder, fsync'ed, then renamed
 crash at any moment leaves either the old file or the new one under the final name.
 
 Layout of `RUN/checkpoints/`: `step-00000050.pt` (the newest `keep` are kept),
-`last.pt` (a hard link to the newest), `best.pt` (best monitored metric).
+`last.pt` (a hard link to the newest), `best.pt` (best monitored metric). A sharded run
+(FSDP) writes folders instead, `step-00000050.dcp/`, `last.dcp` (a symbolic link to the
+newest) and `best.dcp/`: runtime/shards.py.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import io
 import os
 import random
 import re
+import shutil
 import warnings
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 
 from ..compiler.errors import not_a_regular_file
-from . import faults
+from . import faults, shards
 from .errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "NotACheckpoint", "load_weights", "digest", "capture_rng",
@@ -54,7 +57,7 @@ FORMAT = "yamlnet-checkpoint"
 # 1: a sha256 checksum; 2: a CRC-32, written "crc32:<8 hex digits>"; 3: Python's RNG state
 # as a tensor of its words (a tuple of ints before)
 VERSION = 3
-_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+_STEP_FILE = re.compile(r"^step-(\d+)\.(pt|dcp)$")
 _writes = 0  # checkpoint files written by this process (for fault injection)
 
 
@@ -115,8 +118,11 @@ class NotACheckpoint(CheckpointError):
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and verify a checkpoint; `CheckpointError` if unreadable or corrupt."""
+    """Read and verify a checkpoint; `CheckpointError` if unreadable or corrupt. A sharded
+    checkpoint (a folder) is verified and read whole on this process."""
     path = Path(path)
+    if shards.is_sharded_checkpoint(path):
+        return shards.consolidate(path)
     if not path.is_file():
         kind = not_a_regular_file(path)
         raise CheckpointError(f"{path} is {kind}, not a checkpoint file" if kind else f"no checkpoint at {path}")
@@ -383,8 +389,10 @@ class CheckpointDir:
     `close()`) returns when it is on disk and raises its error, if any. A crash mid-write
     is the same as ever: a temp file, old names intact."""
 
-    def __init__(self, folder: str | os.PathLike, keep: int = 2, *, background: bool = False):
+    def __init__(self, folder: str | os.PathLike, keep: int = 2, *, background: bool = False,
+                 sharded: bool = False, group=None, rank: int = 0):  # fmt: skip
         self.folder, self.keep, self.background = Path(folder), keep, background
+        self.sharded, self.group, self.rank = sharded, group, rank  # sharded: every rank saves
         self._pending: Future | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._spare: Any = None  # the last snapshot, once written: the next one's buffers
@@ -427,11 +435,11 @@ class CheckpointDir:
 
     @property
     def last(self) -> Path:
-        return self.folder / "last.pt"
+        return self.folder / ("last.dcp" if self.sharded else "last.pt")
 
     @property
     def best(self) -> Path:
-        return self.folder / "best.pt"
+        return self.folder / ("best.dcp" if self.sharded else "best.pt")
 
     def steps(self) -> list[tuple[int, Path]]:
         """(step, path) of the step files, newest first."""
@@ -442,7 +450,7 @@ class CheckpointDir:
         return sorted(found, reverse=True)
 
     def exists(self) -> bool:
-        return bool(self.steps()) or self.last.exists()
+        return bool(self.steps()) or (self.folder / "last.pt").exists() or (self.folder / "last.dcp").exists()
 
     def save(self, state: dict, step: int) -> Path:
         """Write the step file, point last.pt at it, drop the oldest beyond `keep`."""
@@ -451,22 +459,60 @@ class CheckpointDir:
         return path
 
     def _after_step_file(self, path: Path) -> None:
-        tmp = self.folder / f".last.pt.tmp{os.getpid()}"
+        tmp = self.folder / f".{self.last.name}.tmp{os.getpid()}"
         tmp.unlink(missing_ok=True)
-        os.link(path, tmp)
+        if path.is_dir():  # a sharded checkpoint: a folder, linked by name
+            os.symlink(path.name, tmp)
+        else:
+            os.link(path, tmp)
         os.replace(tmp, self.last)
+        self._drop_other_format("last")
         for _, old in self.steps()[self.keep :]:
-            old.unlink(missing_ok=True)
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
 
     def save_best(self, state: dict) -> Path:
-        self._write(state, self.best)
+        self._write(state, self.best, lambda: self._drop_other_format("best"))
         return self.best
 
-    def latest_good(self, warn) -> tuple[Path, dict] | None:
-        """The newest checkpoint that loads and verifies; `warn(text)` for each refused."""
+    def _drop_other_format(self, name: str) -> None:
+        """A run that changed strategy on resuming leaves no best or last of the other
+        format behind, for eval and resuming to take instead of the newer one."""
+        other = self.folder / f"{name}{'.pt' if self.sharded else shards.SUFFIX}"
+        if other.is_dir() and not other.is_symlink():
+            shutil.rmtree(other)
+        else:
+            other.unlink(missing_ok=True)
+
+    def save_sharded(self, state: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     step: int | None = None) -> Path:  # fmt: skip
+        """Every rank: write a sharded checkpoint of `model` and `optimizer`, `state`
+        (rank 0's; None elsewhere) holding the rest; as the step file of `step`, or as
+        best.dcp. The step waits while the shards are copied to CPU memory; the writer
+        thread of each rank does the rest (runtime/shards.py)."""
+        final = self.best if step is None else self.folder / f"step-{step:08d}{shards.SUFFIX}"
+        tmp = final.with_name(f".{final.name}.tmp")
+        self.wait()
+        if self.rank == 0:  # before any rank writes into it: DCP's planning waits for rank 0
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        names = shards.parameter_names(model, optimizer)
+        future = shards.start_save(model, optimizer, tmp, self.group)
+        then = (lambda: self._drop_other_format("best")) if step is None else (lambda: self._after_step_file(final))
+
+        def finish() -> None:
+            if shards.finish_save(future, tmp, final, state, names, self.group, self.rank):
+                then()
+
+        self._submit(finish)
+        return final
+
+    def latest_good(self, warn, *, whole: bool = True) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads and verifies; `warn(text)` for each refused.
+        Of a sharded checkpoint, `whole=False` verifies it and reads all but the shards
+        (which each process of a sharded run reads for itself)."""
         for _, path in self.steps():
             try:
-                return path, load_checkpoint(path)
+                return path, (load_checkpoint(path) if whole or not path.is_dir() else shards.verify(path))
             except CheckpointError as err:
                 warn(f"refusing {err}; trying an older checkpoint")
         return None
@@ -474,5 +520,6 @@ class CheckpointDir:
     def clean_temporaries(self) -> None:
         """Remove the temp files a crash left behind (never a finished checkpoint)."""
         if self.folder.is_dir():
+            shards.recover(self.folder)
             for p in self.folder.glob(".*.tmp*"):
-                p.unlink(missing_ok=True)
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)

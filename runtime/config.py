@@ -115,6 +115,20 @@ TRAIN_PROPS: dict[str, dict] = {
                  "description": "on several processes: ddp keeps the whole model on each; fsdp shards the "
                                 "parameters, gradients and optimizer state across them (FSDP2), a unit per "
                                 "block instance of the spec"},
+    "fsdp": {"type": "object", "additionalProperties": False, "default": {},
+             "properties": {
+                 "units": {"type": ["array", "null"], "default": None, "maxItems": MAX_ITEMS, "uniqueItems": True,
+                           "items": {"type": "string", "minLength": 1, "maxLength": 400},
+                           "description": "what is sharded on its own, instead of every block instance: block "
+                                          "names (each instance) and module paths (embed, blocks.0.mlp)"},
+                 "cpu_offload": {"type": "boolean", "default": False,
+                                 "description": "keep the shards, their gradients and the optimizer state in CPU "
+                                                "memory, and step there (GPU memory for one unit at a time)"},
+                 "reshard_after_forward": {"type": "boolean", "default": True,
+                                           "description": "free each unit's gathered weights after its forward "
+                                                          "(gathered again for backward); false keeps them: "
+                                                          "faster, more memory"}},
+             "description": "with strategy: fsdp: the units, CPU offload, resharding"},  # fmt: skip
     "activation_checkpointing": {
         "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "maxItems": MAX_ITEMS,
         "uniqueItems": True, "default": [],
@@ -435,6 +449,8 @@ def _branch_error(err):
 def _fill_defaults(merged: dict) -> None:
     for key, schema in TRAIN_PROPS.items():
         merged["train"].setdefault(key, copy.deepcopy(schema.get("default")))
+    for key, schema in TRAIN_PROPS["fsdp"]["properties"].items():
+        merged["train"]["fsdp"].setdefault(key, schema["default"])
     es = merged["train"]["early_stopping"]
     if es is not None:
         es.setdefault("patience", 5)

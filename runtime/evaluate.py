@@ -32,6 +32,7 @@ from .data import DataFailure, EpochSampler, Transformed, batches, build_splits,
 from .distributed import Env, all_sum, broadcast, pick_device
 from .errors import CheckpointError, ConfigError, first_line
 from .sharding import is_sharded
+from .shards import SUFFIX, is_sharded_checkpoint
 from .tasks import Task, as_tuple, build_task, sample_batch, to_device
 
 __all__ = ["Evaluator", "evaluate", "session", "resolve_checkpoint", "compile_checkpoint",
@@ -141,12 +142,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
     """A checkpoint file, a run folder (its best.pt, else its newest good checkpoint), a
     Lightning checkpoint of a SpecModule, or a plain weights file (see `plain_weights`)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         ckpts = CheckpointDir(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
         warn = lambda text: print(f"warning: {text}", flush=True)  # noqa: E731
-        if ckpts.best.exists():
+        for best in (ckpts.folder / "best.pt", ckpts.folder / f"best{SUFFIX}"):  # (a sharded run's is a folder)
+            if not best.exists():
+                continue
             try:
-                return ckpts.best, load_checkpoint(ckpts.best)
+                return best, load_checkpoint(best)
             except CheckpointError as err:
                 warn(f"refusing {err}; using the newest good checkpoint instead")
         found = ckpts.latest_good(warn)

@@ -21,7 +21,7 @@ import yaml
 
 from ..compiler.compile import Compiled
 from ..compiler.lockfile import lockfile_text
-from . import package_version
+from . import package_version, shards
 from .checkpoint import (
     CheckpointDir,
     atomic_write,
@@ -40,7 +40,7 @@ from .distributed import (
 )
 from .errors import CheckpointError, ConfigError, TrainingError, first_line
 from .optim import Schedule
-from .sharding import check_weights_fit, full_state, full_weights, is_sharded, load_full_state
+from .sharding import check_weights_fit, is_sharded, load_full_state
 from .tasks import Task
 
 EXIT_SIGNAL_BASE = 128  # a run stopped by signal S exits with 128 + S, after saving
@@ -179,10 +179,22 @@ def open_run(run: Run, out, resume, force) -> None:
         return path
 
     run.out = on_main(env, folder)
+    sharded = is_sharded(run.model)  # each rank writes its shards, over a process group of their own
     run.ckpts = CheckpointDir(run.out / "checkpoints", keep=run.cfg.train["keep_checkpoints"],
-                              background=run.env.device.type != "cpu")  # fmt: skip
+                              background=run.env.device.type != "cpu", sharded=sharded,
+                              group=checkpoint_group(env) if sharded else None, rank=env.rank)  # fmt: skip
     check_not_stopped(run)
     start_or_resume(run, resume, force)
+
+
+def checkpoint_group(env: Env):
+    """A Gloo process group for the writer threads of sharded checkpoints: their
+    collectives then never meet the training's (every rank calls it, at the same point)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=env.timeout))
 
 
 def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
@@ -254,8 +266,9 @@ def is_path(resume) -> bool:
 
 
 def run_folder_of(path: Path) -> Path:
-    """The run folder of a checkpoint file, a checkpoints/ folder or a run folder."""
-    if path.is_dir():
+    """The run folder of a checkpoint (file or sharded folder), a checkpoints/ folder or a
+    run folder."""
+    if path.is_dir() and not shards.is_sharded_checkpoint(path):
         return path.parent if path.name == "checkpoints" else path
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
@@ -327,10 +340,13 @@ def resume_source(run: Run, path: Path | None) -> tuple[Path, dict] | None:
     """The checkpoint to resume from: the newest good one of the run (or of the folder
     given), or the file given. A run whose every checkpoint is damaged is an error, not
     a fresh start."""
+    whole = not is_sharded(run.model)  # a sharded run reads its shards on every rank
+    if path is not None and shards.is_sharded_checkpoint(path):
+        return path, (load_checkpoint(path) if whole else shards.verify(path))
     if path is not None and not path.is_dir():
         return path, load_checkpoint(path)
     ckpts = run.ckpts if path is None else CheckpointDir(run_folder_of(path) / "checkpoints")
-    found = ckpts.latest_good(warn)
+    found = ckpts.latest_good(warn, whole=whole)
     if found is None and ckpts.exists():
         raise CheckpointError(f"no checkpoint in {ckpts.folder} verifies",
                               hint="move the folder aside to start afresh")  # fmt: skip
@@ -355,7 +371,10 @@ RESUME_KEYS = {"model": dict, "optimizer": dict, "scheduler": dict, "position": 
 
 
 def restore(run: Run, state: dict, path: Path, force: bool) -> None:
-    for key, kind in RESUME_KEYS.items():  # a verified file may still be one no run wrote
+    in_shards = "sharded" in state and "model" not in state  # each rank reads its part below
+    for key, kind in RESUME_KEYS.items():
+        if in_shards and key in ("model", "optimizer"):
+            continue  # a verified file may still be one no run wrote
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{path} cannot be resumed from: it has no '{key}' (a checkpoint of "
                                   "weights only?)", hint="pass it to init: to start a new run from its weights")  # fmt: skip
@@ -366,11 +385,14 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
                               f"{state['spec']['hash'][:12]} -> {run.compiled.hash[:12]})",
                               hint="pass --force to resume anyway")  # fmt: skip
     sharded = is_sharded(run.model)
-    if sharded:
+    if in_shards:
+        shards.check_fits(path, run.model)
+    elif sharded:
         check_weights_fit(run.model, state["model"], path)
     else:
         load_weights(run.model, state["model"], path)
-    note_changes(state.get("config", {}), run)
+    if run.env.is_main:
+        note_changes(state.get("config", {}), run)
     saved_total = state.get("total_steps", run.total_steps)
     if run.cfg.train["scheduler"] and saved_total != run.total_steps and not force:
         raise CheckpointError(f"the run's length changed since {path} ({saved_total} -> "
@@ -383,7 +405,9 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
                               hint="resume with the same optimizer, or start a new run from its weights "
                                    "with init:")  # fmt: skip
     try:
-        if sharded:  # every rank has the whole (broadcast by rank 0) and takes its part
+        if in_shards:  # every rank reads its part of the saved shards (cut anew if the world changed)
+            shards.load_into(run.model, run.optimizer, path)
+        elif sharded:  # every rank has the whole (broadcast by rank 0) and takes its part
             load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
         else:
             run.optimizer.load_state_dict(state["optimizer"])
@@ -456,17 +480,15 @@ def rank_seed(seed: int, rank: int) -> int:
 def checkpoint_state(run: Run) -> dict[str, Any] | None:
     """The checkpoint's content on rank 0 (None elsewhere). Every rank calls it: each
     rank's RNG state goes in, so a resume on as many ranks restores each stream. The
-    weights are the unwrapped model's, so no key carries DDP's `module.` prefix."""
+    weights are the unwrapped model's, so no key carries DDP's `module.` prefix. With
+    sharded checkpoints, the weights and optimizer state are left out: each rank writes
+    its shards of them."""
     rngs = gather(capture_rng(), run.env, "gathering the ranks' RNG states for a checkpoint")
-    if is_sharded(run.model):  # FSDP: the whole, gathered from the shards (every rank takes part)
-        weights, optimizer = full_state(run.model, run.optimizer)
-    else:
-        weights, optimizer = run.model.state_dict(), run.optimizer.state_dict()
     if not run.env.is_main:
         return None
+    whole = {} if run.ckpts.sharded else {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()}
     return {
-        "model": weights,
-        "optimizer": optimizer,
+        **whole,
         "scheduler": run.schedule.state_dict(),
         "scaler": run.scaler.state_dict(),
         "rng": rngs[0],
@@ -492,6 +514,8 @@ def lock_text(run: Run) -> str:
 def save_checkpoint_now(run: Run) -> Path | None:
     state = checkpoint_state(run)  # a collective: every rank is here, at the same step
     run.last_save, run.save_due = time.perf_counter(), False
+    if run.ckpts.sharded:
+        return run.ckpts.save_sharded(state, run.model, run.optimizer, run.pos.step)
     if not run.env.is_main:
         return None
     return run.ckpts.save(state, run.pos.step)
@@ -499,15 +523,11 @@ def save_checkpoint_now(run: Run) -> Path | None:
 
 def save_best(run: Run) -> None:
     state = checkpoint_state(run)
-    if run.env.is_main:
+    if run.ckpts.sharded:  # no gathered weights file: `yamlnet checkpoint consolidate` makes one
+        run.ckpts.save_sharded(state, run.model, run.optimizer)
+    elif run.env.is_main:
         run.ckpts.save_best(state)
         save_safetensors(state["model"], run.out / "best.safetensors", weights_meta(run))
-
-
-def model_weights(run: Run) -> dict:
-    """The model's whole state_dict on rank 0 (gathered from the shards with FSDP: every
-    rank calls it then)."""
-    return full_weights(run.model) if is_sharded(run.model) else run.model.state_dict()
 
 
 def weights_meta(run: Run) -> dict[str, str]:

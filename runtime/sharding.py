@@ -7,10 +7,14 @@ with `block_modules=True` (compiler/regions.py): FSDP all-gathers a unit's param
 the hooks of its forward, and frees them after; a container of layers never runs, so its
 hooks never would.
 
-`train.strategy: fsdp` stands on it. Checkpoints stay what they are on one process (a
-whole state_dict, and the optimizer's state keyed by parameter number): gathered from the
-shards for writing (`full_state`), and each process takes its part when resuming
-(`load_full_state`), so a run may change strategy or number of processes on resuming.
+`train.strategy: fsdp` stands on it. The units can be changed: `shard: false` on a
+block node leaves its instances to the unit around them, `shard: true` on a node makes it
+a unit, and `train.fsdp.units` names the units outright. A unit sharing a weight with a
+module outside it (`tie:`) is sharded with that module, in one group.
+
+A sharded run's checkpoints are sharded too (runtime/shards.py). A whole checkpoint (a
+DDP run's, or one consolidated) still resumes a sharded run: every process reads it and
+takes its part (`load_full_state`).
 """
 
 from __future__ import annotations
@@ -22,34 +26,103 @@ import torch
 from ..compiler.compile import Compiled
 from ..compiler.expand import outermost
 
-__all__ = ["shard_units", "shard_model", "local_bytes", "is_sharded", "full_weights", "full_state", "load_full_state",
-           "accumulating", "check_weights_fit"]
+__all__ = ["shard_units", "unit_problem", "unit_groups", "shard_model", "local_bytes", "is_sharded",
+           "load_full_state", "accumulating", "check_weights_fit"]
 
 
-def shard_units(compiled: Compiled) -> tuple[str, ...]:
-    """The module paths FSDP shards one by one, before the root: the outermost block
-    instances of the spec, each repeat copy apart."""
-    return outermost(list(compiled.spec.block_instances))
+def shard_units(compiled: Compiled, units: list[str] | None = None) -> tuple[str, ...]:
+    """The module paths FSDP shards one by one, before the root, deeper ones first (FSDP
+    wants a unit's inner units sharded before it). By default the outermost block
+    instances of the spec, each repeat copy apart, less those under a node written with
+    `shard: false`, and with each node written with `shard: true`. `units` (the run
+    configuration's train.fsdp.units) replaces that: block names (their outermost
+    instances) and module paths."""
+    spec = compiled.spec
+    if units is None:
+        off = [path for path, on in spec.sharding if not on]
+        chosen = [p for p in outermost(list(spec.block_instances)) if not any(p == o or p.startswith(o + ".") for o in off)]
+        chosen += [path for path, on in spec.sharding if on]
+    else:
+        of_block: dict[str, list[str]] = {}
+        for path, block in zip(spec.block_instances, spec.block_names, strict=True):
+            of_block.setdefault(block, []).append(path)
+        chosen = [p for name in units for p in (outermost(of_block[name]) if name in of_block else [name])]
+    return tuple(sorted(dict.fromkeys(chosen), key=lambda p: -p.count(".")))
 
 
-def shard_model(model: torch.nn.Module, compiled: Compiled, device_type: str = "cpu", *,
-                reshard_after_forward: bool = True) -> tuple[str, ...]:  # fmt: skip
+def unit_problem(model: torch.nn.Module, path: str) -> str | None:
+    """Why `path` cannot be an FSDP unit of `model` (built with block_modules=True), or
+    None: a unit is a module whose forward runs (FSDP gathers its weights in its hooks)."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return f"the spec has no block and the model no module '{path}'"
+    if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)) or type(module) is torch.nn.Module:
+        inside = ", ".join(f"{path}.{name}" for name, _ in list(module.named_children())[:3])
+        return f"'{path}' holds layers ({inside}, ...) but never runs itself, so it cannot be a unit"
+    return None
+
+
+def unit_groups(model: torch.nn.Module, units: tuple[str, ...]) -> list[list[str]]:
+    """Each unit, with the modules outside it that share a weight with it (`tie:`): FSDP
+    shards a tied weight once, so they go in one group. ValueError if the sharer is in
+    another unit."""
+    owners: dict[int, list[str]] = {}
+    for path, module in model.named_modules():
+        for _, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append(path)
+
+    def within(path: str, unit: str) -> bool:
+        return path == unit or path.startswith(unit + ".")
+
+    groups = []
+    for unit in units:
+        members = [unit]
+        for param in model.get_submodule(unit).parameters():
+            for other in owners[id(param)]:
+                if any(within(other, m) for m in members):
+                    continue
+                clash = next((u for u in units if u != unit and within(other, u)), None)
+                if clash:
+                    raise ValueError(f"units '{unit}' and '{clash}' share a weight (tie:), and FSDP shards a "
+                                     "weight in one unit only")  # fmt: skip
+                members.append(other)
+        groups.append(members)
+    return groups
+
+
+def shard_model(model: torch.nn.Module, compiled: Compiled, device_type: str = "cpu", *, units: list[str] | None = None,
+                reshard_after_forward: bool = True, precision: str = "32",
+                cpu_offload: bool = False) -> tuple[str, ...]:  # fmt: skip
     """Shard `model` (built from `compiled` with block_modules=True) over the default
     process group, unit by unit, then the root; returns the units. Build the optimizer
-    afterwards: sharding replaces each parameter by a DTensor holding this rank's part."""
+    afterwards: sharding replaces each parameter by a DTensor holding this rank's part.
+    A mixed `precision` gathers the weights for compute in bfloat16 or float16, and
+    reduces the gradients in float32; `cpu_offload` keeps the shards in CPU memory."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+    )
 
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    units = shard_units(compiled)
-    for path in units:
-        module = model.get_submodule(path)
-        if not isinstance(module, torch.fx.GraphModule):
-            raise ValueError(f"'{path}' is not a module that runs: compile the spec with block_modules=True")
-        fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    return units
+    chosen = shard_units(compiled, units)
+    compute = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
+               "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute else None),
+               "offload_policy": CPUOffloadPolicy(pin_memory=device_type == "cuda") if cpu_offload else OffloadPolicy()}  # fmt: skip
+    for path in chosen:
+        problem = unit_problem(model, path)
+        if problem:
+            raise ValueError(problem)
+    for members in unit_groups(model, chosen):
+        fully_shard([model.get_submodule(m) for m in members] if len(members) > 1 else model.get_submodule(members[0]),
+                    **options)  # fmt: skip
+    fully_shard(model, **options)
+    return chosen
 
 
 def local_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
@@ -76,42 +149,6 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def _names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The optimizer's parameters by name, in the order its state_dict numbers them."""
-    name_of = {id(p): name for name, p in model.named_parameters()}
-    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-def full_weights(model: torch.nn.Module) -> dict:
-    """The whole state_dict, as one process has it, on rank 0 (empty elsewhere). A
-    collective: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """`full_weights`, and the optimizer's whole state as one process has it (keyed by
-    parameter number), on rank 0 (empty elsewhere). A collective: every rank calls it."""
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    weights = full_weights(model)
-    by_name = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                  cpu_offload=True))  # fmt: skip
-    if dist.get_rank() != 0:
-        return {}, {}
-    names = _names(model, optimizer)
-    number = {name: k for k, name in enumerate(names)}
-    state = {number[name]: value for name, value in by_name["state"].items()}
-    groups, k = [], 0
-    for group, ours in zip(by_name["param_groups"], optimizer.param_groups, strict=True):
-        groups.append({**{key: v for key, v in group.items() if key != "params"},
-                       "params": list(range(k, k + len(ours["params"])))})  # fmt: skip
-        k += len(ours["params"])
-    return weights, {"state": state, "param_groups": groups}
-
-
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, weights: dict,
                     optim_state: dict | None = None) -> None:  # fmt: skip
     """Each rank's part of a whole state_dict (and of the optimizer's whole state, keyed
@@ -122,15 +159,13 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
         set_optimizer_state_dict,
     )
 
+    from .shards import named, parameter_names
+
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, weights, options=options)
     if optimizer is None or optim_state is None:
         return
-    names = _names(model, optimizer)
-    state = {names[k]: value for k, value in optim_state["state"].items()}
-    groups = [{**{key: v for key, v in group.items() if key != "params"}, "params": [names[k] for k in group["params"]]}
-              for group in optim_state["param_groups"]]  # fmt: skip
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)
+    set_optimizer_state_dict(model, optimizer, named(optim_state, parameter_names(model, optimizer)), options=options)
 
 
 @contextmanager

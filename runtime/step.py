@@ -248,7 +248,7 @@ def clock_says_save(run: Run) -> bool:
 def wrap_ddp(module: torch.nn.Module, compiled: Compiled, cfg: RunConfig, env: Env):
     """DistributedDataParallel on several ranks (it averages the gradients, so a step on
     N ranks with batch B is a step with batch N*B); the module itself on one."""
-    if not env.distributed or is_sharded(module):  # FSDP2 shards the module itself
+    if not env.distributed or is_sharded(getattr(module, "_orig_mod", module)):  # FSDP2 shards the module itself
         return module
     from torch.nn.parallel import DistributedDataParallel
 

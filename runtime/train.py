@@ -59,7 +59,6 @@ from .run import (
     all_ready,
     disk_failure,
     mark_stopped,
-    model_weights,
     open_run,
     rank_seed,
     resolve_out_dir,
@@ -69,7 +68,7 @@ from .run import (
     weights_meta,
     write_lock,
 )
-from .sharding import shard_model
+from .sharding import shard_model, shard_units, unit_groups, unit_problem
 from .step import (
     clock_says_save,
     guarded_micro_step,
@@ -201,9 +200,11 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
     if env.distributed and tcfg["sync_batchnorm"]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if tcfg["strategy"] == "fsdp":
-        _check_fsdp(cfg)
+        _check_fsdp(cfg, model, compiled)
         if env.distributed:  # before the optimizer: its parameters become this rank's shards
-            shard_model(model, compiled, env.device.type)
+            fsdp = tcfg["fsdp"]
+            shard_model(model, compiled, env.device.type, units=fsdp["units"], precision=tcfg["precision"],
+                        reshard_after_forward=fsdp["reshard_after_forward"], cpu_offload=fsdp["cpu_offload"])  # fmt: skip
     loaders = build_loaders(cfg.data, seed=tcfg["seed"], rank=env.rank, world=env.world_size,
                             pin_memory=_pin_memory(cfg, env))  # fmt: skip
     task = build_task(compiled, cfg, loaders.fields, _first_batch(loaders, cfg), env.device)
@@ -231,11 +232,30 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
     return run
 
 
-def _check_fsdp(cfg: RunConfig) -> None:
-    """What train.strategy: fsdp does not do yet, refused in one line."""
+def _check_fsdp(cfg: RunConfig, model: torch.nn.Module, compiled: Compiled) -> None:
+    """What train.strategy: fsdp does not do, and units that cannot be, refused in one line."""
     tcfg = cfg.train
+    units = tcfg["fsdp"]["units"]
+    for k, name in enumerate(units or []):
+        paths = shard_units(compiled, [name])
+        problem = next(filter(None, (unit_problem(model, path) for path in paths)), None)
+        if problem:
+            known = list(dict.fromkeys(compiled.spec.block_names)) + [n for n, _ in model.named_modules() if n]
+            hint = None if name in known else did_you_mean(name, known)
+            raise cfg.error(problem, ("train", "fsdp", "units", k), hint or "name blocks of the spec, outermost "
+                            "block instances (blocks.0) or layers (blocks.0.mlp.fc)")  # fmt: skip
+    if units is None:
+        bad = next(((p, why) for p in shard_units(compiled) if (why := unit_problem(model, p))), None)
+        if bad:
+            raise cfg.error(f"shard: true on '{bad[0]}': {bad[1]}", ("train", "strategy"),
+                            "write shard: on outermost block instances or on layers")  # fmt: skip
+    try:
+        unit_groups(model, shard_units(compiled, units))
+    except ValueError as err:
+        raise cfg.error(str(err), ("train", "fsdp", "units") if units else ("train", "strategy"),
+                        "leave one of them to the units around it") from None  # fmt: skip
     for key, bad, why in (("on_nonfinite", "skip", "a skipped batch would leave the shards' gradient "
-                           "reduction half done"), ("compile", True, "not tested with FSDP2 here yet"),
+                           "reduction half done"),
                           ("sync_batchnorm", True, "FSDP2 does not convert BatchNorm")):  # fmt: skip
         if tcfg[key] == bad:
             raise cfg.error(f"train.strategy: fsdp does not take {key}: {str(bad).lower()} ({why})",
@@ -474,9 +494,8 @@ def _finish(run: Run, ending: str) -> TrainResult:
     last = save_checkpoint_now(run)
     run.ckpts.close()
     barrier(run.env, "waiting for the last checkpoint")  # no rank leaves before it is on disk
-    weights = model_weights(run)  # a collective with fsdp
-    if run.env.is_main:
-        save_safetensors(weights, run.out / "last.safetensors", weights_meta(run))
+    if not run.ckpts.sharded and run.env.is_main:  # a sharded run gathers nothing: `checkpoint consolidate` does
+        save_safetensors(run.model.state_dict(), run.out / "last.safetensors", weights_meta(run))
     metrics = last_metrics(run)
     seconds = time.perf_counter() - run.log.t0 if hasattr(run.log, "t0") else float("nan")
     run.log.say(end_summary(run, ending, metrics, seconds))

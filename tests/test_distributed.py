@@ -50,7 +50,10 @@ def yamlnet(cwd: Path, *args: str, faults: str | None = None, env: dict | None =
 
 
 def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
-    return load_file(run / f"{name}.safetensors")
+    """A run's last (or best) weights: its .safetensors file, or of a sharded run (which
+    writes none), its sharded checkpoint read whole."""
+    file = run / f"{name}.safetensors"
+    return load_file(file) if file.exists() else load_checkpoint(run / "checkpoints" / f"{name}.dcp")["model"]
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -356,9 +359,10 @@ def test_two_nodes_train_as_two_local_processes(ddp_run, tmp_path, strategy):
     assert (c0, c1) == (0, 0), out0 + out1
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("*.csv")) == ["metrics.csv"]
+    suffix = ".dcp" if strategy == "fsdp" else ".pt"  # a sharded run's checkpoints are folders
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
-        p.name for p in (cwd / "two" / "checkpoints").iterdir())  # fmt: skip
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["world_size"] == 2
+        p.name.replace(".pt", suffix) for p in (cwd / "two" / "checkpoints").iterdir())  # fmt: skip
+    assert load_checkpoint(run / "checkpoints" / f"last{suffix}")["world_size"] == 2
     assert max_diff(weights(run), weights(cwd / "two")) == 0
 
 

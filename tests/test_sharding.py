@@ -9,11 +9,16 @@ the unsharded model's.
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import zlib
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 from yamlnet.compiler.compile import compile_spec
 from yamlnet.runtime.checkpoint import load_checkpoint
 
@@ -63,9 +68,25 @@ def worker(rank: int, world: int, init_file: str, out: str) -> None:
         lm_loss(model, half[0]).backward()  # gradients held for the byte count
         held = local_bytes(model, optimizer)
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        torch.save({"units": units, "bytes": held, "state": full if rank == 0 else None}, f"{out}.{rank}")
+        torch.save({"units": units, "bytes": held, "state": full if rank == 0 else None,
+                    "bf16": mixed_precision_dtypes()}, f"{out}.{rank}")  # fmt: skip
     finally:
         dist.destroy_process_group()
+
+
+def mixed_precision_dtypes() -> dict[str, str]:
+    """With precision bf16-mixed: the dtype of a unit's weight as its forward sees it,
+    of its shard, and of the shard's gradient."""
+    from yamlnet.runtime.sharding import shard_model
+
+    compiled = compile_spec(GPT, SIZES, block_modules=True)
+    model = compiled.module
+    shard_model(model, compiled, precision="bf16-mixed")
+    seen = {}
+    fc = model.get_submodule("blocks.0.mlp.c_fc")
+    fc.register_forward_hook(lambda mod, args, out: seen.update(compute=str(mod.weight.dtype)))
+    lm_loss(model, batches()[0]).backward()
+    return {**seen, "shard": str(fc.weight.dtype), "grad": str(fc.weight.grad.dtype)}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +106,10 @@ def test_a_sharded_step_equals_one_process_on_the_whole_batch(sharded):
     assert list(got) == list(want)
     assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-6
     assert sharded[0]["units"] == ("blocks.0", "blocks.1", "blocks.2")
+
+
+def test_bf16_mixed_gathers_bfloat16_weights_and_keeps_float32_shards(sharded):
+    assert sharded[1]["bf16"] == {"compute": "torch.bfloat16", "shard": "torch.float32", "grad": "torch.float32"}
 
 
 def test_each_process_holds_about_half(sharded):
@@ -132,11 +157,122 @@ def test_fsdp_trains_as_ddp_does(gpt_runs):
     assert max_diff(weights(cwd / "fsdp"), weights(cwd / "ddp")) <= 1e-6
     assert (cwd / "fsdp" / "metrics.csv").read_text().splitlines()[0] == (
         cwd / "ddp" / "metrics.csv").read_text().splitlines()[0]  # fmt: skip
-    state = load_checkpoint(cwd / "fsdp" / "checkpoints" / "last.pt")  # a whole state_dict, as DDP writes
+    state = load_checkpoint(cwd / "fsdp" / "checkpoints" / "last.dcp")  # read whole: what DDP writes
     ddp = load_checkpoint(cwd / "ddp" / "checkpoints" / "last.pt")
     assert state["model"].keys() == ddp["model"].keys()
-    assert state["optimizer"]["param_groups"][0]["params"] == ddp["optimizer"]["param_groups"][0]["params"]
+    assert state["optimizer"]["param_groups"] == ddp["optimizer"]["param_groups"]
+    momentum = {k: v["momentum_buffer"] for k, v in state["optimizer"]["state"].items()}
+    assert max_diff(momentum, {k: v["momentum_buffer"] for k, v in ddp["optimizer"]["state"].items()}) <= 1e-6
     assert state["config"]["train"]["strategy"] == "fsdp"
+    assert {**state["position"], "best": 0} == {**ddp["position"], "best": 0}  # (the loss to float rounding)
+    assert state["rng_by_rank"][1]["torch"].equal(ddp["rng_by_rank"][1]["torch"])
+
+
+def test_each_process_writes_its_shards_into_one_folder(gpt_runs):
+    """Checkpoints at steps 4, 8 and 12 (2 kept), best.dcp; no gathered weights file."""
+    ckpts = gpt_runs[0] / "fsdp" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.dcp", "last.dcp", "step-00000008.dcp", "step-00000012.dcp"]
+    assert os.readlink(ckpts / "last.dcp") == "step-00000012.dcp"
+    files = sorted(p.name for p in (ckpts / "step-00000012.dcp").iterdir())
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "yamlnet.pt"]
+    assert not (gpt_runs[0] / "fsdp" / "last.safetensors").exists()
+    recorded = load_checkpoint(ckpts / "step-00000012.dcp" / "yamlnet.pt")["sharded"]["files"]
+    assert sorted(recorded) == files[:3]
+    assert all(recorded[name] == f"{zlib.crc32((ckpts / 'step-00000012.dcp' / name).read_bytes()):08x}" for name in recorded)
+
+
+def test_consolidate_writes_one_file_that_resumes_and_serves(gpt_runs, tmp_path):
+    cwd, spec = gpt_runs
+    proc = yamlnet(cwd, "checkpoint", "consolidate", "fsdp", "--out", str(tmp_path / "whole.pt"))
+    assert proc.returncode == 0 and "from fsdp/checkpoints/step-00000012.dcp" in proc.stdout, proc.stderr
+    whole, sharded = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(cwd / "fsdp" / "checkpoints" / "last.dcp")
+    assert max_diff(whole["model"], sharded["model"]) == 0 and "sharded" not in whole
+    assert whole["optimizer"]["param_groups"] == sharded["optimizer"]["param_groups"]
+    proc = yamlnet(cwd, "checkpoint", "consolidate", "fsdp/checkpoints/best.dcp", "--out", str(tmp_path / "w.safetensors"))
+    assert proc.returncode == 0, proc.stderr
+    assert max_diff(load_file(tmp_path / "w.safetensors"), weights(cwd / "ddp", "best")) <= 1e-6
+    sets = [a for s in SETS for a in ("--set", s)]
+    evals = [yamlnet(cwd, "eval", str(spec), "--checkpoint", run, "--format", "json", *sets) for run in ("fsdp", "ddp")]
+    assert [p.returncode for p in evals] == [0, 0], evals[0].stderr
+    assert json.loads(evals[0].stdout) == pytest.approx(json.loads(evals[1].stdout), rel=1e-5)
+    proc = yamlnet(cwd, "checkpoint", "consolidate", "ddp")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "holds no sharded checkpoint" in proc.stderr
+
+
+def copy_run(cwd, name: str) -> Path:
+    import shutil
+
+    shutil.copytree(cwd / "fsdp", cwd / name, symlinks=True)
+    (cwd / name / ".training.lock").unlink(missing_ok=True)
+    return cwd / name
+
+
+def flip_a_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_refuses_its_checkpoint(gpt_runs):
+    """One flipped byte in rank 1's shard of step 12: resuming takes step 8, with a warning."""
+    from yamlnet.runtime.checkpoint import CheckpointDir
+
+    run = copy_run(gpt_runs[0], "damaged")
+    flip_a_byte(run / "checkpoints" / "step-00000012.dcp" / "__1_0.distcp", 1000)
+    said = []
+    path, state = CheckpointDir(run / "checkpoints").latest_good(said.append, whole=False)
+    assert path.name == "step-00000008.dcp" and state["position"]["step"] == 8 and "model" not in state
+    assert len(said) == 1 and "__1_0.distcp is corrupt: its CRC-32 does not match" in said[0]
+
+
+def rewrite_index(folder: Path, change) -> None:
+    """Replace a sharded checkpoint's .metadata by `change(bytes)`, and record its new
+    CRC-32 in yamlnet.pt (as someone crafting a checkpoint would)."""
+    from yamlnet.runtime.checkpoint import save_checkpoint
+
+    index = folder / ".metadata"
+    index.write_bytes(change(index.read_bytes()))
+    state = load_checkpoint(folder / "yamlnet.pt")
+    state["sharded"]["files"][".metadata"] = f"{zlib.crc32(index.read_bytes()):08x}"
+    save_checkpoint(state, folder / "yamlnet.pt")
+
+
+class RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_index_runs_no_code(gpt_runs, tmp_path):
+    cwd, spec = gpt_runs
+    folder = copy_run(cwd, "crafted") / "checkpoints" / "step-00000012.dcp"
+    marker = tmp_path / "ran"
+    rewrite_index(folder, lambda _: pickle.dumps(RunsCode(str(marker))))
+    proc = yamlnet(cwd, "eval", str(spec), "--checkpoint", str(folder), *[a for s in SETS for a in ("--set", s)])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cannot be read: 'posix.system' is not part of a checkpoint index" in proc.stderr
+    assert not marker.exists()
+
+
+def test_an_index_claiming_huge_tensors_is_refused(gpt_runs):
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from yamlnet.runtime.errors import CheckpointError
+    from yamlnet.runtime.shards import consolidate
+
+    folder = copy_run(gpt_runs[0], "huge") / "checkpoints" / "step-00000012.dcp"
+
+    def grow(data: bytes) -> bytes:
+        index = pickle.loads(data)
+        item = next(v for v in index.state_dict_metadata.values() if isinstance(v, TensorStorageMetadata))
+        item.size = torch.Size([10**6, 10**6])
+        return pickle.dumps(index)
+
+    rewrite_index(folder, grow)
+    with pytest.raises(CheckpointError, match=r"its index claims 4000000\d{6} bytes of tensors in \d+ bytes of files"):
+        consolidate(folder)
 
 
 def test_a_validation_split_uneven_across_processes_runs_in_lockstep(tmp_path):
@@ -151,6 +287,45 @@ def test_a_validation_split_uneven_across_processes_runs_in_lockstep(tmp_path):
            for s in runs}  # fmt: skip
     assert val["fsdp"] == val["ddp"] and val["fsdp"]
     assert max_diff(weights(tmp_path / "fsdp"), weights(tmp_path / "ddp")) == 0
+
+
+@LONG
+def test_a_run_resumes_bitwise_past_a_damaged_shard(gpt_runs):
+    cwd, spec = gpt_runs
+    run = copy_run(cwd, "resumed")
+    flip_a_byte(run / "checkpoints" / "step-00000012.dcp" / "__0_0.distcp", 500)
+    proc = yamlnet(cwd, "train", str(spec), "--nproc", "2", "--out", "resumed", "--resume", *GPT_RUN,
+                   "--set", "train.strategy=fsdp")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "refusing" in proc.stdout and "resuming from resumed/checkpoints/step-00000008.dcp (step 8" in proc.stdout
+    assert max_diff(weights(run), weights(cwd / "fsdp")) == 0
+
+
+@LONG
+def test_a_run_killed_while_writing_a_checkpoint_resumes_bitwise(gpt_runs):
+    """Rank 0 dies with step 8's folder written but not yet named: it is cleared away, and
+    the restarted workers resume from step 4."""
+    cwd, spec = gpt_runs
+    proc = yamlnet(cwd, "train", str(spec), "--nproc", "2", "--max-restarts", "1", "--out", "mid", *GPT_RUN,
+                   "--set", "train.strategy=fsdp", faults="kill_in_checkpoint=2@0")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming from mid/checkpoints/step-00000004.dcp (step 4" in proc.stdout
+    assert max_diff(weights(cwd / "mid"), weights(cwd / "fsdp")) == 0
+    assert not list((cwd / "mid" / "checkpoints").glob(".*"))
+
+
+@LONG
+def test_a_sharded_checkpoint_resumes_on_three_processes(gpt_runs):
+    """DCP cuts the 2 processes' shards for 3; the run goes on from step 12's sample."""
+    cwd, spec = gpt_runs
+    copy_run(cwd, "three")
+    more = [a for s in SETS for a in ("--set", s)]
+    proc = yamlnet(cwd, "train", str(spec), "--nproc", "3", "--out", "three", "--resume", "--force", *more,
+                   "--set", "train.max_steps=16", "--set", "train.strategy=fsdp")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(step 12, epoch 2, 2 -> 3 processes)" in proc.stdout and "max_steps at step 16" in proc.stdout
+    files = sorted(p.name for p in (cwd / "three" / "checkpoints" / "step-00000016.dcp").glob("__*"))
+    assert files == ["__0_0.distcp", "__1_0.distcp", "__2_0.distcp"]
 
 
 @LONG
@@ -180,9 +355,79 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_and_back(gpt_runs):
     assert "1 -> 2 processes" in two.stdout and "max_steps at step 20" in two.stdout
 
 
-@pytest.mark.parametrize("key, value", [("on_nonfinite", "skip"), ("compile", "true")])
+@pytest.mark.parametrize("key, value", [("on_nonfinite", "skip")])
 def test_what_fsdp_does_not_take_is_one_line(tmp_path, key, value):
     proc = yamlnet(tmp_path, "train", str(SPECS / "mlp.yaml"), "--out", "r", "--max-steps", "1",
                    "--set", "data.flatten=true", "--set", "train.strategy=fsdp", "--set", f"train.{key}={value}")  # fmt: skip
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"train.{key}: train.strategy: fsdp does not take {key}: {value}" in proc.stderr
+
+
+# -- the units -------------------------------------------------------------------------------
+
+
+def test_units_follow_the_spec_and_the_run_configuration(tmp_path):
+    from yamlnet.runtime.sharding import shard_units, unit_groups, unit_problem
+
+    compiled = compile_spec(GPT, SIZES, block_modules=True)
+    assert shard_units(compiled) == ("blocks.0", "blocks.1", "blocks.2")
+    assert shard_units(compiled, ["decoder_block", "tok_emb", "blocks.1.mlp.c_fc"]) == (
+        "blocks.1.mlp.c_fc", "blocks.0", "blocks.1", "blocks.2", "tok_emb")  # fmt: skip
+    model = compiled.module
+    assert unit_groups(model, ("blocks.0", "tok_emb")) == [["blocks.0"], ["tok_emb", "head"]]  # tied: one group
+    with pytest.raises(ValueError, match="units 'tok_emb' and 'head' share a weight"):
+        unit_groups(model, ("tok_emb", "head"))
+    assert "never runs itself" in unit_problem(model, "blocks")
+    text = GPT.read_text()
+    for written, want in (('repeat: "${layers}", shard: false}', ()), ('repeat: "${layers}", shard: "${layers > 2}"}',
+                                                                           ("blocks.0", "blocks.1", "blocks.2"))):
+        spec = tmp_path / "gpt.yaml"
+        spec.write_text(text.replace('repeat: "${layers}"}', written).replace(
+            "ln_f:    {op: LayerNorm}", "ln_f:    {op: LayerNorm, shard: true}"))  # fmt: skip
+        assert shard_units(compile_spec(spec, SIZES, block_modules=True)) == (*want, "ln_f")
+
+
+@pytest.mark.parametrize("units, said", [
+    ("[blocks]", "train.fsdp.units[0]: 'blocks' holds layers (blocks.0, blocks.1, ...) but never runs itself"),
+    ("[decoder]", "train.fsdp.units[0]: the spec has no block and the model no module 'decoder' (did you mean "
+                  "decoder_block?)"),
+    ("[tok_emb, head]", "train.fsdp.units: units 'tok_emb' and 'head' share a weight (tie:)")])  # fmt: skip
+def test_units_that_cannot_be_are_one_line(gpt_runs, units, said):
+    cwd, spec = gpt_runs
+    proc = yamlnet(cwd, "train", str(spec), "--out", "never", *GPT_RUN, "--set", "train.strategy=fsdp",
+                   "--set", f"train.fsdp.units={units}")  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert said in proc.stderr and not (cwd / "never").exists()
+
+
+@LONG
+def test_fsdp_with_frozen_parts_offload_and_named_units_trains_as_ddp(gpt_runs):
+    """The GPT with its position embedding and every attention frozen; FSDP with the
+    shards in CPU memory, units named by block and by layer (the tied embedding)."""
+    cwd, _ = gpt_runs
+    spec = cwd / "frozen.yaml"
+    spec.write_text((cwd / "gpt.yaml").read_text().replace(
+        'embedding_dim: "${dim}"}\n  embed', 'embedding_dim: "${dim}", freeze: true}\n  embed').replace(
+        "attn: {block: causal_self_attention}", "attn: {block: causal_self_attention, freeze: true}"))  # fmt: skip
+    assert spec.read_text().count("freeze: true") == 2
+    fsdp = ["--set", "train.strategy=fsdp", "--set", "train.fsdp={units: [decoder_block, tok_emb], cpu_offload: true}"]
+    runs = {s: yamlnet(cwd, "train", str(spec), "--nproc", "2", "--out", f"frozen-{s}", *GPT_RUN, *extra)
+            for s, extra in (("fsdp", fsdp), ("ddp", []))}  # fmt: skip
+    for proc in runs.values():
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    got, want = weights(cwd / "frozen-fsdp"), weights(cwd / "frozen-ddp")
+    assert max_diff(got, want) <= 1e-6
+    assert max_diff(got, weights(cwd / "fsdp")) > 1e-3  # the frozen parts changed the training
+    earlier = load_checkpoint(cwd / "frozen-fsdp" / "checkpoints" / "step-00000008.dcp")["model"]
+    assert got["pos_emb.weight"].equal(earlier["pos_emb.weight"])  # frozen: never stepped
+    assert not got["blocks.0.mlp.c_fc.weight"].equal(earlier["blocks.0.mlp.c_fc.weight"])
+
+
+@LONG
+def test_fsdp_under_torch_compile_trains_as_ddp_does(gpt_runs):
+    cwd, spec = gpt_runs
+    runs = {s: yamlnet(cwd, "train", str(spec), "--nproc", "2", "--out", f"compiled-{s}", *GPT_RUN, "--compile",
+                       "--set", f"train.strategy={s}") for s in ("fsdp", "ddp")}  # fmt: skip
+    for proc in runs.values():
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert max_diff(weights(cwd / "compiled-fsdp"), weights(cwd / "compiled-ddp")) <= 1e-5

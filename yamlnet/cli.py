@@ -274,6 +274,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-check", action="store_true", help="skip compiling the spec back and "
                    "comparing it with the module")  # fmt: skip
 
+    c = command("checkpoint", cmd_checkpoint, "work with a run's checkpoints")
+    c.add_argument("action", choices=["consolidate"], help="consolidate: a sharded checkpoint (what "
+                   "train.strategy: fsdp writes, a step-N.dcp folder) as one file")  # fmt: skip
+    c.add_argument("source", metavar="RUN", help="a run folder (its newest good sharded checkpoint) "
+                   "or a step-N.dcp folder")  # fmt: skip
+    c.add_argument("--out", metavar="FILE", help="a .pt file (a whole checkpoint: resumes, evaluates, "
+                   "exports) or .safetensors (the weights); default: step-N.pt beside the folder")  # fmt: skip
+
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
     return p
@@ -683,6 +691,19 @@ def cmd_import(args) -> int:
     else:
         sys.stdout.write(result.text)
         print(f"{lines} lines, {result.nodes} nodes, {result.parameters:,} parameters; {checked}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_checkpoint(args) -> int:
+    from pathlib import Path
+
+    from .runtime.shards import consolidate_to
+
+    try:
+        read, wrote, step = consolidate_to(Path(args.source), Path(args.out) if args.out else None)
+    except OSError as err:
+        raise UserError(f"cannot write {err.filename or args.out}: {err.strerror or err}") from None
+    print(f"wrote {wrote} (step {step}) from {read}")
     return EXIT_OK
 
 
