@@ -39,6 +39,8 @@ def _sections():
         "15": lambda quick: [zoo.first_compile_row(quick)],
         "16": lambda quick: [zoo.import_row(quick)],
         "17": scale.checkpointing_rows,
+        "18": scale.fsdp_rows,
+        "19": scale.fsdp_gpu_rows,
     }
 
 

@@ -396,6 +396,7 @@ class CheckpointDir:
         self._pending: Future | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._spare: Any = None  # the last snapshot, once written: the next one's buffers
+        self._stager: shards.Stager | None = None  # a sharded run's: the same, for DCP
 
     def _write(self, state: dict, path: Path, then=None) -> None:
         """Write `state` to `path` as the class docstring says; `then()` runs on the writer
@@ -496,7 +497,8 @@ class CheckpointDir:
             self.folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         names = shards.parameter_names(model, optimizer)
-        future = shards.start_save(model, optimizer, tmp, self.group)
+        self._stager = self._stager or shards.Stager()
+        future = shards.start_save(model, optimizer, tmp, self.group, self._stager)
         then = (lambda: self._drop_other_format("best")) if step is None else (lambda: self._after_step_file(final))
 
         def finish() -> None:

@@ -195,6 +195,9 @@ def test_consolidate_writes_one_file_that_resumes_and_serves(gpt_runs, tmp_path)
     evals = [yamlnet(cwd, "eval", str(spec), "--checkpoint", run, "--format", "json", *sets) for run in ("fsdp", "ddp")]
     assert [p.returncode for p in evals] == [0, 0], evals[0].stderr
     assert json.loads(evals[0].stdout) == pytest.approx(json.loads(evals[1].stdout), rel=1e-5)
+    said = [yamlnet(cwd, "generate", str(spec), "--checkpoint", str(c), "--prompt", "The ", "--max-new-tokens", "8",
+                    *sets).stdout for c in (cwd / "fsdp" / "checkpoints" / "last.dcp", tmp_path / "whole.pt")]  # fmt: skip
+    assert said[0] == said[1] and said[0].startswith("The ")
     proc = yamlnet(cwd, "checkpoint", "consolidate", "ddp")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "holds no sharded checkpoint" in proc.stderr
@@ -431,3 +434,63 @@ def test_fsdp_under_torch_compile_trains_as_ddp_does(gpt_runs):
     for proc in runs.values():
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert max_diff(weights(cwd / "compiled-fsdp"), weights(cwd / "compiled-ddp")) <= 1e-5
+
+
+# -- on CUDA (skipped without a device): `python -m pytest -q -m gpu tests/test_sharding.py` --------
+
+
+def one_gpu_worker(rank: int, init_file: str, out: str) -> None:
+    """A 1-process NCCL group on the GPU: the GPT sharded with bf16-mixed, one AdamW step,
+    a sharded checkpoint (staged from GPU memory), read back whole."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from yamlnet.runtime.checkpoint import CheckpointDir
+    from yamlnet.runtime.sharding import shard_model
+
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=0, world_size=1,
+                            device_id=torch.device("cuda:0"))  # fmt: skip
+    try:
+        torch.manual_seed(0)
+        compiled = compile_spec(GPT, SIZES, block_modules=True)
+        model = compiled.module.cuda()
+        shard_model(model, compiled, "cuda", precision="bf16-mixed")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        seen = {}
+        model.get_submodule("blocks.0.mlp.c_fc").register_forward_hook(
+            lambda mod, args, out: seen.update(compute=str(mod.weight.dtype)))  # fmt: skip
+        lm_loss(model, batches()[0].cuda()).backward()
+        optimizer.step()
+        ckpts = CheckpointDir(Path(out) / "checkpoints", sharded=True, group=dist.new_group(backend="gloo"))
+        ckpts.save_sharded({"position": {"step": 1}}, model, optimizer, 1)
+        ckpts.close()
+        whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        torch.save({"whole": whole, **seen}, Path(out) / "whole.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+def test_fsdp_on_one_gpu_computes_in_bf16_and_checkpoints_its_shards(tmp_path):
+    mp.start_processes(one_gpu_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=1, join=True,
+                       start_method="spawn")  # fmt: skip
+    got = torch.load(tmp_path / "whole.pt", weights_only=False)
+    assert got["compute"] == "torch.bfloat16"
+    saved = load_checkpoint(tmp_path / "checkpoints" / "step-00000001.dcp")
+    assert max_diff(saved["model"], got["whole"]) == 0
+    assert saved["position"] == {"step": 1} and saved["optimizer"]["state"]
+    assert all(float(state["step"]) == 1 for state in saved["optimizer"]["state"].values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL takes one per process)")
+def test_fsdp_with_nccl_and_bf16_trains_as_ddp_does(gpt_runs):
+    cwd, spec = gpt_runs
+    runs = {s: yamlnet(cwd, "train", str(spec), "--nproc", "2", "--out", f"cuda-{s}", *GPT_RUN, "--device", "cuda",
+                       "--precision", "bf16-mixed", "--set", f"train.strategy={s}") for s in ("fsdp", "ddp")}  # fmt: skip
+    for proc in runs.values():
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert max_diff(weights(cwd / "cuda-fsdp"), weights(cwd / "cuda-ddp")) <= 2e-2  # bf16 weights vs autocast
+    resumed = yamlnet(cwd, "train", str(spec), "--nproc", "2", "--out", "cuda-fsdp", "--resume", "--force", "--device",
+                      "cuda", "--precision", "bf16-mixed", *[a for s in SETS for a in ("--set", s)],
+                      "--set", "train.max_steps=16", "--set", "train.strategy=fsdp")  # fmt: skip
+    assert resumed.returncode == 0 and "max_steps at step 16" in resumed.stdout, resumed.stdout + resumed.stderr
