@@ -258,6 +258,7 @@ def disk_failure(err: OSError, run: Run) -> TrainingError | None:
     what = f"cannot write {err.filename}" if err.filename else "cannot write to the run folder"
     failure = TrainingError(f"step {run.pos.step}: {what}: {words}; {kept}")
     failure.exit_code = 2
+    failure.all_ranks = run.ckpts.sharded  # every rank met it, in the shared sharded save: rank 0 says it
     return failure
 
 

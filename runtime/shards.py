@@ -158,6 +158,8 @@ def finish_save(future: Future, tmp: Path, final: Path, rest: dict | None, names
     try:
         future.result()
     except CheckpointException as err:  # a failure on some rank: its own error, if a disk's
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # what was written gives its space back
         raise _first_os_error(err) or err from None
     mine = {p.name: crc_file(p) for p in tmp.glob(f"__{rank}_*")}
     everyone: list | None = [None] * dist.get_world_size(group) if rank == 0 else None

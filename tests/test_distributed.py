@@ -349,7 +349,8 @@ def two_nodes(cwd: Path, args: list[str], *, restarts: int = 0, faults: str | No
                 node.kill()
 
 
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=LONG)])
+@LONG
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_nodes_train_as_two_local_processes(ddp_run, tmp_path, strategy):
     """README.md's multi-node command, with 2 agents of 1 process each: one metrics file,
     one set of checkpoints, and the weights of `--nproc 2` on one node (DDP), bitwise."""

@@ -188,13 +188,20 @@ def test_consolidate_writes_one_file_that_resumes_and_serves(gpt_runs, tmp_path)
     whole, sharded = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(cwd / "fsdp" / "checkpoints" / "last.dcp")
     assert max_diff(whole["model"], sharded["model"]) == 0 and "sharded" not in whole
     assert whole["optimizer"]["param_groups"] == sharded["optimizer"]["param_groups"]
-    proc = yamlnet(cwd, "checkpoint", "consolidate", "fsdp/checkpoints/best.dcp", "--out", str(tmp_path / "w.safetensors"))
-    assert proc.returncode == 0, proc.stderr
-    assert max_diff(load_file(tmp_path / "w.safetensors"), weights(cwd / "ddp", "best")) <= 1e-6
     sets = [a for s in SETS for a in ("--set", s)]
     evals = [yamlnet(cwd, "eval", str(spec), "--checkpoint", run, "--format", "json", *sets) for run in ("fsdp", "ddp")]
     assert [p.returncode for p in evals] == [0, 0], evals[0].stderr
     assert json.loads(evals[0].stdout) == pytest.approx(json.loads(evals[1].stdout), rel=1e-5)
+
+
+@LONG
+def test_a_sharded_checkpoint_serves_and_consolidates_to_weights(gpt_runs, tmp_path):
+    cwd, spec = gpt_runs
+    sets = [a for s in SETS for a in ("--set", s)]
+    proc = yamlnet(cwd, "checkpoint", "consolidate", "fsdp/checkpoints/best.dcp", "--out", str(tmp_path / "w.safetensors"))
+    assert proc.returncode == 0, proc.stderr
+    assert max_diff(load_file(tmp_path / "w.safetensors"), weights(cwd / "ddp", "best")) <= 1e-6
+    assert yamlnet(cwd, "checkpoint", "consolidate", "fsdp", "--out", str(tmp_path / "whole.pt")).returncode == 0
     said = [yamlnet(cwd, "generate", str(spec), "--checkpoint", str(c), "--prompt", "The ", "--max-new-tokens", "8",
                     *sets).stdout for c in (cwd / "fsdp" / "checkpoints" / "last.dcp", tmp_path / "whole.pt")]  # fmt: skip
     assert said[0] == said[1] and said[0].startswith("The ")
@@ -278,6 +285,7 @@ def test_an_index_claiming_huge_tensors_is_refused(gpt_runs):
         consolidate(folder)
 
 
+@LONG
 def test_a_validation_split_uneven_across_processes_runs_in_lockstep(tmp_path):
     """359 validation samples in batches of 179: 2 batches on rank 0, 1 on rank 1. Every
     FSDP forward all-gathers, so rank 1 runs one more, unrecorded; the result is DDP's."""
@@ -391,10 +399,12 @@ def test_units_follow_the_spec_and_the_run_configuration(tmp_path):
 
 
 @pytest.mark.parametrize("units, said", [
-    ("[blocks]", "train.fsdp.units[0]: 'blocks' holds layers (blocks.0, blocks.1, ...) but never runs itself"),
+    pytest.param("[blocks]", "train.fsdp.units[0]: 'blocks' holds layers (blocks.0, blocks.1, ...) but never runs "
+                 "itself", marks=LONG),
     ("[decoder]", "train.fsdp.units[0]: the spec has no block and the model no module 'decoder' (did you mean "
                   "decoder_block?)"),
-    ("[tok_emb, head]", "train.fsdp.units: units 'tok_emb' and 'head' share a weight (tie:)")])  # fmt: skip
+    pytest.param("[tok_emb, head]", "train.fsdp.units: units 'tok_emb' and 'head' share a weight (tie:)",
+                 marks=LONG)])  # fmt: skip
 def test_units_that_cannot_be_are_one_line(gpt_runs, units, said):
     cwd, spec = gpt_runs
     proc = yamlnet(cwd, "train", str(spec), "--out", "never", *GPT_RUN, "--set", "train.strategy=fsdp",
@@ -494,3 +504,21 @@ def test_fsdp_with_nccl_and_bf16_trains_as_ddp_does(gpt_runs):
                       "cuda", "--precision", "bf16-mixed", *[a for s in SETS for a in ("--set", s)],
                       "--set", "train.max_steps=16", "--set", "train.strategy=fsdp")  # fmt: skip
     assert resumed.returncode == 0 and "max_steps at step 16" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
+from .test_refusals import small_disk  # noqa: E402, F401 - a 4 MiB tmpfs (root only)
+
+
+@LONG
+def test_a_full_disk_during_a_sharded_save_is_one_line_and_keeps_the_last_good(gpt_runs, small_disk):  # noqa: F811
+    import shutil
+
+    cwd, spec = gpt_runs
+    (small_disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(small_disk).free - 1500 * 1024))
+    proc = yamlnet(cwd, "train", str(spec), "--nproc", "2", "--out", str(small_disk / "run"), *GPT_RUN,
+                   "--set", "train.strategy=fsdp")  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout + proc.stderr
+    assert "no space left on the disk; the last good checkpoint is" in proc.stderr
+    checkpoints = small_disk / "run" / "checkpoints"
+    assert not list(checkpoints.glob(".*"))  # the failed save gave its space back
+    assert load_checkpoint(checkpoints / "last.dcp")["position"]["step"] >= 4
