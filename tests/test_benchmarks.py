@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 ROWS = ["1a", "1b", "1c", "1d", "2", "2fx", "2seq", "3a", "3b", "3c", "4", "5a", "5aL", "5a0", "5b", "5bL", "5b0", "6", "7",
         "8a", "8b", "9a", "9b", "9c", "9d", "9e", "11", "12", "13a", "13b", "14a", "14b", "14c", "14d", "14e", "14f",
-        "14g", "14h", "14i", "15", "16", "17a", "17b"]  # fmt: skip
+        "14g", "14h", "14i", "15", "16", "17a", "17b", "18a", "18b", "18c", "18d", "18e"]  # fmt: skip
 
 
 @pytest.mark.extended  # a minute and a half: .ci/run runs it after the README's command
@@ -37,7 +37,7 @@ def test_quick_run_measures_every_row(tmp_path):
         if cells[4]:  # a ratio: both sides were measured
             assert float(cells[4]) > 0 and re.search(r"\d", cells[3])
         assert cells[6] in ("pass", "**FAIL**", "—")
-    assert "Row 10" in text  # the GPU rows, or why there are none
+    assert "Row 10" in text and "Row 19" in text  # the GPU rows, or why there are none
 
 
 def test_goal_verdicts_and_table():
