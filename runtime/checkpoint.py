@@ -483,6 +483,8 @@ class CheckpointDir:
             shutil.rmtree(other)
         else:
             other.unlink(missing_ok=True)
+        if self.sharded:  # a sharded run writes no weights file: an earlier one is of older weights
+            (self.folder.parent / f"{name}.safetensors").unlink(missing_ok=True)
 
     def save_sharded(self, state: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      step: int | None = None) -> Path:  # fmt: skip
@@ -497,9 +499,11 @@ class CheckpointDir:
             self.folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         names = shards.parameter_names(model, optimizer)
-        self._stager = self._stager or shards.Stager()
+        self._stager = self._stager or shards.Stager(pin=self.background)  # background: a GPU run
         future = shards.start_save(model, optimizer, tmp, self.group, self._stager)
         then = (lambda: self._drop_other_format("best")) if step is None else (lambda: self._after_step_file(final))
+
+        state = copy.deepcopy(state)  # (plain data, no weights) as it is now, not as the loop changes it
 
         def finish() -> None:
             if shards.finish_save(future, tmp, final, state, names, self.group, self.rank):

@@ -194,7 +194,8 @@ def checkpoint_group(env: Env):
 
     import torch.distributed as dist
 
-    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=env.timeout))
+    # its last collective waits for the slowest rank's write: longer than a training step's
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(4 * env.timeout, 1800)))
 
 
 def resolve_out_dir(out, compiled: Compiled, resume) -> Path:
@@ -258,7 +259,7 @@ def disk_failure(err: OSError, run: Run) -> TrainingError | None:
     what = f"cannot write {err.filename}" if err.filename else "cannot write to the run folder"
     failure = TrainingError(f"step {run.pos.step}: {what}: {words}; {kept}")
     failure.exit_code = 2
-    failure.all_ranks = run.ckpts.sharded  # every rank met it, in the shared sharded save: rank 0 says it
+    failure.all_ranks = getattr(err, "shared", False)  # every rank met it, in a sharded save: rank 0 says it
     return failure
 
 
@@ -308,7 +309,8 @@ def check_not_stopped(run: Run) -> None:
 
 def start_or_resume(run: Run, resume: bool | str | os.PathLike, force: bool) -> None:
     """Rank 0 picks and reads the checkpoint and hands it to every rank, so all resume
-    from the same one (and other machines need not see the run folder)."""
+    from the same one (and other machines need not see the run folder, except for a
+    sharded checkpoint: each rank reads its own part of it)."""
     env = run.env
 
     def find():
@@ -324,6 +326,8 @@ def start_or_resume(run: Run, resume: bool | str | os.PathLike, force: bool) -> 
                                   hint="name a checkpoint file or a run folder that has one")  # fmt: skip
         if found is None:
             warn(f"nothing to resume in {run.out}: starting from the beginning")
+        elif "sharded" in found[1] and "model" not in found[1]:  # checked here, once: no rank goes on alone
+            shards.check_fits(found[0], run.model)
         return found
 
     found = on_main(env, find)
@@ -387,7 +391,7 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
                               hint="pass --force to resume anyway")  # fmt: skip
     sharded = is_sharded(run.model)
     if in_shards:
-        shards.check_fits(path, run.model)
+        pass  # rank 0 checked its fit (start_or_resume); each rank reads its part below
     elif sharded:
         check_weights_fit(run.model, state["model"], path)
     else:

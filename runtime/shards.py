@@ -110,8 +110,9 @@ class Stager:
 
     should_synchronize_after_execute = False
 
-    def __init__(self) -> None:
+    def __init__(self, pin: bool = False) -> None:
         self.buffers: dict | None = None
+        self.pin = pin  # page-locked buffers: a GPU run's (faster copies from the device)
 
     def stage(self, state: dict) -> dict:
         from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
@@ -121,7 +122,7 @@ class Stager:
                 return _copy_state_dict(state, self.buffers, type_check=False)
             except Exception:  # noqa: BLE001 - another structure (new optimizer state): fresh buffers
                 self.buffers = None
-        self.buffers = _create_cpu_state_dict(state, pin_memory=torch.cuda.is_available())
+        self.buffers = _create_cpu_state_dict(state, pin_memory=self.pin)
         return _copy_state_dict(state, self.buffers, type_check=False)
 
     def synchronize_staging(self) -> None:
@@ -148,8 +149,9 @@ def start_save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tmp: Pa
 def finish_save(future: Future, tmp: Path, final: Path, rest: dict | None, names: list[str], group,
                 rank: int) -> bool:  # fmt: skip
     """On the writer thread of every process: wait for DCP, checksum this process's files,
-    and on rank 0 write `yamlnet.pt` and rename the folder to `final`. True on rank 0 once
-    the checkpoint is under its name."""
+    and on rank 0 write `yamlnet.pt` and rename the folder to `final`. Every rank ends the
+    same way: True on rank 0 once the checkpoint is under its name, or the same error on
+    every rank (marked `shared`), so all of them stop at the same `wait()`."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.api import CheckpointException
 
@@ -157,23 +159,43 @@ def finish_save(future: Future, tmp: Path, final: Path, rest: dict | None, names
 
     try:
         future.result()
-    except CheckpointException as err:  # a failure on some rank: its own error, if a disk's
+    except CheckpointException as err:  # a failure on some rank, which every rank hears of
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # what was written gives its space back
-        raise _first_os_error(err) or err from None
-    mine = {p.name: crc_file(p) for p in tmp.glob(f"__{rank}_*")}
+        raise _shared(_first_os_error(err) or err) from None
+    try:
+        mine: Any = {p.name: crc_file(p) for p in tmp.glob(f"__{rank}_*")}
+    except OSError as err:  # said to rank 0 through the gather: no rank is left waiting in it
+        mine = err
     everyone: list | None = [None] * dist.get_world_size(group) if rank == 0 else None
     dist.gather_object(mine, everyone, dst=0, group=group)
-    if rank != 0:
-        return False
-    files = {name: crc for part in everyone for name, crc in part.items()}
-    files[".metadata"] = crc_file(tmp / ".metadata")
-    if faults.fault_at("kill_in_checkpoint", _saves):  # the crash tests: die with the folder unnamed
-        faults.die()
-    payload = {**rest, "sharded": {"files": files, "param_names": names}}
-    _commit(_write_temp(payload, tmp / STATE_FILE), tmp / STATE_FILE)
-    publish(tmp, final)
-    return True
+    outcome: BaseException | None = None
+    if rank == 0:
+        try:
+            failed = next((part for part in everyone if isinstance(part, BaseException)), None)
+            if failed is not None:
+                raise failed
+            files = {name: crc for part in everyone for name, crc in part.items()}
+            files[".metadata"] = crc_file(tmp / ".metadata")
+            if faults.fault_at("kill_in_checkpoint", _saves):  # the crash tests: die with the folder unnamed
+                faults.die()
+            payload = {**rest, "sharded": {"files": files, "param_names": names}}
+            _commit(_write_temp(payload, tmp / STATE_FILE), tmp / STATE_FILE)
+            publish(tmp, final)
+        except Exception as err:  # noqa: BLE001 - every rank hears of it below
+            shutil.rmtree(tmp, ignore_errors=True)
+            outcome = err
+    said = [outcome]
+    dist.broadcast_object_list(said, src=0, group=group)
+    if said[0] is not None:
+        raise _shared(said[0])
+    return rank == 0
+
+
+def _shared(err: BaseException) -> BaseException:
+    """Mark an error every rank of a sharded save raises alike (rank 0 reports it)."""
+    err.shared = True
+    return err
 
 
 def _first_os_error(err) -> OSError | None:
@@ -284,11 +306,17 @@ def verify(path: Path) -> dict:
     if not isinstance(info, dict) or not isinstance(info.get("files"), dict) or \
             not isinstance(info.get("param_names"), list):  # fmt: skip
         raise CheckpointError(f"{state_file} does not describe a sharded checkpoint")
-    for name, crc in sorted(info["files"].items()):
-        file = path / str(name)
-        if os.sep in str(name) or not file.is_file():
+    for name, crc in sorted(info["files"].items(), key=str):
+        if not isinstance(name, str) or "/" in name or os.sep in name or name in ("", ".", ".."):
+            raise CheckpointError(f"{state_file} names a file {str(name)[:80]!r} that is not in the folder")
+        file = path / name
+        if not file.is_file() or file.is_symlink():
             raise CheckpointError(f"{path} is incomplete: {name} is missing")
-        if crc_file(file) != crc:
+        try:
+            matches = crc_file(file) == crc
+        except OSError as err:
+            raise CheckpointError(f"{file} cannot be read: {err.strerror or err}") from None
+        if not matches:
             raise CheckpointError(f"{file} is corrupt: its CRC-32 does not match the one {STATE_FILE} recorded")
     _check_index(path, info["files"])
     return state
@@ -306,23 +334,49 @@ def _metadata(path: Path):
         raise CheckpointError(f"{path / '.metadata'} cannot be read: {_first_words(err)}") from None
 
 
+MAX_INDEX = 10_000  # list positions in the index's key paths (param_groups: a handful)
+
+
 def _check_index(path: Path, files: dict) -> None:
-    """The index may claim no more tensor bytes than the files hold (with slack for
-    padding): a damaged or crafted one cannot make consolidating allocate gigabytes."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    """What DCP will do with the index, checked before it reads anything: every record
+    points into a file the manifest names, inside its size, untransformed; the key paths
+    are short names and small positions; the tensors claim no more bytes than the files
+    hold (with slack). A damaged or crafted index then cannot make the reader open
+    another file, hang on a pipe, or allocate gigabytes."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 
     metadata = _metadata(path)
+    bad = f"{path} is not a checkpoint yamlnet wrote: its index"
+    sizes = {name: (path / name).stat().st_size for name in files if name != ".metadata"}
+    items, storage = getattr(metadata, "state_dict_metadata", None), getattr(metadata, "storage_data", None)
+    if not isinstance(items, dict) or not isinstance(storage, dict):
+        raise CheckpointError(f"{bad} has no records")
     claimed = 0
-    for item in metadata.state_dict_metadata.values():
+    for item in items.values():
         if isinstance(item, TensorStorageMetadata):
-            size = 1
-            for d in item.size:
-                size *= int(d)
-            claimed += size * item.properties.dtype.itemsize
-    stored = sum((path / name).stat().st_size for name in files)
+            dims = tuple(item.size)
+            if not all(isinstance(d, int) and d >= 0 for d in dims) or not isinstance(item.properties.dtype, torch.dtype):
+                raise CheckpointError(f"{bad} holds a tensor of size {dims}")
+            count = 1
+            for d in dims:
+                count *= d
+            claimed += count * item.properties.dtype.itemsize
+        elif not isinstance(item, BytesStorageMetadata):
+            raise CheckpointError(f"{bad} holds a record of type {type(item).__name__}")
+    for info in storage.values():
+        if not isinstance(info, _StorageInfo) or info.relative_path not in sizes or info.transform_descriptors or \
+                not (isinstance(info.offset, int) and isinstance(info.length, int) and 0 <= info.offset and
+                     0 <= info.length and info.offset + info.length <= sizes[info.relative_path]):  # fmt: skip
+            where = getattr(info, "relative_path", "?")
+            raise CheckpointError(f"{bad} points outside the files it names ({str(where)[:80]})")
+    for key in (getattr(metadata, "planner_data", None) or {}).values():
+        if not isinstance(key, (tuple, list)) or not key or key[0] not in ("model", "optimizer") or not all(
+                isinstance(k, str) or (isinstance(k, int) and 0 <= k < MAX_INDEX) for k in key):  # fmt: skip
+            raise CheckpointError(f"{bad} holds a key path {str(key)[:80]}")
+    stored = sum(sizes.values())
     if claimed > 2 * stored + (1 << 20):
-        raise CheckpointError(f"{path} is not a checkpoint yamlnet wrote: its index claims {claimed} bytes of "
-                              f"tensors in {stored} bytes of files")  # fmt: skip
+        raise CheckpointError(f"{bad} claims {claimed} bytes of tensors in {stored} bytes of files")
 
 
 def consolidate(path: Path) -> dict:
@@ -343,7 +397,10 @@ def consolidate(path: Path) -> dict:
     if not isinstance(whole.get("model"), dict) or not isinstance(whole.get("optimizer"), dict):
         raise CheckpointError(f"{path} holds no model and optimizer state")
     state["model"] = whole["model"]
-    state["optimizer"] = numbered(whole["optimizer"], info["param_names"])
+    try:
+        state["optimizer"] = numbered(whole["optimizer"], info["param_names"])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its optimizer state does not match the parameters it names ({_first_words(err)})") from None
     return state
 
 
@@ -373,8 +430,7 @@ def load_into(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Pa
         set_optimizer_state_dict,
     )
 
-    check_fits(path, model)
-    state = _sharded_state(model, optimizer)
+    state = _sharded_state(model, optimizer)  # (its fit checked by rank 0 before: `check_fits`)
     try:
         dcp.load(state, storage_reader=_reader(path), planner=_weights_only_bytes(DefaultLoadPlanner)())
     except Exception as err:  # noqa: BLE001 - verified files that still do not read (a crafted index): one line
@@ -410,10 +466,14 @@ def consolidate_to(source: Path, out: Path | None = None) -> tuple[Path, Path, i
         path, state = found
     else:
         raise CheckpointError(f"{source} is not a sharded checkpoint (a step-N{SUFFIX} folder) nor a run folder")
-    out = out or path.with_suffix(".pt")
+    if out is None:  # beside the run's files, not among its checkpoints (which rotate them away)
+        real = path.resolve()
+        out = (real.parent.parent if real.parent.name == "checkpoints" else real.parent) / f"{real.stem}.pt"
     if out.suffix not in (".pt", ".safetensors"):
         raise CheckpointError(f"--out {out}: write a .pt (a whole checkpoint) or a .safetensors file (the weights)")
-    step = int(state.get("position", {}).get("step", -1))
+    position = state.get("position")
+    step = position.get("step", -1) if isinstance(position, dict) else -1
+    step = step if isinstance(step, int) else -1
     if out.suffix == ".safetensors":
         spec = state.get("spec", {})
         save_safetensors(state["model"], out, {"spec_name": str(spec.get("name", "")),

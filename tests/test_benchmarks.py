@@ -30,7 +30,7 @@ def test_quick_run_measures_every_row(tmp_path):
     for key in ("CPU", "GPU", "torch", "date"):
         assert f"- **{key}**: " in text
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (\w+) \|.*$", text, re.M)}
-    assert [k for k in rows if k != "#"] == ROWS
+    assert [k for k in rows if k not in ("#", "19a", "19b")] == ROWS  # (19: on a machine with 2 GPUs)
     for key in ROWS:
         cells = [c.strip() for c in rows[key].split("|")[1:-1]]
         assert re.search(r"\d", cells[2]), f"row {key} has no measurement: {rows[key]}"

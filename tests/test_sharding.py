@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zlib
 from pathlib import Path
 
@@ -355,7 +356,7 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_and_back(gpt_runs):
     cwd, spec = gpt_runs
     import shutil
 
-    shutil.copytree(cwd / "fsdp", cwd / "moved")
+    shutil.copytree(cwd / "fsdp", cwd / "moved", symlinks=True)
     more = [a for s in SETS for a in ("--set", s)]
     one = yamlnet(cwd, "train", str(spec), "--out", "moved", "--resume", "--force", *more, "--set", "train.max_steps=16")
     assert one.returncode == 0, one.stdout + one.stderr
@@ -522,3 +523,35 @@ def test_a_full_disk_during_a_sharded_save_is_one_line_and_keeps_the_last_good(g
     checkpoints = small_disk / "run" / "checkpoints"
     assert not list(checkpoints.glob(".*"))  # the failed save gave its space back
     assert load_checkpoint(checkpoints / "last.dcp")["position"]["step"] >= 4
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda index: setattr(next(iter(index.storage_data.values())), "relative_path", "/dev/zero"),
+     "its index points outside the files it names (/dev/zero)"),
+    (lambda index: setattr(next(iter(index.storage_data.values())), "length", 10**12),
+     "its index points outside the files it names (__0_0.distcp)"),
+    (lambda index: index.planner_data.update({"x": ("optimizer", "param_groups", 10**10, "lr")}),
+     "its index holds a key path ('optimizer', 'param_groups', 10000000000, 'lr')")])  # fmt: skip
+def test_an_index_pointing_elsewhere_is_refused_before_anything_is_read(gpt_runs, change, said):
+    from yamlnet.runtime.errors import CheckpointError
+    from yamlnet.runtime.shards import consolidate
+
+    folder = copy_run(gpt_runs[0], f"elsewhere{abs(hash(said)) % 1000}") / "checkpoints" / "step-00000012.dcp"
+
+    def edit(data: bytes) -> bytes:
+        index = pickle.loads(data)
+        change(index)
+        return pickle.dumps(index)
+
+    rewrite_index(folder, edit)
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        consolidate(folder)
+
+
+def test_consolidating_writes_beside_the_run_files_not_among_its_checkpoints(gpt_runs):
+    from yamlnet.runtime.shards import consolidate_to
+
+    run = copy_run(gpt_runs[0], "beside")
+    read, wrote, step = consolidate_to(run / "checkpoints" / "last.dcp")
+    assert (read.name, wrote, step) == ("last.dcp", run / "step-00000012.pt", 12)
+    assert load_checkpoint(wrote)["position"]["step"] == 12

@@ -280,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("source", metavar="RUN", help="a run folder (its newest good sharded checkpoint) "
                    "or a step-N.dcp folder")  # fmt: skip
     c.add_argument("--out", metavar="FILE", help="a .pt file (a whole checkpoint: resumes, evaluates, "
-                   "exports) or .safetensors (the weights); default: step-N.pt beside the folder")  # fmt: skip
+                   "exports) or .safetensors (the weights); default: RUN/step-N.pt")  # fmt: skip
 
     c = command("schema", cmd_schema, "print the JSON Schema of specs (for editors)")
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of stdout")
@@ -702,7 +702,7 @@ def cmd_checkpoint(args) -> int:
     try:
         read, wrote, step = consolidate_to(Path(args.source), Path(args.out) if args.out else None)
     except OSError as err:
-        raise UserError(f"cannot write {err.filename or args.out}: {err.strerror or err}") from None
+        raise UserError(f"{err.filename or args.out or args.source}: {err.strerror or err}") from None
     print(f"wrote {wrote} (step {step}) from {read}")
     return EXIT_OK
 
