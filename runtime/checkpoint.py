@@ -512,11 +512,14 @@ class CheckpointDir:
         self._submit(finish)
         return final
 
-    def latest_good(self, warn, *, whole: bool = True) -> tuple[Path, dict] | None:
-        """The newest checkpoint that loads and verifies; `warn(text)` for each refused.
-        Of a sharded checkpoint, `whole=False` verifies it and reads all but the shards
-        (which each process of a sharded run reads for itself)."""
+    def latest_good(self, warn, *, whole: bool = True, suffix: str | None = None) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads and verifies (of those named *`suffix`, if
+        given); `warn(text)` for each refused. Of a sharded checkpoint, `whole=False`
+        verifies it and reads all but the shards (which each process of a sharded run
+        reads for itself)."""
         for _, path in self.steps():
+            if suffix is not None and path.suffix != suffix:
+                continue
             try:
                 return path, (load_checkpoint(path) if whole or not path.is_dir() else shards.verify(path))
             except CheckpointError as err:

@@ -393,7 +393,7 @@ def restore(run: Run, state: dict, path: Path, force: bool) -> None:
     if in_shards:
         pass  # rank 0 checked its fit (start_or_resume); each rank reads its part below
     elif sharded:
-        check_weights_fit(run.model, state["model"], path)
+        check_weights_fit(run.model, {k: tuple(getattr(v, "shape", ())) for k, v in state["model"].items()}, path)
     else:
         load_weights(run.model, state["model"], path)
     if run.env.is_main:

@@ -179,16 +179,17 @@ def accumulating(model: torch.nn.Module):
         model.set_requires_gradient_sync(True)
 
 
-def check_weights_fit(model: torch.nn.Module, weights: dict, path) -> None:
+def check_weights_fit(model: torch.nn.Module, shapes: dict[str, tuple], path) -> None:
     """What `load_weights` says of a state_dict that does not fit, for a sharded model
-    (whose state_dict holds DTensors of the whole shapes): one line."""
+    (whose state_dict holds DTensors of the whole shapes), from the checkpoint's names and
+    whole shapes: one line."""
     from .errors import CheckpointError
 
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = [f'missing key "{k}"' for k in want if k not in weights]
-    problems += [f'unexpected key "{k}"' for k in weights if k not in want]
-    problems += [f"size mismatch for {k}: {list(weights[k].shape)} in the checkpoint, {list(want[k])} in the model"
-                 for k in want if k in weights and tuple(getattr(weights[k], "shape", ())) != want[k]]  # fmt: skip
+    problems = [f'missing key "{k}"' for k in want if k not in shapes]
+    problems += [f'unexpected key "{k}"' for k in shapes if k not in want]
+    problems += [f"size mismatch for {k}: {list(shapes[k])} in the checkpoint, {list(want[k])} in the model"
+                 for k in want if k in shapes and tuple(shapes[k]) != want[k]]  # fmt: skip
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{path} does not fit the model: {problems[0]}{more}")

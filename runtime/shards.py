@@ -405,19 +405,15 @@ def consolidate(path: Path) -> dict:
 
 
 def check_fits(path: Path, model: torch.nn.Module) -> None:
-    """One line if the checkpoint's weights are not the model's (names and whole shapes)."""
+    """One line if the checkpoint's weights are not the model's (names and whole shapes,
+    read from its index)."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from .sharding import check_weights_fit
 
     index = {k[len("model."):]: tuple(v.size) for k, v in _metadata(path).state_dict_metadata.items()
              if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}  # fmt: skip
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = [f'missing key "{k}"' for k in want if k not in index]
-    problems += [f'unexpected key "{k}"' for k in index if k not in want]
-    problems += [f"size mismatch for {k}: {list(index[k])} in the checkpoint, {list(want[k])} in the model"
-                 for k in want if k in index and index[k] != want[k]]  # fmt: skip
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"{path} does not fit the model: {problems[0]}{more}")
+    check_weights_fit(model, index, path)
 
 
 def load_into(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -444,6 +440,7 @@ def consolidate_to(source: Path, out: Path | None = None) -> tuple[Path, Path, i
     one) as one file: a whole checkpoint (.pt: resumes and serves as any other) or the
     weights alone (.safetensors). Returns (what was read, what was written, its step)."""
     from .checkpoint import CheckpointDir, save_checkpoint, save_safetensors
+    from .run import run_folder_of
 
     if not source.exists():
         raise CheckpointError(f"no run folder or checkpoint at {source}")
@@ -451,24 +448,19 @@ def consolidate_to(source: Path, out: Path | None = None) -> tuple[Path, Path, i
         path, state = source, consolidate(source)
     elif source.is_dir():
         folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-        found, sharded = None, [path for _, path in CheckpointDir(folder).steps() if path.suffix == SUFFIX]
-        if not sharded:
+        ckpts = CheckpointDir(folder)
+        if not any(p.suffix == SUFFIX for _, p in ckpts.steps()):
             raise CheckpointError(f"{folder} holds no sharded checkpoint (step-N{SUFFIX})",
                                   hint="single-file checkpoints (.pt) need no consolidating")  # fmt: skip
-        for path in sharded:
-            try:
-                found = path, consolidate(path)
-                break
-            except CheckpointError as err:
-                print(f"warning: refusing {err}; trying an older checkpoint", flush=True)
+        found = ckpts.latest_good(lambda text: print(f"warning: {text}", flush=True), suffix=SUFFIX)
         if found is None:
             raise CheckpointError(f"no sharded checkpoint in {folder} verifies")
         path, state = found
     else:
         raise CheckpointError(f"{source} is not a sharded checkpoint (a step-N{SUFFIX} folder) nor a run folder")
     if out is None:  # beside the run's files, not among its checkpoints (which rotate them away)
-        real = path.resolve()
-        out = (real.parent.parent if real.parent.name == "checkpoints" else real.parent) / f"{real.stem}.pt"
+        real = path.resolve()  # (last.dcp: the step folder it links to)
+        out = run_folder_of(real) / f"{real.stem}.pt"
     if out.suffix not in (".pt", ".safetensors"):
         raise CheckpointError(f"--out {out}: write a .pt (a whole checkpoint) or a .safetensors file (the weights)")
     position = state.get("position")

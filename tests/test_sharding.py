@@ -555,3 +555,40 @@ def test_consolidating_writes_beside_the_run_files_not_among_its_checkpoints(gpt
     read, wrote, step = consolidate_to(run / "checkpoints" / "last.dcp")
     assert (read.name, wrote, step) == ("last.dcp", run / "step-00000012.pt", 12)
     assert load_checkpoint(wrote)["position"]["step"] == 12
+
+
+def test_a_sharded_checkpoint_of_another_network_does_not_fit_in_one_line(gpt_runs):
+    from yamlnet.runtime.errors import CheckpointError
+    from yamlnet.runtime.shards import check_fits
+
+    folder = gpt_runs[0] / "fsdp" / "checkpoints" / "step-00000012.dcp"
+    wider = compile_spec(gpt_runs[1], {"dim": 48, "heads": 2, "layers": 2, "context": 32}, block_modules=True).module
+    with pytest.raises(CheckpointError, match=r"does not fit the model: size mismatch for tok_emb.weight: "
+                                              r"\[512, 32\] in the checkpoint, \[512, 48\] in the model \(and \d+ more\)"):
+        check_fits(folder, wider)
+    check_fits(folder, compile_spec(gpt_runs[1], {"dim": 32, "heads": 2, "layers": 2, "context": 32},
+                                    block_modules=True).module)  # the run's own network fits  # fmt: skip
+
+
+@pytest.mark.parametrize("args, said", [
+    (["nowhere"], "no run folder or checkpoint at nowhere"),
+    (["gpt.yaml"], "gpt.yaml is not a sharded checkpoint (a step-N.dcp folder) nor a run folder"),
+    (["fsdp", "--out", "w.txt"], "--out w.txt: write a .pt (a whole checkpoint) or a .safetensors file")])  # fmt: skip
+def test_consolidate_refuses_what_it_cannot_read_or_write_in_one_line(gpt_runs, args, said):
+    proc = yamlnet(gpt_runs[0], "checkpoint", "consolidate", *args)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert said in proc.stderr and not (gpt_runs[0] / "w.txt").exists()
+
+
+@pytest.mark.parametrize("node, said", [
+    ('repeat: "${layers}", shard: 3}', "nodes.blocks.shard: expected true or false or a string, got integer 3"),
+    ('repeat: "${layers}", shard: "${layers}"}', "shard: must be true or false, got 3"),
+    ('repeat: "${layers}", shard: true, splice: true}', "shard: needs a node of its own to shard")])  # fmt: skip
+def test_a_shard_key_that_cannot_be_is_one_located_error(tmp_path, node, said):
+    from yamlnet.compiler.errors import SpecError
+
+    spec = tmp_path / "gpt.yaml"
+    spec.write_text(GPT.read_text().replace('repeat: "${layers}"}', node))
+    with pytest.raises(SpecError, match=re.escape(said)) as err:
+        compile_spec(spec, SIZES, block_modules=True)
+    assert "gpt.yaml:17:" in str(err.value)
