@@ -474,12 +474,42 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     for name in topological_order(typed):  # shared weights (tie:)
         for own, target in getattr(typed.nodes[name].get("spec"), "tie", ()):
             lines.append(f"        {_owner(name.split('.'))}.{own} = self.get_parameter({target!r})")
+    modules, params = _frozen_parts(gm, spec.frozen)
+    if modules:
+        lines += [f"        for path in {modules!r}:  # freeze: no gradients, kept in eval mode",
+                  "            self.get_submodule(path).requires_grad_(False)"]  # fmt: skip
+    if params:
+        lines += [f"        for name in {params!r}:  # freeze: no gradients",
+                  "            self.get_parameter(name).requires_grad_(False)"]  # fmt: skip
     after = lines.index("from torch import nn") + 1  # our own functions, after the imports
     lines[after:after] = _helpers(typed, registry)
     code = plain_code(gm).strip("\n")
     body = [line for line in code.splitlines() if line.strip()]
     lines += ["", *("    " + line if line.strip() else "" for line in body), ""]
+    if modules:
+        lines += ["    def train(self, mode: bool = True):",
+                  "        super().train(mode)",
+                  f"        for path in {modules!r}:  # frozen: BatchNorm statistics and dropout stay fixed",
+                  "            self.get_submodule(path).train(False)",
+                  "        return self", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _frozen_parts(gm, frozen: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The frozen paths that are submodules of `gm`, and those that are parameters (a
+    Parameter node); a frozen node without weights (an `add`) has neither."""
+    modules, params = [], []
+    for path in frozen:
+        try:
+            gm.get_submodule(path)
+            modules.append(path)
+        except AttributeError:
+            try:
+                gm.get_parameter(path)
+                params.append(path)
+            except AttributeError:
+                continue
+    return tuple(modules), tuple(params)
 
 
 STANDALONE_SOURCES = ("torch", "torch.nn", "torchvision.ops", "torchvision.models", "yamlnet")

@@ -17,7 +17,7 @@ import networkx as nx
 from .checks import check_graph
 from .codegen import generate_module
 from .errors import ChangedBy, Location, SpecError
-from .expand import ExpandedSpec, expand
+from .expand import ExpandedSpec, WeightsOverlay, expand
 from .graph import build_graph
 from .load import SpecSource, load_spec_source
 from .registry import REGISTRY, load_plugins
@@ -50,13 +50,16 @@ def compile_spec(
     registry=REGISTRY,
     checkpoint_blocks: tuple[str, ...] = (),
     block_modules: bool = False,
+    overlay: WeightsOverlay | None = None,
 ) -> Compiled:
     """Run every stage; `build=False` stops before weights are allocated. Every instance
     of the blocks in `checkpoint_blocks` is checkpointed (see `expand`). `block_modules`
     makes each outermost block instance a module that runs (a GraphModule of its own in
-    its container's place, the state_dict unchanged): the unit FSDP shards."""
+    its container's place, the state_dict unchanged): the unit FSDP shards. `overlay`
+    holds a run configuration's `init:` and `freeze:`, in place of the spec's."""
     with _collector_paused():
-        return _compile(source, overrides, plugins, build, registry, tuple(checkpoint_blocks), block_modules)
+        return _compile(source, overrides, plugins, build, registry, tuple(checkpoint_blocks), block_modules,
+                        overlay)
 
 
 @contextmanager
@@ -74,13 +77,15 @@ def _collector_paused():
             gc.enable()
 
 
-def _compile(source, overrides, plugins, build, registry, checkpoint_blocks=(), block_modules=False) -> Compiled:
+def _compile(source, overrides, plugins, build, registry, checkpoint_blocks=(), block_modules=False,
+             overlay=None) -> Compiled:
     load_plugins(plugins)
     src = source if isinstance(source, SpecSource) else load_spec_source(source)
     validate(src, registry)
     oracle = ShapeOracle(registry)  # answers shape() while expanding; reused below
     with _overrides_named(overrides):
-        spec = expand(src, overrides, registry=registry, shape_of=oracle, checkpoint_blocks=checkpoint_blocks)
+        spec = expand(src, overrides, registry=registry, shape_of=oracle, checkpoint_blocks=checkpoint_blocks,
+                      overlay=overlay)
         graph = build_graph(spec)
         check_graph(graph)
         typed = infer_shapes(graph, registry, oracle)

@@ -4,7 +4,8 @@ A box per node (name, op, output shape with symbolic dims kept: `N×64×56×56`)
 per tensor, a cluster per block instance (the dotted prefixes of node names:
 `layer1`, `layer1.0`), the spec's inputs and outputs as ovals. `depth` collapses every
 block deeper than `depth` levels into one box that says how many nodes it holds; the
-edges into and out of it stay.
+edges into and out of it stay. Frozen nodes (`freeze:`) are grey and dashed in DOT, of
+class `frozen` in Mermaid; a collapsed block is frozen when all its nodes are.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .graph import topological_order
 from .shapes import format_type
+from .weights import is_frozen
 
 __all__ = ["Drawing", "drawing", "to_dot", "to_mermaid"]
 
@@ -24,6 +26,7 @@ class Box:
     lines: list[str]
     cluster: tuple[str, ...]  # the block path it sits in
     kind: str  # input | op | block | output
+    frozen: bool = False  # its weights get no gradients (freeze:)
 
 
 @dataclass
@@ -62,11 +65,13 @@ def drawing(result, depth: int | None = None) -> Drawing:
             if box is None:
                 box = d.boxes[key] = Box(_id(len(d.boxes)), [parts[depth]], tuple(parts[:depth]), "block")
             box.lines[1:] = [f"{counts[key]} nodes", shape_text(data["type"])]  # shape of its last node
+            box.frozen = is_frozen(name, result.spec.frozen) and (counts[key] == 1 or box.frozen)
             owner[name] = key
         else:
             op = data["spec"].op
             head = [parts[-1]] if op == parts[-1] else [parts[-1], op]  # `add: {op: add}` once
-            d.boxes[name] = Box(_id(len(d.boxes)), [*head, shape_text(data["type"])], path, "op")
+            d.boxes[name] = Box(_id(len(d.boxes)), [*head, shape_text(data["type"])], path, "op",
+                                is_frozen(name, result.spec.frozen))
             owner[name] = name
     seen = set()
     for u, v in g.edges:
@@ -113,11 +118,15 @@ def to_dot(d: Drawing) -> str:
            '  edge [color="#555555", arrowsize=0.6];']  # fmt: skip
     style = {"input": 'shape=oval, fillcolor="#e3f4e1"', "output": 'shape=oval, fillcolor="#fbe9d7"',
              "block": 'fillcolor="#dde3ee", style="filled,bold"', "op": ""}  # fmt: skip
+    frozen = {"block": 'fillcolor="#e4e4e4", style="filled,bold,dashed", color="#777777"',
+              "op": 'fillcolor="#e4e4e4", style="rounded,filled,dashed", color="#777777"'}  # fmt: skip
 
     def emit(path: tuple, indent: str) -> None:
         for box in boxes.get(path, []):
             label = "\\n".join(_esc(line) for line in box.lines)
-            extra = f", {style[box.kind]}" if style[box.kind] else ""
+            look = frozen[box.kind] if box.frozen else style[box.kind]
+            extra = f", {look}" if look else ""
+
             out.append(f'{indent}{box.id} [label="{label}"{extra}];')
         for sub in subs.get(path, []):
             out.append(f'{indent}subgraph "cluster_{_esc(".".join(sub))}" {{')
@@ -152,6 +161,10 @@ def to_mermaid(d: Drawing) -> str:
 
     emit((), "  ")
     out += [f"  {d.boxes[a].id} --> {d.boxes[b].id}" for a, b in d.edges]
+    frozen = [box.id for box in d.boxes.values() if box.frozen]
+    if frozen:
+        out += ["  classDef frozen fill:#e4e4e4,stroke:#777777,stroke-dasharray:4 3",
+                f"  class {','.join(frozen)} frozen"]
     return "\n".join(out) + "\n"
 
 

@@ -17,6 +17,7 @@ spec can describe a cycle; the graph stage finds it and names it.
 
 from __future__ import annotations
 
+import fnmatch
 import keyword
 import os
 import re
@@ -32,7 +33,8 @@ from .registry import REGISTRY
 from .schema import NAME_CHARS, NAME_PATTERN, NAME_RULE, NODE_KEYS, iter_nodes
 from .validate import check_args, collect_blocks, format_path, has_expr, param_decl
 
-__all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS"]
+__all__ = ["Ref", "InputSpec", "NodeSpec", "ExpandedSpec", "expand", "parse_ref", "LIMITS", "InitSpec",
+           "FreezePattern", "WeightsOverlay", "init_specs", "frozen_paths"]  # fmt: skip
 
 LIMITS = {"max_nodes": 50_000, "max_block_depth": 32}
 RESERVED = {"i", "shape", "input", "true", "false", "none"}
@@ -75,15 +77,42 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class InitSpec:
-    """One `init:` item: load `file`'s keys under `source` into the model under `into`."""
+    """One `init:` item: load `file`'s keys under `source` into the model under `into`.
+    A `torchvision:` item names a model's pretrained weights instead of a file: its path
+    is found in the torch hub cache when the model is built (compiler/pretrained.py)."""
 
-    file: str  # as written
+    file: str  # as written ("" for a torchvision item)
     path: str  # resolved against the spec's folder
     into: str = ""
     source: str = ""  # the `from:` prefix
     exclude: tuple[str, ...] = ()
     loc: Location | None = None
     where: str = "init"
+    torchvision: str = ""  # a torchvision.models name (resnet50)
+    weights: str = ""  # its weights enum member (IMAGENET1K_V2)
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the file, or `torchvision resnet50 IMAGENET1K_V2`."""
+        return self.file or f"torchvision {self.torchvision} {self.weights or 'DEFAULT'}"
+
+
+@dataclass(frozen=True)
+class FreezePattern:
+    """One item of a `freeze:` list: a node name or a glob over node and module paths."""
+
+    pattern: str
+    loc: Location | None = None
+    where: str = "freeze"
+
+
+@dataclass(frozen=True)
+class WeightsOverlay:
+    """`init:` and `freeze:` given by a run configuration (a config file, `--set`): each
+    one that is not None takes the place of the spec's top-level key of that name."""
+
+    init: tuple[InitSpec, ...] | None = None
+    freeze: tuple[FreezePattern, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +135,7 @@ class ExpandedSpec:
     # nodes and block instances written with shard: true or false (FSDP's units; runtime/sharding.py)
     sharding: tuple[tuple[str, bool], ...] = ()
     init: tuple[InitSpec, ...] = ()  # weights loaded when the model is built
+    freeze: tuple[str, ...] = ()  # the freeze: patterns (of the spec or the run), as written
 
     @property
     def symbols(self) -> dict[str, tuple[str, int]]:
@@ -139,13 +169,15 @@ def expand(
     registry=REGISTRY,
     shape_of: ShapeOracle | None = None,
     checkpoint_blocks: tuple[str, ...] = (),
+    overlay: WeightsOverlay | None = None,
 ) -> ExpandedSpec:
     """Resolve a validated spec into a flat node list.
 
     `overrides` replace `vars:` by name (`{"depth": 50}`); `shape_of(ref, nodes, inputs)`
     answers `shape(name)` in expressions (the compile pipeline passes the shapes stage);
     every instance of a block named in `checkpoint_blocks` is checkpointed, as if written
-    with `checkpoint: true` (a run configuration's `train.activation_checkpointing`).
+    with `checkpoint: true` (a run configuration's `train.activation_checkpointing`);
+    `overlay` gives `init:` and `freeze:` in place of the spec's (a run configuration's).
     """
     expander = _Expander(source, registry, shape_of)
     unknown = [b for b in checkpoint_blocks if b not in expander.blocks]
@@ -154,6 +186,7 @@ def expand(
         raise SpecError(f"activation checkpointing names block '{unknown[0]}', which the spec does not define",
                         hint=did_you_mean(unknown[0], list(expander.blocks)) or f"its blocks: {known}")  # fmt: skip
     expander.checkpoint_blocks = frozenset(checkpoint_blocks)
+    expander.overlay = overlay or WeightsOverlay()
     return expander.run(overrides or {})
 
 
@@ -211,6 +244,7 @@ class _Expander:
         self.block_instances: list[str] = []
         self.block_names: list[str] = []
         self.sharding: list[tuple[str, bool]] = []
+        self.overlay = WeightsOverlay()
 
     # ---- top level -------------------------------------------------------------
     def run(self, overrides: dict) -> ExpandedSpec:
@@ -233,6 +267,8 @@ class _Expander:
                     raise _bundle_error(f"output '{n}' is", r, self.doc.loc((key,)), key)
         if self.problems:  # one line per problem, not per repeated instance
             raise SchemaError(diagnostics=list(dict.fromkeys(self.problems)))
+        patterns = self._freeze_patterns()
+        frozen = outermost(self.frozen + frozen_paths(patterns, [n.name for n in self.nodes]))
         return ExpandedSpec(
             name=str(self.data.get("name") or _stem(self.doc.file)),
             inputs=self.inputs,
@@ -243,25 +279,26 @@ class _Expander:
             file=self.doc.file,
             outputs_loc=self.doc.loc(("outputs",)),
             train_outputs=train,
-            frozen=tuple(self.frozen),
+            frozen=frozen,
             checkpointed=outermost(self.checkpointed),
             block_instances=tuple(self.block_instances),
             block_names=tuple(self.block_names),
             sharding=tuple(self.sharding),
             init=self._init(),
+            freeze=tuple(p.pattern for p in patterns),
         )
 
     def _init(self) -> tuple[InitSpec, ...]:
-        items = self.data.get("init") or []
-        items = items if isinstance(items, list) else [items]
+        if self.overlay.init is not None:
+            return self.overlay.init
         folder = os.path.dirname(self.doc.file) if os.path.isfile(self.doc.file) else os.getcwd()
-        out = []
-        for k, item in enumerate(items):
-            path = ("init", k) if isinstance(self.data["init"], list) else ("init",)
-            out.append(InitSpec(item["file"], os.path.join(folder, item["file"]), item.get("into", ""),
-                                item.get("from", ""), tuple(item.get("exclude", ())),
-                                self.doc.loc(path), format_path(path)))  # fmt: skip
-        return tuple(out)
+        return init_specs(self.data.get("init"), folder, lambda path: self.doc.loc(path))
+
+    def _freeze_patterns(self) -> tuple[FreezePattern, ...]:
+        if self.overlay.freeze is not None:
+            return self.overlay.freeze
+        return tuple(FreezePattern(p, self.doc.loc(("freeze", k)), f"freeze[{k}]")
+                     for k, p in enumerate(self.data.get("freeze") or []))  # fmt: skip
 
     def _vars(self, overrides: dict) -> dict:
         declared = self.data.get("vars") or {}
@@ -830,6 +867,51 @@ def _undefined(name: str, env: _Env) -> str | None:
             return name
         name, value = value.name, env.refs.get(value.name)
     return None
+
+
+def init_specs(raw: Any, folder: str, loc_of: Callable) -> tuple[InitSpec, ...]:
+    """The items of an `init:` value (a mapping or a list of them), files resolved against
+    `folder`; `loc_of(path)` says where a path such as ("init", 0) was written.
+
+        >>> init_specs({"file": "r18.pt", "exclude": ["fc"]}, "/w", lambda p: None)[0].path
+        '/w/r18.pt'
+    """
+    items = raw if isinstance(raw, list) else [raw] if raw else []
+    out = []
+    for k, item in enumerate(items):
+        path = ("init", k) if isinstance(raw, list) else ("init",)
+        loc, where = loc_of(path), format_path(path)
+        if "weights" in item and "torchvision" not in item:
+            raise SchemaError("weights: names a torchvision model's weights; it goes with torchvision:", loc, where)
+        if ("file" in item) == ("torchvision" in item):
+            raise SchemaError("file: and torchvision: both name the weights; keep one" if "file" in item else
+                              "missing file: (a weights file) or torchvision: (a model's pretrained weights)",
+                              loc, where)  # fmt: skip
+        file = item.get("file", "")
+        out.append(InitSpec(file, os.path.join(folder, file) if file else "", item.get("into", ""),
+                            item.get("from", ""), tuple(item.get("exclude", ())), loc, where,
+                            item.get("torchvision", ""), item.get("weights", "")))  # fmt: skip
+    return tuple(out)
+
+
+def frozen_paths(patterns: tuple[FreezePattern, ...], names: list[str]) -> list[str]:
+    """The node and module paths the `freeze:` patterns match, as fnmatch globs over every
+    dotted prefix of the node names (`layer*` is layer1 ... layer4, everything in them
+    with it; `conv1` is the top-level conv1 alone, `*.conv1` every other). A pattern that
+    matches nothing is an error, with the nearest name."""
+    paths = list(dict.fromkeys(".".join(parts[:k]) for parts in (n.split(".") for n in names)
+                               for k in range(1, len(parts) + 1)))  # fmt: skip
+    out: list[str] = []
+    for p in patterns:
+        hits = [q for q in paths if fnmatch.fnmatchcase(q, p.pattern)]
+        if not hits:
+            top = list(dict.fromkeys(n.split(".")[0] for n in names))
+            hint = (did_you_mean(p.pattern, top) or did_you_mean(p.pattern, paths)
+                    or "its top-level nodes: " + ", ".join(top[:12]) + (" ..." if len(top) > 12 else ""))  # fmt: skip
+            raise SpecError(f"'{p.pattern}' matches no node or module path of the model", p.loc, p.where,
+                            hint)  # fmt: skip
+        out += hits
+    return out
 
 
 def outermost(prefixes: list[str]) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .errors import LoadError, Location, not_a_regular_file
+from .zoo import is_zoo_name, zoo_spec
 
 __all__ = ["Document", "SpecSource", "load_spec_source", "load_document", "nearest_loc", "LIMITS"]
 
@@ -97,6 +98,8 @@ def load_spec_source(source: str | os.PathLike, *, name: str | None = None) -> S
     >>> load_spec_source("yamlnet: 1\\nnodes: {fc: {op: Linear, out_features: 2}}").main.data["yamlnet"]
     1
     """
+    if is_zoo_name(source):  # zoo:resnet (a variant's variables are the caller's to apply)
+        source = zoo_spec(source)[0]
     if isinstance(source, os.PathLike) or ("\n" not in str(source) and _looks_like_path(source)):
         path = os.fspath(source)
         main = load_document(_read_file(path, None), path)
@@ -143,7 +146,12 @@ def _follow_includes(doc: Document, base: str, chain: list[str], out: list, seen
         if not isinstance(rel, str):
             continue
         loc = doc.loc(("include", i))
-        path = os.path.abspath(os.path.join(base, rel))
+        if is_zoo_name(rel):
+            found, sets = zoo_spec(rel, loc)
+            if sets:
+                raise LoadError(f"include names a zoo family, not a variant ({rel}): include "
+                                f"zoo:{found.stem} and set its variables", loc, f"include[{i}]")  # fmt: skip
+        path = os.path.abspath(found if is_zoo_name(rel) else os.path.join(base, rel))
         if path in chain:
             cycle = " -> ".join(os.path.relpath(p) for p in chain[chain.index(path):] + [path])
             raise LoadError(f"include cycle: {cycle}", loc, f"include[{i}]")

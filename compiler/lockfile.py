@@ -1,6 +1,8 @@
 """The "lockfile" view of a compiled spec: every node flat, with its final arguments
 (inferred ones included), its inputs and its output shape. `yamlnet expand` prints it;
-diffing two of them shows exactly what a change to a spec did to the network.
+diffing two of them shows exactly what a change to a spec did to the network. The
+weights loaded (`init:`) and the node paths frozen close it, whether the spec or the run
+configuration gave them: a run's spec.lock.yaml says which model it trained.
 """
 
 from __future__ import annotations
@@ -49,4 +51,15 @@ def lockfile_text(result) -> str:
     lines.append(f"outputs: {_flow(outs)}")
     if spec.train_outputs:
         lines.append(f"train_outputs: {_flow({k: str(r) for k, r in spec.train_outputs})}")
+    if spec.init:
+        lines.append(f"init: {_flow([_init_entry(item) for item in spec.init])}")
+    if spec.frozen:  # the node paths frozen, by freeze: true and the freeze: patterns
+        lines.append(f"freeze: {_flow(list(spec.frozen))}")
     return "\n".join(lines) + "\n"
+
+
+def _init_entry(item) -> dict:
+    entry = {"torchvision": item.torchvision, "weights": item.weights or "DEFAULT"} if item.torchvision else {
+        "file": item.file}
+    keys = (("into", item.into), ("from", item.source), ("exclude", list(item.exclude)))
+    return {**entry, **{k: v for k, v in keys if v}}

@@ -56,11 +56,15 @@ def document_schema() -> dict[str, Any]:
     shape = {"type": "array", "items": dim, "minItems": 0, "maxItems": 16}
     init_item = {
         "type": "object",
-        "required": ["file"],
         "additionalProperties": False,
         "properties": {
             "file": {"type": "string", "description": "a .pt/.pth state_dict (or yamlnet checkpoint) "
                      "or .safetensors file, relative to the spec"},
+            "torchvision": {"type": "string", "pattern": IDENT_PATTERN, "description": "instead of "
+                            "file: a torchvision model's pretrained weights (resnet50), read from the "
+                            "torch hub cache (never downloaded)"},
+            "weights": {"type": "string", "pattern": IDENT_PATTERN,
+                        "description": "with torchvision: the weights enum member (IMAGENET1K_V2; default DEFAULT)"},
             "into": {"type": "string", "pattern": PATH_PATTERN,
                      "description": "the node (subtree) to load into (default: the whole model)"},
             "from": {"type": "string", "description": "the key prefix in the file to load from"},
@@ -173,11 +177,16 @@ def document_schema() -> dict[str, Any]:
             "nodes": {"$ref": "#/$defs/nodes"},
             "init": {"anyOf": [init_item, {"type": "array", "items": init_item, "minItems": 1}],
                      "description": "weights to load when the model is built"},
+            "freeze": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 400},
+                       "description": "nodes whose weights get no gradients (kept in eval mode), by name or "
+                       "glob over node and module paths: [conv1, bn1, \"layer*\"]"},
             "meta": {"type": "object", "description": "free-form facts (class_names, ...)"},
             # How to train: checked by the runtime (yamlnet.runtime.config), whose schema
             # the published schema merges in for editors; the compiler only needs a mapping.
             "data": {"type": "object", "description": "the dataset and its loader (training)"},
             "train": {"type": "object", "description": "optimizer, loss, epochs, checkpoints"},
+            "tune": {"type": "object", "description": "a hyperparameter search for `yamlnet tune` "
+                     "(space, metric, direction, trials, pruner, sampler, storage)"},
         },
         "$defs": {"expr": EXPR, "node": node, "nodes": nodes, "block": block, "input": input_def},
     }  # fmt: skip

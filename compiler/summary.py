@@ -1,6 +1,6 @@
-"""Per-node summary of a compiled spec: name, op, output shape, parameters, and, when
-the module is built and every symbolic input dim has a size, MACs and activation bytes
-(compiler/costs.py)."""
+"""Per-node summary of a compiled spec: name, op, output shape, parameters, whether
+they are frozen (`freeze:`), and, when the module is built and every symbolic input dim
+has a size, MACs and activation bytes (compiler/costs.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 
 from .graph import topological_order
 from .shapes import format_type
+from .weights import is_frozen
 
 __all__ = ["summary_rows", "format_summary"]
 
@@ -17,13 +18,13 @@ __all__ = ["summary_rows", "format_summary"]
 def summary_rows(result, costs: dict | None = None) -> list[dict]:
     """One row per op node, in execution order; with `costs` (costs.node_costs), its
     MACs and output bytes too."""
-    g = result.graph
+    g, frozen = result.graph, result.spec.frozen
     rows = []
     for name in topological_order(g):
         data = g.nodes[name]
         if data["kind"] == "op":
             row = {"name": name, "op": data["spec"].op, "output": format_type(data["type"]),
-                   "params": data["params"]}  # fmt: skip
+                   "params": data["params"], "frozen": is_frozen(name, frozen)}  # fmt: skip
             if costs is not None:
                 cost = costs.get(name)
                 row["macs"] = cost.macs if cost else 0
@@ -36,25 +37,28 @@ def format_summary(result, rows: list[dict], fmt: str = "table", sizes: dict | N
                    note: str = "") -> str:  # fmt: skip
     """`sizes`: the symbol sizes the costs were measured at; `note`: why there are none."""
     total = sum(r["params"] for r in rows)
+    frozen = sum(r["params"] for r in rows if r["frozen"])
     costed = bool(rows) and "macs" in rows[0]
-    keys = ["name", "op", "output", "params"] + (["macs", "activation_bytes"] if costed else [])
+    keys = (["name", "op", "output", "params"] + (["frozen"] if any(r["frozen"] for r in rows) else [])
+            + (["macs", "activation_bytes"] if costed else []))  # fmt: skip
     if fmt == "json":
         inputs = {i.name: {"shape": list(i.shape), "dtype": i.dtype} for i in result.spec.inputs}
         doc = {"name": result.spec.name, "hash": result.hash, "inputs": inputs, "nodes": rows,
-               "total_params": total}  # fmt: skip
+               "total_params": total, "trainable_params": total - frozen, "frozen_params": frozen}  # fmt: skip
         if costed:
             doc.update(sizes=sizes, total_macs=sum(r["macs"] for r in rows),
                        total_activation_bytes=sum(r["activation_bytes"] for r in rows))  # fmt: skip
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
-    head = {"name": "name", "op": "op", "output": "output", "params": "params", "macs": "MACs",
-            "activation_bytes": "activations"}  # fmt: skip
-    cells = [head] + [{**r, "params": f"{r['params']:,}", "macs": _si(r.get("macs", 0)),
+    head = {"name": "name", "op": "op", "output": "output", "params": "params", "frozen": "frozen",
+            "macs": "MACs", "activation_bytes": "activations"}  # fmt: skip
+    cells = [head] + [{**r, "params": f"{r['params']:,}", "frozen": "frozen" if r["frozen"] else "",
+                       "macs": _si(r.get("macs", 0)),
                        "activation_bytes": _bytes(r.get("activation_bytes", 0))} for r in rows]  # fmt: skip
     w = {k: max(len(str(c[k])) for c in cells) for k in keys}
     right = {"params", "macs", "activation_bytes"}
@@ -65,7 +69,8 @@ def format_summary(result, rows: list[dict], fmt: str = "table", sizes: dict | N
     lines.append("-" * len(lines[-1]))
     lines += [fmt_row(c) for c in cells[1:]]
     lines.append("-" * len(lines[1]))
-    foot = f"{len(rows)} nodes, {total:,} parameters"
+    foot = f"{len(rows)} nodes, {total:,} parameters" + (f" ({total - frozen:,} trainable, {frozen:,} frozen)"
+                                                         if frozen else "")  # fmt: skip
     if costed:
         at = ", ".join(f"{k}={v}" for k, v in (sizes or {}).items())
         foot += (f", {_si(sum(r['macs'] for r in rows))}MACs and "

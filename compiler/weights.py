@@ -6,8 +6,9 @@ spec still never runs code. Each item maps keys `from` a prefix of the file `int
 of the model; every weight of that node must be there with its shape, or the spec fails
 with one line per offending key.
 
-`freeze: true` on a node turns its weights' gradients off and keeps it in eval mode
-(BatchNorm statistics and dropout fixed) while the rest of the model trains.
+`freeze: true` on a node, or a top-level `freeze:` list of names and globs (resolved to
+node paths by the expand stage), turns its weights' gradients off and keeps it in eval
+mode (BatchNorm statistics and dropout fixed) while the rest of the model trains.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import os
 
 from .errors import SpecError
 
-__all__ = ["apply_init", "apply_freeze", "read_state_dict", "check_ties", "tie_targets"]
+__all__ = ["apply_init", "apply_freeze", "read_state_dict", "check_ties", "tie_targets", "is_frozen"]
+
+
+def is_frozen(name: str, frozen: tuple[str, ...]) -> bool:
+    """Whether node `name` is a frozen path or inside one.
+
+    >>> is_frozen("layer1.0.conv1", ("conv1", "layer1"))
+    True
+    """
+    return any(name == f or name.startswith(f + ".") for f in frozen)
 
 
 def tie_targets(spec) -> dict[str, str]:
@@ -121,7 +131,12 @@ def _init_item(model_state: dict, item) -> None:
     """Load one `init:` item into the tensors of `model_state` (in place), or refuse it."""
     import torch
 
-    state = read_state_dict(item.path, item.loc, item.where)
+    if item.torchvision:
+        from .pretrained import hub_file
+
+        state = read_state_dict(hub_file(item), item.loc, item.where)
+    else:
+        state = read_state_dict(item.path, item.loc, item.where)
 
     def under(key: str, prefix: str) -> bool:
         return not prefix or key == prefix or key.startswith(prefix + ".")
@@ -157,7 +172,7 @@ def _init_item(model_state: dict, item) -> None:
         problems.append(f"the file has weights the model lacks: {', '.join(unused[:5])}"
                         f"{' ...' if len(unused) > 5 else ''} (exclude them, or pick them with from:)")  # fmt: skip
     if problems:
-        raise SpecError(diagnostics=[_diag(f"{item.file}: {p}", item) for p in problems])
+        raise SpecError(diagnostics=[_diag(f"{item.label}: {p}", item) for p in problems])
     with torch.no_grad():
         for key in targets:
             model_state[key].copy_(state[file_key(key)])

@@ -5,10 +5,11 @@ fields, transforms, the resumable sampler) with the sources in `sources`, `table
 `text`, `dense` and `seq2seq`; `tasks` (fields to inputs, loss terms, metrics per
 output), `metrics` (torchmetrics by name), `optim` (optimizer, schedule, loss by name),
 `distributed` (rank, world size, device), `checkpoint`, `log` (progress, metrics.csv),
-`tensorboard` (event files), `train` (the loop) with `run` (the run's state, folder and
+`trackers` (TensorBoard, MLflow), `train` (the loop) with `run` (the run's state, folder and
 resume), `step` (one optimizer step on 1..N processes) and `process` (process-wide
 settings while training); `evaluate`, `predict` and `generate` (serving a checkpoint) and
-`export`. The runtime imports the compiler; the compiler never imports the runtime.
+`export`; `lr_find` (the learning-rate range test) and `plot` (metrics.csv curves).
+The runtime imports the compiler; the compiler never imports the runtime.
 """
 
 from functools import cache

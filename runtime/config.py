@@ -29,7 +29,7 @@ from ..compiler.validate import (
 from .data import DATASETS
 from .errors import ArgLocation, ChangedBy, ConfigError
 
-__all__ = ["RunConfig", "load_run_config", "split_overrides", "train_schema", "data_schema",
+__all__ = ["RunConfig", "load_run_config", "split_overrides", "weights_overlay", "train_schema", "data_schema",
            "section_schemas", "PRECISIONS", "DEVICES"]  # fmt: skip
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -56,6 +56,18 @@ _METRIC = {**_NAMED, "properties": {
     "target": {"type": "string", "description": "the batch field it compares against"},
     "class_dim": _CLASS_DIM,
     "label": {"type": "string", "description": "its column in metrics.csv"}}}  # fmt: skip
+
+_LOGGER = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+    "name": {"enum": ["csv", "tensorboard", "mlflow"]},
+    "tracking_uri": {"type": "string", "minLength": 1, "maxLength": 4096,
+                     "description": "mlflow: the store (default MLFLOW_TRACKING_URI, else SQLite "
+                                    "beside the run folder: runs/NAME/mlflow.db)"},
+    "experiment": {"type": "string", "minLength": 1, "maxLength": 500,
+                   "description": "mlflow: the experiment (default: the spec's name)"},
+    "run_name": {"type": "string", "minLength": 1, "maxLength": 250,
+                 "description": "mlflow: the run's name (default: the run folder's name)"},
+    "tags": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 5000},
+             "maxProperties": 100, "description": "mlflow: extra tags of the run"}}}  # fmt: skip
 
 
 def _int(default, minimum=1, null=False, doc=""):
@@ -134,6 +146,9 @@ TRAIN_PROPS: dict[str, dict] = {
         "uniqueItems": True, "default": [],
         "description": "blocks of the spec whose every instance recomputes its activations in backward "
                        "(as checkpoint: true on each): less memory, about one more forward of them"},
+    "loggers": {"type": "array", "items": _LOGGER, "maxItems": 8, "default": [{"name": "csv"}, {"name": "tensorboard"}],
+                "description": "where metrics go: csv (metrics.csv, always written), tensorboard "
+                               "(RUN/tensorboard), mlflow (keys tracking_uri, experiment, run_name, tags)"},
     "deterministic": {"type": "boolean", "default": True,
                       "description": "deterministic kernels (exact resume; may be slower)"},
     "dist_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 300,
@@ -192,7 +207,7 @@ def section_schemas() -> dict[str, dict]:
         train["properties"][key] = _or_bare_name(train["properties"][key])
     loss = train["properties"]["loss"]
     loss["anyOf"] = [_NAME, _TERM, {**loss["anyOf"][1], "items": {"anyOf": [_NAME, _TERM]}}]
-    for props, key in ((train["properties"], "metrics"), (data["properties"], "transforms"),
+    for props, key in ((train["properties"], "metrics"), (train["properties"], "loggers"), (data["properties"], "transforms"),
                        (data["properties"], "val_transforms")):  # fmt: skip
         props[key]["items"] = _or_bare_name(props[key]["items"])
     return {"data": data, "train": train}
@@ -213,6 +228,23 @@ class RunConfig:
     train: dict
     vars: dict = field(default_factory=dict)
     locs: dict = field(default_factory=dict, repr=False)
+    # `init:` and `freeze:` of a config file or `--set`, where given: in place of the spec's
+    weights: dict = field(default_factory=dict)
+
+    def weights_overlay(self):
+        """The run's `init:` and `freeze:` for the compiler (None where the spec's stand);
+        an init file is relative to the config file that names it, or to the working folder."""
+        from ..compiler.expand import FreezePattern, WeightsOverlay, init_specs
+
+        init = freeze = None
+        if "init" in self.weights:
+            written = self.locs.get(("init",))
+            folder = os.path.dirname(written.file) if type(written) is Location else os.getcwd()
+            init = init_specs(self.weights["init"], folder, self.loc)
+        if "freeze" in self.weights:
+            freeze = tuple(FreezePattern(p, self.loc(("freeze", k)), f"freeze[{k}]")
+                           for k, p in enumerate(self.weights["freeze"] or []))  # fmt: skip
+        return WeightsOverlay(init, freeze)
 
     def loc(self, path: tuple) -> Location | None:
         """Where `path` (or its nearest ancestor) was written; where that is a file and
@@ -252,11 +284,12 @@ def parse_path(text: str) -> tuple:
 
 def split_overrides(items: dict[str, Any]) -> tuple[dict, dict]:
     """{'train.epochs': 3, 'width': 64} -> ({'train.epochs': 3}, {'width': 64}):
-    keys under data./train. go to the run config, the rest (or vars.X) are variables."""
+    keys under data./train. (and init, freeze) go to the run config, the rest (or vars.X)
+    are variables."""
     run, variables = {}, {}
     for key, value in items.items():
         head = key.split(".", 1)[0]
-        if head in ("data", "train"):
+        if head in ("data", "train", *WEIGHT_KEYS):
             run[key] = value
         elif head == "vars":
             variables[key.split(".", 1)[1]] = value
@@ -287,22 +320,91 @@ def load_run_config(spec_doc: Document, config_path: str | os.PathLike | None = 
                                           for k in ("optimizer", "loss")}}  # fmt: skip
     locs: dict = {}
     variables: dict = {}
+    weights: dict = {}  # init:, freeze: (the spec's own are the compiler's)
     _merge_doc(merged, locs, spec_doc)
     if config_path is not None:
-        doc = _load_config_file(config_path)
+        doc = load_config_file(config_path)
         _merge_doc(merged, locs, doc)
+        _merge_weights(weights, locs, doc)
         file_vars = (doc.data or {}).get("vars") or {}
         if not isinstance(file_vars, dict):
             raise ConfigError("expected a mapping of variables", doc.loc(("vars",)), "vars")
         variables.update(file_vars)
     for key, value in (overrides or {}).items():
-        _apply_override(merged, locs, key, value)
+        if key.split(".", 1)[0] in WEIGHT_KEYS:
+            _apply_weights_override(weights, locs, key, value)
+        else:
+            _apply_override(merged, locs, key, value)
     _check(merged, locs)
+    _check_weights(weights, locs)
     _fill_defaults(merged)
-    return RunConfig(merged["data"], merged["train"], variables, locs)
+    return RunConfig(merged["data"], merged["train"], variables, locs, weights)
 
 
-def _load_config_file(path) -> Document:
+# the model's weights: a config file's or --set's take the place of the spec's keys
+WEIGHT_KEYS = ("init", "freeze")
+CONFIG_KEYS = ("data", "train", "vars", "tune", *WEIGHT_KEYS)  # tune: is read by runtime/tune.py
+
+
+def _merge_weights(weights: dict, locs: dict, doc: Document) -> None:
+    data = doc.data if isinstance(doc.data, dict) else {}
+    for key in WEIGHT_KEYS:
+        if key in data:
+            weights[key] = _bare_file(key, copy.deepcopy(data[key]))
+            locs.update({p: loc for p, loc in doc.locs.items() if p[:1] == (key,)})
+
+
+def _bare_file(key: str, value: Any) -> Any:
+    """`init: resnet18.pt` (or `--set init=resnet18.pt`) is `init: {file: resnet18.pt}`."""
+    return {"file": value} if key == "init" and isinstance(value, str) else value
+
+
+def _apply_weights_override(weights: dict, locs: dict, key: str, value: Any) -> None:
+    """`--set init=FILE`, `--set freeze=[conv1,"layer*"]`, or a key inside the run's
+    `init:` mapping (`--set init.torchvision=resnet18 --set init.exclude=[fc]`)."""
+    where = ArgLocation(f"--set {key}={_show(value)}", 0, 0)
+    head, _, inner = key.partition(".")
+    if not inner:
+        weights[head] = _bare_file(head, value)
+        for p in [p for p in locs if p[:1] == (head,)]:
+            del locs[p]
+    elif head == "init" and "." not in inner and isinstance(weights.get("init", {}), dict):
+        weights.setdefault("init", {})[inner] = value
+        locs.setdefault(("init",), where)  # the mapping is the override's when it made it
+    else:
+        raise ConfigError(f"'{key}' is not a key of the run's init: mapping", where,
+                          hint="--set init.KEY=VALUE sets one key of a single init: item; "
+                          "--set init=FILE or freeze=[...] replaces the whole value")  # fmt: skip
+    locs[(head, inner) if inner else (head,)] = where
+
+
+def weights_overlay(overrides: dict[str, Any]):
+    """The `init`/`freeze` items of `--set` overrides as a compiler overlay (what `yamlnet
+    summary`, `graph` and `compile` take of a run's settings); other keys are ignored."""
+    weights: dict = {}
+    locs: dict = {}
+    for key, value in overrides.items():
+        if key.split(".", 1)[0] in WEIGHT_KEYS:
+            _apply_weights_override(weights, locs, key, value)
+    _check_weights(weights, locs)
+    return RunConfig({}, {}, {}, locs, weights).weights_overlay()
+
+
+def _check_weights(weights: dict, locs: dict) -> None:
+    """init: and freeze: against the spec schema's (null or [] stands for none)."""
+    from ..compiler.schema import document_schema
+
+    props = document_schema()["properties"]
+    problems: list[Diagnostic] = []
+    for key, value in weights.items():
+        if value not in (None, []):
+            problems += _problems({key: value}, {"type": "object", "properties": {key: props[key]}}, (), locs)
+    if problems:
+        raise ConfigError(diagnostics=problems)
+
+
+def load_config_file(path) -> Document:
+    """A `--config` file, its top-level keys checked (its sections are merged elsewhere)."""
     from ..compiler.errors import LoadError
 
     kind = not_a_regular_file(path)
@@ -321,13 +423,14 @@ def _load_config_file(path) -> Document:
                           ArgLocation(f"--config {path}", 0, 0)) from None  # fmt: skip
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
-        raise LoadError("a config file is a mapping with data:, train: or vars:", doc.loc(()))
+        raise LoadError("a config file is a mapping with data:, train:, vars: or tune:", doc.loc(()))
     for key in data:
-        if key not in ("data", "train", "vars"):
+        if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown key '{key}'", doc.loc((key,)), key,
-                              did_you_mean(key, ("data", "train", "vars")) or
-                              "a config file holds data:, train: and vars:")  # fmt: skip
+                              did_you_mean(key, CONFIG_KEYS) or
+                              "a config file holds data:, train:, vars: and tune:")  # fmt: skip
     return doc
+
 
 
 def _merge_doc(merged: dict, locs: dict, doc: Document) -> None:
@@ -357,7 +460,7 @@ def _switch_dataset(data: dict, locs: dict, new: Any) -> None:
 
 
 _NAMED_KEYS = {"train": ("optimizer", "scheduler", "loss"), "data": ()}
-_NAMED_LISTS = {"train": ("metrics",), "data": ("transforms", "val_transforms")}
+_NAMED_LISTS = {"train": ("metrics", "loggers"), "data": ("transforms", "val_transforms")}
 
 
 def _normalise(section: str, body: dict) -> dict:

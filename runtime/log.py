@@ -1,5 +1,6 @@
 """What a run tells the user and writes down: a progress bar on a terminal (plain lines
-when output is not a terminal), `metrics.csv`, and TensorBoard event files.
+when output is not a terminal), `metrics.csv`, and the trackers of `train.loggers`
+(TensorBoard, MLflow: runtime/trackers.py).
 
 Only rank 0 logs; other ranks get `NullLog`. On resume, rows of metrics.csv past the
 checkpoint's step are dropped, because the resumed run logs those steps again.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoint import atomic_write
-from .tensorboard import EventWriter
+from .trackers import guarded
 
 if TYPE_CHECKING:
     from .run import Run
@@ -35,16 +36,16 @@ def format_duration(seconds: float) -> str:
 
 
 class RunLog:
-    """Console, metrics.csv and TensorBoard for one run folder."""
+    """Console, metrics.csv and the trackers (started ones) for one run folder."""
 
     def __init__(self, out: Path, columns: list[str], total_steps: int, *, resume_step: int = 0,
-                 stream=None, bar=None):  # fmt: skip
+                 stream=None, bar=None, trackers: list | None = None):  # fmt: skip
         self.out, self.columns, self.total = out, ["step", "epoch", *columns, "time"], total_steps
         self.stream = stream or sys.stdout
         self.bar = sys.stderr.isatty() if bar is None else bar  # redraw one line, or print lines
         self.csv_path = out / "metrics.csv"
         self._keep_rows_until(resume_step)
-        self.tb = EventWriter(out / "tensorboard")
+        self.trackers = list(trackers or [])
         self.t0, self.step0, self._drawn = time.perf_counter(), resume_step, 0.0
 
     def _keep_rows_until(self, step: int) -> None:
@@ -59,14 +60,12 @@ class RunLog:
         atomic_write(self.csv_path, buf.getvalue().encode())
 
     def write(self, step: int, epoch: int, values: dict[str, float]) -> None:
-        """One row of metrics.csv and a scalar per value in TensorBoard."""
+        """One row of metrics.csv, and the same values to every tracker."""
         row = {"step": step, "epoch": epoch, "time": f"{time.time():.3f}",
                **{k: f"{v:.9g}" for k, v in values.items()}}  # fmt: skip  float32-exact
         with open(self.csv_path, "a", newline="", encoding="utf-8") as fh:
             csv.DictWriter(fh, self.columns, extrasaction="ignore", lineterminator="\n").writerow(row)
-        for key, value in values.items():
-            self.tb.add_scalar(key, value, step)
-        self.tb.flush()
+        self.trackers = [t for t in self.trackers if guarded(t, "write", step, values)]
 
     def progress(self, step: int, epoch: int, epochs: int, loss: float, line: bool = False) -> None:
         """Redraw the bar (at most 10 times a second); off a terminal, print a line when
@@ -96,10 +95,13 @@ class RunLog:
             sys.stderr.flush()
         print(text, file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """End the bar and the trackers; `status` is MLflow's: FINISHED, FAILED or KILLED."""
         if self.bar:
             sys.stderr.write("\r\x1b[K")
-        self.tb.close()
+        for tracker in self.trackers:
+            guarded(tracker, "close", status)
+        self.trackers = []
 
 
 class NullLog:
@@ -117,7 +119,7 @@ class NullLog:
     def say(self, text: str) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         pass
 
 
@@ -146,10 +148,12 @@ def banner(run: Run) -> str:
     n_train, n_val = run.loaders.sizes
     t, spec = run.cfg.train, run.compiled.spec
     params = sum(p.numel() for p in run.model.parameters())
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    counts = f"{params:,} parameters" + (f", {trainable:,} trainable" if trainable != params else "")
     batch, world, accum = run.cfg.data["batch_size"], run.env.world_size, t["grad_accum"]
     per_step = batch * world * accum
     sizes = f"{batch}" + (f" x {world} processes" if world > 1 else "") + (f" x {accum} accumulated" if accum > 1 else "")
-    return (f"run {run.out}: {spec.name} ({params:,} parameters, hash {run.compiled.hash[:12]})\n"
+    return (f"run {run.out}: {spec.name} ({counts}, hash {run.compiled.hash[:12]})\n"
             f"device {run.env.device}, precision {t['precision']}, {world} process(es); "
             f"data {run.cfg.data['dataset']}: {n_train} train / {n_val} val, batch "
             f"{sizes}{f' = {per_step} per step' if per_step != batch else ''}; {run.total_steps} steps")  # fmt: skip

@@ -56,7 +56,7 @@ class TrainResult:
     best: Path | None
     step: int
     epoch: int
-    stopped: str  # finished | max_steps | early_stopping | SIGTERM | SIGINT
+    stopped: str  # finished | max_steps | early_stopping | pruned | SIGTERM | SIGINT
     seconds: float = float("nan")  # the loop's own time, setup excluded (nan on ranks > 0)
 
     @property
@@ -116,6 +116,7 @@ class Run:
     pending: list = field(default_factory=list)  # losses of the accumulation group so far
     pending_terms: list = field(default_factory=list)  # and their terms (several terms)
     folder_lock: FolderLock | None = None  # rank 0's hold on the run folder while it trains
+    on_validate: Any = None  # (step, values) -> True to end the run as pruned (yamlnet tune)
 
     def release_folder(self) -> None:
         if self.folder_lock is not None:

@@ -78,6 +78,7 @@ from .step import (
     wrap_ddp,
 )
 from .tasks import Task, as_tuple, build_task, sample_batch, to_device
+from .trackers import check_loggers, open_trackers
 
 __all__ = ["train", "TrainResult", "Position", "prepare", "plan", "Run",
            "resolve_out_dir", "EXIT_SIGNAL_BASE"]  # fmt: skip
@@ -85,9 +86,12 @@ __all__ = ["train", "TrainResult", "Position", "prepare", "plan", "Run",
 
 def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, resume: bool | str = False, force: bool = False,
-          plugins: tuple[str, ...] = (), stream=None, **overrides: Any) -> TrainResult:  # fmt: skip
+          plugins: tuple[str, ...] = (), stream=None, on_validate=None,
+          **overrides: Any) -> TrainResult:  # fmt: skip
     """Train a spec from its `data:`/`train:` sections. Keyword overrides use `--set` keys:
     dotted ones for the run (`**{"train.epochs": 3}`), plain names for variables.
+    `on_validate(step, values)`, if given, hears every validation; when it returns True
+    the run ends there, saved, as "pruned" (what `yamlnet tune`'s pruner does).
 
         >>> result = yamlnet.train("specs/digits_cnn.yaml", **{"train.epochs": 2})  # doctest: +SKIP
         >>> result.metrics["val/accuracy"]                                          # doctest: +SKIP
@@ -96,12 +100,15 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
         run = prepare(spec, config=config, out=out, resume=resume, force=force, plugins=plugins,
                       overrides=overrides)  # fmt: skip
         together = True  # every rank ends here alike, unless an error of one rank's own
+        status = "FAILED"  # what the trackers are told at the end (MLflow's run status)
         try:
             with StopSignals() as stop, setup_objects_frozen():
-                run.stop = stop
-                run.log = (RunLog if run.env.is_main else NullLog)(
-                    run.out, log_columns(run), run.total_steps, resume_step=run.pos.step, stream=stream)
+                run.stop, run.on_validate = stop, on_validate
+                run.log = (RunLog(run.out, log_columns(run), run.total_steps, resume_step=run.pos.step,
+                                  stream=stream, trackers=open_trackers(run))
+                           if run.env.is_main else NullLog())  # fmt: skip
                 result = _loop(run)
+            status = "KILLED" if result.stopped.startswith("SIG") else "FINISHED"
             if result.stopped.startswith("SIG"):
                 mark_stopped(run, result.exit_code, f"stopped by {result.stopped}")
             return result
@@ -123,16 +130,17 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
             raise
         finally:
             if run.log is not None:
-                run.log.close()
+                run.log.close(status)
             run.ckpts.close()  # whatever happened, a checkpoint being written gets finished
             run.release_folder()
             shutdown(run.env, together)
 
 
 def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: bool = False,
-            plugins=(), overrides=None) -> Run:  # fmt: skip
+            plugins=(), overrides=None, folder: bool = True) -> Run:  # fmt: skip
     """Compile the spec, check the run config, build data, model and optimizer, and
-    restore a checkpoint when resuming."""
+    restore a checkpoint when resuming. `folder=False` opens no run folder (run.out and
+    run.ckpts stay None): what `lr-find` trains on, leaving no trace on disk."""
     source, cfg, var_over = load_run(spec, config, overrides)
     with cfg.located():  # builders name a spec path; this adds its file:line:col
         env = setup_env(cfg.train["device"], cfg.train["dist_timeout"])
@@ -152,7 +160,8 @@ def prepare(spec, *, config=None, out=None, resume: bool | str = False, force: b
             if env.rank:
                 seed_all(rank_seed(seed, env.rank))  # dropout differs across ranks
             run.forward = wrap_ddp(run.evaluate, compiled, cfg, env)
-            open_run(run, out, resume, force)
+            if folder:
+                open_run(run, out, resume, force)
             return run
         except BaseException as err:
             if run is not None:
@@ -176,8 +185,9 @@ def plan(spec, *, config=None, out=None, resume: bool | str = False, plugins=(),
 
 
 def compile_model(source, cfg: RunConfig, var_over: dict, plugins=()) -> Compiled:
-    """The spec compiled for this run: its variables, and the blocks that
-    `train.activation_checkpointing` names checkpointed (each named one checked here)."""
+    """The spec compiled for this run: its variables, the run's `init:` and `freeze:` (in
+    place of the spec's), and the blocks that `train.activation_checkpointing` names
+    checkpointed (each named one checked here)."""
     blocks = cfg.train["activation_checkpointing"]
     if blocks:
         defined = collect_blocks(source)
@@ -187,7 +197,7 @@ def compile_model(source, cfg: RunConfig, var_over: dict, plugins=()) -> Compile
                                   did_you_mean(name, list(defined)) or
                                   f"its blocks: {', '.join(sorted(defined)) or 'none'}")  # fmt: skip
     return compile_spec(source, {**cfg.vars, **var_over}, plugins=tuple(plugins), checkpoint_blocks=tuple(blocks),
-                        block_modules=cfg.train["strategy"] == "fsdp")  # fmt: skip
+                        block_modules=cfg.train["strategy"] == "fsdp", overlay=cfg.weights_overlay())  # fmt: skip
 
 
 def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
@@ -213,6 +223,7 @@ def _build(cfg: RunConfig, env: Env, compiled: Compiled, var_over) -> Run:
     total = tcfg["max_steps"] or tcfg["epochs"] * steps_per_epoch
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
     check_optimizer(tcfg["optimizer"], env.device)
+    check_loggers(cfg)
     monitor, mode = _monitor(cfg, loaders, task)
     check_schedule(tcfg["scheduler"], tcfg["optimizer"], steps_per_epoch=steps_per_epoch,
                    total_steps=total, mode=mode)  # fmt: skip
@@ -467,6 +478,8 @@ def _validate(run: Run) -> str | None:
     elif run.monitor:
         pos.stale += 1
     run.schedule.step("val", values.get(run.monitor))
+    if run.on_validate is not None and run.on_validate(pos.step, values):
+        return "pruned"
     es = run.cfg.train["early_stopping"]
     return "early_stopping" if es and pos.stale >= es["patience"] else None
 

@@ -132,8 +132,9 @@ def published_schema() -> dict:
     `yamlnet schema` prints it and specs/schema.json holds it)."""
     from .compiler.schema import published_schema as model_schema
     from .runtime.config import section_schemas
+    from .runtime.space import tune_schema
 
     schema = model_schema()
-    for key, section in section_schemas().items():
+    for key, section in {**section_schemas(), "tune": tune_schema(editors=True)}.items():
         schema["properties"][key] = {**section, "description": schema["properties"][key]["description"]}
     return schema

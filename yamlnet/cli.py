@@ -23,12 +23,16 @@ examples:
   yamlnet validate specs/*.yaml
   yamlnet summary specs/resnet18.yaml
   yamlnet expand specs/resnet18.yaml --set classes=100
+  yamlnet diff specs/zoo/resnet.yaml specs/zoo/resnet.yaml --set-a depth=18 --set-b depth=34
   yamlnet compile specs/resnet18.yaml --emit-python resnet18.py --out resnet18.pt
   yamlnet schema > specs/schema.json
   yamlnet train specs/digits_cnn.yaml
   yamlnet train specs/digits_cnn.yaml --set train.epochs=20 --out runs/digits
   yamlnet train specs/digits_cnn.yaml --out runs/digits --resume
   yamlnet train specs/digits_cnn.yaml --nproc 2 --max-restarts 1
+  yamlnet tune specs/digits_cnn.yaml --config sweep.yaml --trials 20 --timeout 3600
+  yamlnet lr-find specs/digits_cnn.yaml -o lr_find.png
+  yamlnet plot runs/digits_cnn --metrics train/loss,val/accuracy -o curves.svg
   yamlnet eval specs/digits_cnn.yaml --checkpoint runs/digits
   yamlnet train specs/zoo/gpt.yaml --out runs/gpt
   yamlnet generate specs/zoo/gpt.yaml --checkpoint runs/gpt --prompt "The spec"
@@ -67,6 +71,7 @@ def _main(argv: list[str] | None) -> int:
             from .compiler.registry import load_plugins
 
             load_plugins(args.plugin)
+        _zoo_variants(args)
         return args.run(args) or EXIT_OK
     except (SpecError, UserError) as err:
         if args.verbose:
@@ -155,6 +160,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-costs", action="store_true", help="leave out MACs and activations "
                    "(no weights are built: faster for big specs)")  # fmt: skip
 
+    c = command("diff", cmd_diff, "compare two specs: nodes added, removed and changed, the "
+                "parameter count, and which tensors of a checkpoint load into the second", spec_opts)  # fmt: skip
+    c.epilog = "exit status: 0 the same network, 1 different, 2 bad input"
+    c.add_argument("a", metavar="A", help="the spec compared from")
+    c.add_argument("b", metavar="B", help="the spec compared to (may be the same file as A)")
+    c.add_argument("--set-a", action="append", default=[], metavar="VAR=VALUE",
+                   help="override a variable of A only (repeatable; after --set)")  # fmt: skip
+    c.add_argument("--set-b", action="append", default=[], metavar="VAR=VALUE",
+                   help="override a variable of B only (repeatable; after --set)")  # fmt: skip
+    c.add_argument("--format", choices=["table", "json"], default="table")
+    c.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint file (.pt, .safetensors) or "
+                   "run folder: which of its tensors load into B (same name and shape)")  # fmt: skip
+
     c = command("graph", cmd_graph, "draw the network: svg, png or pdf through Graphviz, or dot "
                 "and mermaid text", spec_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
@@ -197,6 +215,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-restarts", type=int, default=0, metavar="K", help="with --nproc: "
                    "restart the workers up to K times after a failure; they resume from the last "
                    "checkpoint (default 0)")  # fmt: skip
+
+    c = command("tune", cmd_tune, "search hyperparameters with Optuna: the spec's tune: section "
+                "(or --config's) declares the space; every trial is a run folder", run_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--config", metavar="FILE", help="a YAML file with data:, train:, vars: and "
+                   "tune: that override the spec's (its tune.space replaces the spec's)")  # fmt: skip
+    c.add_argument("--trials", type=int, metavar="N", help="finished trials the study aims at, "
+                   "over all its processes (tune.trials; default 20)")  # fmt: skip
+    c.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this "
+                   "long (the running one finishes)")  # fmt: skip
+    c.add_argument("--out", metavar="DIR", help="the study folder: study.db and a run folder per "
+                   "trial, trial_K (default: runs/NAME-tune)")  # fmt: skip
+    c.add_argument("--study", metavar="NAME", help="the study's name in the storage (tune.study; "
+                   "default: the spec's name)")  # fmt: skip
+    c.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (tune.storage; default "
+                   "sqlite:///DIR/study.db); processes on one storage share the study")  # fmt: skip
 
     c = command("eval", cmd_eval, "loss and metrics of a checkpoint on the spec's data", run_opts)
     c.add_argument("spec", metavar="SPEC")
@@ -274,6 +308,34 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-check", action="store_true", help="skip compiling the spec back and "
                    "comparing it with the module")  # fmt: skip
 
+    c = command("zoo", cmd_zoo, "list the model zoo: each family (zoo:NAME, usable wherever a "
+                "spec is named) and its variants with the variables that make them")  # fmt: skip
+    c.add_argument("family", nargs="?", help="one family: its variants in full")
+    c.add_argument("--format", choices=["table", "json"], default="table")
+
+    c = command("plot", cmd_plot, "training and validation curves of runs from their metrics.csv "
+                "(png, svg or pdf); several runs, or a sweep's trials, overlaid")  # fmt: skip
+    c.add_argument("runs", nargs="+", metavar="RUN", help="a run folder, or a folder of runs (a "
+                   "study's trial_K, a spec's version_K): each run inside")  # fmt: skip
+    c.add_argument("-o", "--out", metavar="FILE", default="plot.png",
+                   help="the picture: .png, .svg or .pdf (default: plot.png here)")  # fmt: skip
+    c.add_argument("--metrics", metavar="A,B", help="the columns to draw, a subplot each (default: "
+                   "train/loss and every val/ metric)")  # fmt: skip
+    c.add_argument("--x", choices=["step", "epoch", "time"], default="step",
+                   help="the x axis: optimizer steps (default), epochs, or seconds since the start")  # fmt: skip
+
+    c = command("lr-find", cmd_lr_find, "learning-rate range test on the spec's data, model and "
+                "optimizer: the loss as the LR grows, and a suggested LR (writes no run)", run_opts)  # fmt: skip
+    c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--config", metavar="FILE", help="data:/train: overrides, as for train")
+    c.add_argument("--min-lr", type=float, default=1e-7, help="the first LR (default 1e-7)")
+    c.add_argument("--max-lr", type=float, default=1.0, help="the last LR (default 1)")
+    c.add_argument("--steps", type=int, default=100, help="optimizer steps from --min-lr to --max-lr, "
+                   "fewer if the loss diverges first (default 100)")  # fmt: skip
+    c.add_argument("-o", "--out", metavar="FILE", help="also draw loss against LR: .png, .svg or "
+                   ".pdf (default: no picture)")  # fmt: skip
+    c.add_argument("--format", choices=["text", "json"], default="text")
+
     c = command("checkpoint", cmd_checkpoint, "work with a run's checkpoints")
     c.add_argument("action", choices=["consolidate"], help="consolidate: a sharded checkpoint (what "
                    "train.strategy: fsdp writes, a step-N.dcp folder) as one file")  # fmt: skip
@@ -287,14 +349,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(items: list[str]) -> dict[str, Any]:
+def _zoo_variants(args) -> None:
+    """A zoo variant named as the spec (`zoo:resnet50`) is its family's file with the
+    variant's variables set first: the command's own --set items come after and win."""
+    from .compiler.zoo import PREFIX, is_zoo_name, zoo_spec
+
+    for attr, sets in (("spec", "set"), ("a", "set_a"), ("b", "set_b")):
+        name = getattr(args, attr, None)
+        if not isinstance(name, str) or not is_zoo_name(name):
+            continue
+        path, variables = zoo_spec(name)
+        if variables and not hasattr(args, sets):
+            raise UserError(f"{name} is a variant; this command takes the family ({PREFIX}{path.stem})")
+        if variables:
+            setattr(args, attr, PREFIX + path.stem)
+            setattr(args, sets, [*(f"{k}={json.dumps(v)}" for k, v in variables.items()), *getattr(args, sets)])
+
+
+def _overrides(items: list[str], flag: str = "--set") -> dict[str, Any]:
     from .compiler.expand import parse_override
 
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set expects VAR=VALUE, got '{item}'")
+            raise UserError(f"{flag} expects VAR=VALUE, got '{item}'")
         out[key.strip()] = parse_override(text)
     return out
 
@@ -303,10 +382,39 @@ def _compile(args, path: str, build: bool = False):
     from pathlib import Path
 
     from .compiler.compile import compile_spec
-    from .runtime.config import split_overrides
+    from .runtime.config import split_overrides, weights_overlay
 
-    _, variables = split_overrides(_overrides(args.set))  # data./train. keys are the runtime's
-    return compile_spec(Path(path), variables, build=build)  # a path, never YAML text
+    run, variables = split_overrides(_overrides(args.set))  # data./train. keys are the runtime's
+    return compile_spec(Path(path), variables, build=build,  # a path, never YAML text
+                        overlay=weights_overlay(run))  # --set init=... / freeze=[...]
+
+
+def cmd_zoo(args) -> int:
+    from .compiler.errors import did_you_mean
+    from .compiler.zoo import examples, families
+
+    found = families()
+    if args.family is not None:
+        wanted = args.family.removeprefix("zoo:")
+        found = [f for f in found if f["family"] == wanted]
+        if not found:
+            names = [f["family"] for f in families()]
+            raise UserError(f"no zoo family '{wanted}' ({did_you_mean(wanted, names) or 'families: ' + ', '.join(names)})")
+    if args.format == "json":
+        print(json.dumps(found, indent=2))
+        return EXIT_OK
+    for fam in found:
+        print(f"{fam['spec']:<18} {fam['description']}")
+        for variant, sets in fam["variants"].items() if args.family else ():
+            flags = " ".join(f"--set {k}={json.dumps(v).replace(' ', '')}" for k, v in sets.items())
+            print(f"  zoo:{variant:<20} {flags or '(the defaults)'}")
+        if not args.family and fam["variants"]:
+            print(f"  variants: {', '.join(fam['variants'])}")
+    if not args.family:
+        print(f"examples:          {', '.join('zoo:' + name for name in examples())}")
+        print("\na variant names its family and variables: yamlnet train zoo:resnet50 = "
+              "yamlnet train zoo:resnet --set depth=50")  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_validate(args) -> int:
@@ -335,12 +443,17 @@ def cmd_validate(args) -> int:
 
 
 def _check_run_config(args, result) -> None:
-    """The data:/train: sections too, when the spec has them (the runtime checks them)."""
+    """The data:/train: sections too, when the spec has them (the runtime checks them),
+    and tune:'s space, tried on the run."""
     data = result.source.main.data
     if isinstance(data, dict) and ("data" in data or "train" in data):
         from .runtime.config import load_run_config, split_overrides
 
         load_run_config(result.source.main, None, split_overrides(_overrides(args.set))[0])
+    if isinstance(data, dict) and "tune" in data:
+        from .runtime.space import load_tune
+
+        load_tune(result.source, None, _overrides(args.set))
 
 
 def cmd_expand(args) -> int:
@@ -373,6 +486,52 @@ def cmd_summary(args) -> int:
     sizes = {"N": 1, **dims} if costs is not None else None
     print(format_summary(result, summary_rows(result, costs), args.format, sizes, note), end="")
     return EXIT_OK
+
+
+EXIT_DIFFERENT = 1  # diff, like diff(1): the specs differ (not a failure)
+
+
+def cmd_diff(args) -> int:
+    from .compiler.diff import diff_specs, format_diff
+
+    _overrides(args.set_a, "--set-a")  # parsed first, so that a malformed item names its flag
+    _overrides(args.set_b, "--set-b")
+    a = _compile(_with_sets(args, args.set_a), args.a)
+    args_b, fit = _with_sets(args, args.set_b), None
+    if args.checkpoint:
+        import torch
+
+        with torch.device("meta"):  # B's state_dict as shapes only: no memory
+            b = _compile(args_b, args.b, build=True)
+        fit = _checkpoint_fit(args.checkpoint, b.module.state_dict())
+    else:
+        b = _compile(args_b, args.b)
+    diff = diff_specs(a, b, (*args.set, *args.set_a), (*args.set, *args.set_b), fit)
+    print(format_diff(diff, args.format), end="")
+    return EXIT_OK if diff.equal else EXIT_DIFFERENT
+
+
+def _with_sets(args, extra: list[str]) -> argparse.Namespace:
+    """args with `extra` --set items after its own (for one side of a diff)."""
+    return argparse.Namespace(**{**vars(args), "set": [*args.set, *extra]})
+
+
+def _checkpoint_fit(source: str, model: dict):
+    """Which tensors of the checkpoint `source` load into `model` (a state_dict)."""
+    import contextlib
+
+    import torch
+
+    from .compiler.diff import checkpoint_fit
+    from .runtime.evaluate import resolve_checkpoint
+
+    with contextlib.redirect_stdout(sys.stderr):  # its warnings must not break --format json
+        path, state = resolve_checkpoint(source)
+    tensors = state.get("model")
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise UserError(f"{path} holds no state_dict of tensors under 'model'")
+    shapes = lambda sd: {k: tuple(v.shape) for k, v in sd.items()}  # noqa: E731
+    return checkpoint_fit(str(path), shapes(tensors), shapes(model))
 
 
 MAX_DIM = 2**31 - 1  # a --dim past this overflows PyTorch's 32-bit sizes in places
@@ -441,8 +600,9 @@ def cmd_compile(args) -> int:
     result = _compile(args, args.spec, build=True)
     module = result.module
     total = sum(p.numel() for p in module.parameters())
-    print(f"compiled {args.spec}: {result.spec.name}, {len(result.spec.nodes)} nodes, "
-          f"{total:,} parameters, hash {result.hash[:12]}")  # fmt: skip
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    print(f"compiled {args.spec}: {result.spec.name}, {len(result.spec.nodes)} nodes, {total:,} parameters"
+          f"{f', {trainable:,} trainable' if trainable != total else ''}, hash {result.hash[:12]}")  # fmt: skip
     if args.emit_python:
         _write(args.emit_python, emit_python(result.graph, module))
         print(f"wrote {args.emit_python}")
@@ -523,6 +683,26 @@ def _worker_args(args, out) -> list[str]:
     if args.compile is not None:
         argv.append("--compile" if args.compile else "--no-compile")
     return argv
+
+
+def cmd_tune(args) -> int:
+    from pathlib import Path
+
+    try:
+        import optuna  # noqa: F401 - the optional extra
+    except ImportError:
+        from .runtime.tune import OPTUNA_MISSING
+
+        raise UserError(OPTUNA_MISSING) from None
+    from .runtime.tune import tune
+
+    for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} takes a number > 0, got {value:g}")
+    result = tune(Path(args.spec), config=args.config, out=args.out, trials=args.trials,
+                  timeout=args.timeout, study=args.study, storage=args.storage,
+                  plugins=tuple(args.plugin), **_overrides(args.set))  # fmt: skip
+    return result.exit_code
 
 
 def cmd_eval(args) -> int:
@@ -691,6 +871,62 @@ def cmd_import(args) -> int:
     else:
         sys.stdout.write(result.text)
         print(f"{lines} lines, {result.nodes} nodes, {result.parameters:,} parameters; {checked}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _need_matplotlib(command: str) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError(f'yamlnet {command} needs matplotlib: pip install "yamlnet[plot]"') from None
+
+
+def cmd_plot(args) -> int:
+    _need_matplotlib("plot")
+    from .runtime.plot import plot_runs
+
+    metrics = None
+    if args.metrics is not None:
+        metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+        if not metrics:
+            raise UserError("--metrics takes column names separated by commas: train/loss,val/accuracy")
+    result = plot_runs(args.runs, args.out, metrics=metrics, x=args.x)
+    runs = f"{len(result.runs)} run{'s' * (len(result.runs) > 1)}"
+    print(f"wrote {result.out}: {runs}; {', '.join(result.metrics)} against {args.x}")
+    return EXIT_OK
+
+
+def cmd_lr_find(args) -> int:
+    import shlex
+    from pathlib import Path
+
+    from .runtime.errors import TrainingError
+
+    if args.out:
+        _need_matplotlib("lr-find --out")
+        from .runtime.plot import check_out
+
+        check_out(args.out)  # before the sweep, not after it
+    from .runtime.lr_find import lr_find, lr_text, save_plot, short_lr
+
+    try:
+        result = lr_find(Path(args.spec), config=args.config, min_lr=args.min_lr, max_lr=args.max_lr,
+                         steps=args.steps, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
+    except TrainingError as err:
+        _error(f"error: {err}")
+        return getattr(err, "exit_code", EXIT_FAILURE)
+    if args.out:
+        save_plot(result, args.out, f"lr-find: {Path(args.spec).name}")
+    if args.format == "json":
+        lr = result.suggestion
+        print(json.dumps({**result.as_dict(), "set": lr and f"train.optimizer.lr={short_lr(lr)}",
+                          "plot": args.out}, indent=1))  # fmt: skip
+        return EXIT_OK
+    again = [args.spec, *(["--config", args.config] if args.config else [])]
+    again += [a for item in args.set if not item.startswith("train.optimizer.lr=") for a in ("--set", item)]
+    print(lr_text(result, shlex.join(again)))
+    if args.out:
+        print(f"wrote {args.out}")
     return EXIT_OK
 
 
