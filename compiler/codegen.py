@@ -477,7 +477,8 @@ def emit_python(typed: nx.DiGraph, gm, registry=REGISTRY) -> str:
     modules, params = _frozen_parts(gm, spec.frozen)
     if modules:
         lines += [f"        for path in {modules!r}:  # freeze: no gradients, kept in eval mode",
-                  "            self.get_submodule(path).requires_grad_(False)"]  # fmt: skip
+                  "            self.get_submodule(path).requires_grad_(False)",
+                  "        self.train(self.training)  # from the start, not only after .train()"]  # fmt: skip
     if params:
         lines += [f"        for name in {params!r}:  # freeze: no gradients",
                   "            self.get_parameter(name).requires_grad_(False)"]  # fmt: skip

@@ -131,6 +131,9 @@ def spec_hash(spec: ExpandedSpec) -> str:
                   for n in spec.nodes],  # fmt: skip
         "outputs": [[k, str(r)] for k, r in spec.outputs],
         **({"train_outputs": [[k, str(r)] for k, r in spec.train_outputs]} if spec.train_outputs else {}),
+        # what trains is part of the network a checkpoint belongs to: resuming with another
+        # freeze would put the optimizer's state onto other parameters
+        **({"frozen": sorted(spec.frozen)} if spec.frozen else {}),
     }
     text = json.dumps(canon, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

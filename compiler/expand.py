@@ -918,8 +918,12 @@ def outermost(prefixes: list[str]) -> tuple[str, ...]:
     """The prefixes not inside another one (a checkpointed block inside a checkpointed
     block is recomputed with it)."""
     kept = set(prefixes)
-    return tuple(p for p in dict.fromkeys(prefixes)
-                 if not any(p.startswith(q + ".") for q in kept if q != p))  # fmt: skip
+
+    def inside(p: str) -> bool:  # a dotted ancestor of p is kept: O(depth), not O(n)
+        parts = p.split(".")
+        return any(".".join(parts[:i]) in kept for i in range(1, len(parts)))
+
+    return tuple(p for p in dict.fromkeys(prefixes) if not inside(p))
 
 
 @lru_cache(maxsize=1)

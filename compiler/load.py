@@ -98,12 +98,15 @@ def load_spec_source(source: str | os.PathLike, *, name: str | None = None) -> S
     >>> load_spec_source("yamlnet: 1\\nnodes: {fc: {op: Linear, out_features: 2}}").main.data["yamlnet"]
     1
     """
-    if is_zoo_name(source):  # zoo:resnet (a variant's variables are the caller's to apply)
-        source = zoo_spec(source)[0]
+    variant: dict = {}
+    if is_zoo_name(source):  # zoo:resnet, or zoo:resnet50 (the file with depth: 50)
+        source, variant = zoo_spec(source)
     if isinstance(source, os.PathLike) or ("\n" not in str(source) and _looks_like_path(source)):
         path = os.fspath(source)
         main = load_document(_read_file(path, None), path)
         base = os.path.dirname(os.path.abspath(path))
+        if variant:  # the variant's values replace the file's defaults; overrides still win
+            main.data["vars"] = {**(main.data.get("vars") or {}), **variant}
     else:
         main = load_document(str(source).encode("utf-8"), name or "<spec>")
         base = os.getcwd()

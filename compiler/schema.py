@@ -177,7 +177,7 @@ def document_schema() -> dict[str, Any]:
             "nodes": {"$ref": "#/$defs/nodes"},
             "init": {"anyOf": [init_item, {"type": "array", "items": init_item, "minItems": 1}],
                      "description": "weights to load when the model is built"},
-            "freeze": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 400},
+            "freeze": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 400}, "maxItems": 1000,
                        "description": "nodes whose weights get no gradients (kept in eval mode), by name or "
                        "glob over node and module paths: [conv1, bn1, \"layer*\"]"},
             "meta": {"type": "object", "description": "free-form facts (class_names, ...)"},

@@ -19,6 +19,9 @@ def summary_rows(result, costs: dict | None = None) -> list[dict]:
     """One row per op node, in execution order; with `costs` (costs.node_costs), its
     MACs and output bytes too."""
     g, frozen = result.graph, result.spec.frozen
+    # a frozen node's tied weight is its owner's too (one Parameter): that node is frozen
+    frozen += tuple(target.rsplit(".", 1)[0] for n in result.spec.nodes if n.tie and is_frozen(n.name, frozen)
+                    for _, target in n.tie)  # fmt: skip
     rows = []
     for name in topological_order(g):
         data = g.nodes[name]

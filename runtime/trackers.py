@@ -160,7 +160,15 @@ class MLflowTracker:
             found = self.client.get_run(str(record["run_id"]))
         except (ValueError, KeyError, AttributeError, MlflowException):
             return None  # unreadable, or the run was deleted: a new MLflow run
-        for key in found.data.metrics:
+        if any(step > run.pos.step for step, _ in run.ckpts.steps()):
+            # resumed from an older checkpoint than the newest (--resume-from): a branch,
+            # whose steps would differ from those logged: a new MLflow run, tagged with its origin
+            self.item = {**self.item, "tags": {**(self.item.get("tags") or {}),
+                                               "yamlnet.resumed_from": found.info.run_id}}  # fmt: skip
+            print(f"warning: mlflow logger: resumed from step {run.pos.step}, before the run's newest "
+                  "checkpoint: a new MLflow run", flush=True)  # fmt: skip
+            return None
+        for key in found.data.metrics:  # a crash's resume: these steps come again, equal
             history = self.client.get_metric_history(found.info.run_id, key)
             self.logged[key] = max((m.step for m in history), default=-1)
         self.client.update_run(found.info.run_id, status="RUNNING")

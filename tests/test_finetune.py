@@ -170,6 +170,8 @@ def test_emitted_python_keeps_freeze_and_ties(tmp_path):
 
     assert frozen(model) == frozen(ours) and "blocks.0.attn.c_attn.weight" in frozen(model)
     assert model.head.weight is model.tok_emb.weight and ours.head.weight is ours.tok_emb.weight
+    # frozen parts are in eval mode from construction on, not only after .train()
+    assert not model.blocks.get_submodule("0.mlp.drop").training and model.blocks.get_submodule("1.mlp.drop").training
     model.train(), ours.train()
     assert not model.blocks.get_submodule("0.mlp.drop").training and model.blocks.get_submodule("1.mlp.drop").training
     tokens = torch.randint(0, 512, (2, 9))

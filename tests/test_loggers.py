@@ -148,6 +148,17 @@ def test_a_resumed_run_continues_its_mlflow_run_without_duplicate_steps(tmp_path
     board = _tensorboard(out)  # TensorBoard drops the killed process's steps past the checkpoint
     assert board["train/loss"].keys() == table["train/loss"].keys()
     assert all(board["train/loss"][s] == pytest.approx(v, rel=1e-6) for s, v in table["train/loss"].items())
+    # resumed from an older checkpoint than the newest: a branch, logged as a new MLflow run
+    older = sorted((out / "checkpoints").glob("step-*.pt"))[0]
+    before = _history(client, run_id, "train/loss")
+    code = yamlnet.cli.main(["train", os.fspath(DIGITS), "--out", os.fspath(out), "--resume-from", os.fspath(older),
+                             *sets, "--set=train.optimizer.lr=0.01", "--force"])  # fmt: skip
+    assert code == 0
+    client2, branch = _client(out)
+    assert branch != run_id and client2.get_run(branch).data.tags["yamlnet.resumed_from"] == run_id
+    assert _history(client, run_id, "train/loss") == before  # the first run's record is kept
+    first = int(older.stem.split("-")[1])
+    assert [s for s, _ in _history(client, branch, "train/loss")] == [s for s in sorted(_csv_series(out)["train/loss"]) if s > first]
 
 
 def test_an_unreachable_store_is_one_warning_and_the_run_trains(tmp_path, capsys):
@@ -204,3 +215,22 @@ def test_mlflow_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypat
     assert code == 2 and len(err) == 1, err
     assert 'pip install "yamlnet[mlflow]"' in err[0] and "train.loggers[0]" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.extended
+def test_two_processes_make_one_mlflow_run_and_one_event_file(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "runs" / "ddp"
+    done = subprocess.run([sys.executable, "-m", "yamlnet", "train", os.fspath(DIGITS), "--out", os.fspath(out),
+                           "--nproc", "2", "--epochs", "1", "--set=train.loggers=[tensorboard,mlflow]"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient("sqlite:///" + (out.parent / "mlflow.db").as_posix())
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.run_id == _client(out)[1]  # rank 0's alone
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    table = _csv_series(out)
+    assert {k: dict(_history(client, runs[0].info.run_id, k)) for k in table} == {
+        k: {s: pytest.approx(v, rel=1e-6) for s, v in vals.items()} for k, vals in table.items()}

@@ -71,7 +71,6 @@ def _main(argv: list[str] | None) -> int:
             from .compiler.registry import load_plugins
 
             load_plugins(args.plugin)
-        _zoo_variants(args)
         return args.run(args) or EXIT_OK
     except (SpecError, UserError) as err:
         if args.verbose:
@@ -192,8 +191,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("train", cmd_train, "train a spec from its data: and train: sections", run_opts)
     c.add_argument("spec", metavar="SPEC")
-    c.add_argument("--config", metavar="FILE", help="a YAML file with data:, train: and vars: "
-                   "that override the spec's")  # fmt: skip
+    c.add_argument("--config", metavar="FILE", help="a YAML file with data:, train:, vars:, init:, "
+                   "freeze: and tune: that override the spec's")  # fmt: skip
     c.add_argument("--out", metavar="DIR", help="the run folder (default: runs/NAME/version_K)")
     c.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the newest runs/NAME/version_K) "
@@ -349,23 +348,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _zoo_variants(args) -> None:
-    """A zoo variant named as the spec (`zoo:resnet50`) is its family's file with the
-    variant's variables set first: the command's own --set items come after and win."""
-    from .compiler.zoo import PREFIX, is_zoo_name, zoo_spec
-
-    for attr, sets in (("spec", "set"), ("a", "set_a"), ("b", "set_b")):
-        name = getattr(args, attr, None)
-        if not isinstance(name, str) or not is_zoo_name(name):
-            continue
-        path, variables = zoo_spec(name)
-        if variables and not hasattr(args, sets):
-            raise UserError(f"{name} is a variant; this command takes the family ({PREFIX}{path.stem})")
-        if variables:
-            setattr(args, attr, PREFIX + path.stem)
-            setattr(args, sets, [*(f"{k}={json.dumps(v)}" for k, v in variables.items()), *getattr(args, sets)])
-
-
 def _overrides(items: list[str], flag: str = "--set") -> dict[str, Any]:
     from .compiler.expand import parse_override
 
@@ -396,6 +378,8 @@ def cmd_zoo(args) -> int:
     found = families()
     if args.family is not None:
         wanted = args.family.removeprefix("zoo:")
+        variant_of = {v: f["family"] for f in found for v in f["variants"]}
+        wanted = variant_of.get(wanted, wanted)  # zoo resnet50: resnet's table
         found = [f for f in found if f["family"] == wanted]
         if not found:
             names = [f["family"] for f in families()]
