@@ -227,3 +227,18 @@ def test_the_journey_from_the_command_line(tmp_path, hub, capsys):
     assert code == 0
     trainable = 10 * 512 + 10 + sum(p.numel() for n, p in hub[0].named_parameters() if n.startswith(("layer3", "layer4")))
     assert f"11,181,642 parameters, {trainable:,} trainable" in capsys.readouterr().out
+
+
+def test_resuming_with_another_freeze_is_refused(tmp_path, capsys):
+    import yamlnet.cli
+
+    digits = os.fspath(SPECS / "digits_cnn.yaml")
+    out = os.fspath(tmp_path / "run")
+    assert yamlnet.cli.main(["train", digits, "--max-steps", "2", "--out", out, "--set", "freeze=[features]", "--set", "train.scheduler=null"]) == 0
+    capsys.readouterr()
+    code = yamlnet.cli.main(["train", digits, "--max-steps", "4", "--out", out, "--resume", "--set", "freeze=[fc2]", "--set", "train.scheduler=null"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "the spec changed since" in err[0] and "--force" in err[0]
+    # the same freeze resumes
+    assert yamlnet.cli.main(["train", digits, "--max-steps", "4", "--out", out, "--resume",
+                             "--set", "freeze=[features]", "--set", "train.scheduler=null"]) == 0  # fmt: skip
