@@ -154,7 +154,7 @@ def explain_schema_error(err) -> tuple[str, str]:
     if v == "oneOf" and isinstance(inst, dict):
         return "a node needs exactly one of 'op:', 'block:' or 'nodes:'", ""
     if v in ("anyOf", "oneOf") and err.context and all(e.validator == "type" for e in err.context):
-        wants = " or ".join(_want(e.validator_value) for e in err.context)
+        wants = " or ".join(dict.fromkeys(_want(e.validator_value) for e in err.context))
         return f"expected {wants}, got {_got(inst)}", ""
     if v in ("minProperties", "minItems") and err.validator_value == 1:
         return "must not be empty", ""

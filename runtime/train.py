@@ -74,6 +74,7 @@ from .step import (
     guarded_micro_step,
     kept_checkpoint_text,
     optimizer_step,
+    seed_epoch,
     steps_now,
     wrap_ddp,
 )
@@ -105,8 +106,9 @@ def train(spec: str | os.PathLike, *, config: str | os.PathLike | None = None,
             with StopSignals() as stop, setup_objects_frozen():
                 run.stop, run.on_validate = stop, on_validate
                 run.log = (RunLog(run.out, log_columns(run), run.total_steps, resume_step=run.pos.step,
-                                  stream=stream, trackers=open_trackers(run))
-                           if run.env.is_main else NullLog())  # fmt: skip
+                                  stream=stream) if run.env.is_main else NullLog())  # fmt: skip
+                if run.env.is_main:  # started once the log can close them (MLflow: the run's status)
+                    run.log.trackers = open_trackers(run)
                 result = _loop(run)
             status = "KILLED" if result.stopped.startswith("SIG") else "FINISHED"
             if result.stopped.startswith("SIG"):
@@ -350,15 +352,14 @@ def _monitor(cfg: RunConfig, loaders: Loaders, task: Task) -> tuple[str | None, 
 
 
 def _loop(run: Run) -> TrainResult:
-    tcfg, pos, log = run.cfg.train, run.pos, run.log
+    pos, log = run.pos, run.log
     write_lock(run)
     log.say(banner(run))
     n_train = run.loaders.sizes[0]
     run.last_save = time.perf_counter()
     ending = _ending(run)
     while ending is None:
-        run.loaders.train_sampler.set_epoch(pos.epoch, start=pos.samples)
-        run.loaders.train.generator.manual_seed((tcfg["seed"] * 100_003 + pos.epoch) % 2**63)
+        seed_epoch(run, pos.epoch, start=pos.samples)
         run.epoch_batches = pos.batch + len(run.loaders.train)
         first = run.task.feeds[0]
         where = lambda: f"step {pos.step + 1} (epoch {pos.epoch + 1}, batch {pos.batch + 1})"  # noqa: E731
