@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .checkpoint import capture_rng, restore_rng
 from .data import batches
@@ -28,6 +27,7 @@ from .distributed import shutdown
 from .errors import ArgLocation, ConfigError, TrainingError, first_line
 from .process import torch_settings_restored
 from .run import Run
+from .step import apply_gradients, seed_epoch
 from .tasks import as_tuple, to_device
 from .train import prepare
 
@@ -114,7 +114,7 @@ def _restore(run: Run, saved: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scaler.load_state_dict(saved["scaler"])
     restore_rng(saved["rng"])
-    run.loaders.train_sampler.set_epoch(0)
+    seed_epoch(run, 0)
     run.model.train(saved["training"])
 
 
@@ -159,10 +159,9 @@ def _sweep(run: Run, schedule: list[float]) -> _Trace:
 
 def _endless(run: Run):
     """Training batches epoch after epoch, in the order `train` would draw them."""
-    seed, epoch = run.cfg.train["seed"], 0
+    epoch = 0
     while True:
-        run.loaders.train_sampler.set_epoch(epoch)
-        run.loaders.train.generator.manual_seed((seed * 100_003 + epoch) % 2**63)
+        seed_epoch(run, epoch)
         empty = True
         for batch in batches(run.loaders.train, lambda e=epoch: f"lr-find (epoch {e + 1})"):
             empty = False
@@ -184,6 +183,9 @@ def _step(run: Run, feed, k: int, lr: float) -> float:
 
 
 def _accumulate_and_step(run: Run, feed) -> float:
+    """grad_accum micro-batches, forward and backward, then the step. Not `micro_step`:
+    that one keeps a run's position and stops a run on a non-finite loss, where the range
+    test only notes it and stops the sweep."""
     accum, total = run.cfg.train["grad_accum"], 0.0
     for _ in range(accum):
         batch = to_device(run.env.device, next(feed), run.task.fields)
@@ -195,13 +197,7 @@ def _accumulate_and_step(run: Run, feed) -> float:
             return value
         run.scaler.scale(loss / accum).backward()
         total += value
-    clip = run.cfg.train["grad_clip"]
-    if clip is not None:
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
+    apply_gradients(run)  # as train steps, less the schedule and the position
     return total / accum
 
 
@@ -248,7 +244,7 @@ def lr_text(result: LRFindResult, spec: str = "SPEC") -> str:
 
 def draw_lr_find(result: LRFindResult, title: str = "learning-rate range test"):
     """A Figure: loss against LR (log scale), raw and smoothed, the suggestion marked."""
-    from .plot import new_figure
+    from .plot import literal, new_figure
 
     fig = new_figure(6.5, 4.0)
     ax = fig.subplots()
@@ -259,7 +255,7 @@ def draw_lr_find(result: LRFindResult, title: str = "learning-rate range test"):
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return fig

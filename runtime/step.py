@@ -229,6 +229,14 @@ def non_finite(run: Run, value: float, kept: list[torch.Tensor], ranks: list[int
 
 
 def optimizer_step(run: Run) -> None:
+    apply_gradients(run)
+    run.schedule.step("step")
+    run.pos.step += 1
+
+
+def apply_gradients(run: Run) -> None:
+    """Clip (unscaled), step the optimizer through the grad scaler, clear the gradients;
+    the LR schedule and the position are the caller's (lr-find sets the LR itself)."""
     clip = run.cfg.train["grad_clip"]
     if clip is not None:
         run.scaler.unscale_(run.optimizer)
@@ -236,8 +244,13 @@ def optimizer_step(run: Run) -> None:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.schedule.step("step")
-    run.pos.step += 1
+
+
+def seed_epoch(run: Run, epoch: int, start: int = 0) -> None:
+    """The training loader at `epoch`, from sample `start`: its order and its workers' seeds
+    are a pure function of the seed and the epoch (so a resumed run draws the same batches)."""
+    run.loaders.train_sampler.set_epoch(epoch, start=start)
+    run.loaders.train.generator.manual_seed((run.cfg.train["seed"] * 100_003 + epoch) % 2**63)
 
 
 def clock_says_save(run: Run) -> bool:

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 from yamlnet.runtime import plot
-from yamlnet.runtime.lr_find import range_test, suggest
+from yamlnet.runtime.checkpoint import capture_rng
+from yamlnet.runtime.lr_find import LRFindResult, range_test, save_plot, suggest
 from yamlnet.runtime.train import prepare
 
 import yamlnet
@@ -76,7 +77,7 @@ def test_overlay_draws_a_line_per_run_and_metric(tmp_path):
         assert [line.get_label() for line in ax.lines] == ["run0", "run1", "run2"]
     assert sum(len(ax.lines) for ax in fig.axes) == len(runs) * len(metrics)
     xs, ys = curves[1].points["val/loss"]
-    assert xs == [4, 8, 12] and ys == pytest.approx([2 / 4, 2 / 8, 2 / 12], rel=1e-5)
+    assert list(xs) == [4, 8, 12] and ys == pytest.approx([2 / 4, 2 / 8, 2 / 12], rel=1e-5)
 
 
 def test_a_study_folder_expands_to_its_trials(tmp_path, capsys):
@@ -109,10 +110,34 @@ def test_svg_parses_as_xml_and_pdf_is_a_pdf(tmp_path, capsys):
 def test_x_axes(tmp_path):
     path = write_run(tmp_path / "r") / "metrics.csv"
     epoch = plot.read_curves("r", path, ["train/loss", "val/loss"], "epoch").points
-    assert epoch["val/loss"][0] == [1.0, 2.0, 3.0]  # 4 steps an epoch, from the val rows
-    assert epoch["train/loss"][0][:2] == [0.25, 0.5]
+    assert list(epoch["val/loss"][0]) == [1.0, 2.0, 3.0]  # 4 steps an epoch, from the val rows
+    assert list(epoch["train/loss"][0][:2]) == [0.25, 0.5]
     seconds = plot.read_curves("r", path, ["train/loss"], "time").points["train/loss"][0]
     assert seconds[0] == 0 and seconds[-1] == pytest.approx(11.0)
+
+
+def test_epochs_from_a_run_logging_step_0(tmp_path):
+    """A row at step 0 with an epoch done says nothing of the steps an epoch takes."""
+    path = _bad_csv(tmp_path, "step,epoch,train/loss\n0,1,1\n2,1,0.5\n4,2,0.25\n") / "metrics.csv"
+    xs, ys = plot.read_curves("r", path, ["train/loss"], "epoch").points["train/loss"]
+    assert list(xs) == [0.0, 1.0, 2.0] and list(ys) == [1.0, 0.5, 0.25]
+
+
+EXTREME = {
+    "epoch": ("step,epoch,train/loss\n1,1e300,1\n4611686018427387904,1,0.5\n",
+              "train/loss: 'epoch' (x axis) run from 1e+300 to inf, too wide a range to draw"),
+    "time": ("step,time,train/loss\n1,1e308,1\n2,-1e308,0.5\n",
+             "train/loss: 'time' (x axis) run from -inf to 0, too wide a range to draw"),
+    "step": ("step,train/loss\n1,1e308\n2,-1e308\n",
+             "train/loss: its values run from -1e+308 to 1e+308, too wide a range to draw"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("x", list(EXTREME))
+def test_axes_too_wide_to_draw_are_one_line_exit_2(x, tmp_path, capsys):
+    text, said = EXTREME[x]
+    code, out, err = run_cli(["plot", _bad_csv(tmp_path, text), "-o", tmp_path / "p.png", "--x", x], capsys)
+    assert (code, out, err) == (2, "", said + " (leave that metric or run out)\n")
 
 
 def _bad_csv(tmp_path: Path, text: str | bytes) -> Path:
@@ -131,6 +156,10 @@ HOSTILE = {
     "NUL bytes": (b"step,train/loss\n1,\x000.5\n", "metrics.csv:2: train/loss is '\\x000.5', not a number"),
     "not UTF-8": (b"step,train/loss\n1,0.5\n\xff\xfe,1\n", "not a readable CSV row"),
     "a huge cell": ("step,train/loss\n1," + "9" * 200_000 + "\n", "not a readable CSV row"),
+    "a float step": ("step,train/loss\n1,1\n1e308,1\n", "metrics.csv:3: step is '1e308'; expected a whole number"),
+    "a negative step": ("step,train/loss\n-3,1\n", "metrics.csv:2: step is '-3'; expected a whole number"),
+    "a step past 2**63": ("step,train/loss\n9223372036854775808,1\n", "step is '9223372036854775808'; expected"),
+    "no step": ("step,train/loss\n,1\n", "metrics.csv:2: step is ''; expected a whole number from 0 to 2**63 - 1"),
 }  # fmt: skip
 
 
@@ -148,6 +177,44 @@ def test_a_file_past_the_size_bound_is_refused_unread(tmp_path, capsys, monkeypa
     run = write_run(tmp_path / "r", steps=100)
     code, _, err = run_cli(["plot", run, "-o", tmp_path / "p.png"], capsys)
     assert code == 2 and "more than the 0 MB plot reads" in err and err.count("\n") == 1
+
+
+def test_too_many_metrics_runs_or_bytes_are_refused_before_drawing(tmp_path, capsys, monkeypatch):
+    wide = tmp_path / "wide"  # the reviewer's file: 3000 val/ columns took minutes and gigabytes
+    wide.mkdir()
+    names = [f"val/m{k}" for k in range(3000)]
+    (wide / "metrics.csv").write_text(",".join(["step", *names]) + "\n" + ",".join(["1"] * 3001) + "\n")
+    code, out, err = run_cli(["plot", wide, "-o", tmp_path / "p.png"], capsys)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith("the runs logged 3000 metrics (train/loss and val/ columns), more than the 24 subplots")
+    assert "choose some with --metrics: val/m0,val/m1" in err
+    code, _, err = run_cli(["plot", wide, "-o", tmp_path / "p.png", "--metrics", ",".join(names[:25])], capsys)
+    assert code == 2 and err == "--metrics: 25 metrics asked for, more than the 24 subplots plot draws " \
+                                "(plot them in several pictures)\n"
+    assert plot.choose_metrics({"wide": ["step", *names]}, names[:24]) == names[:24]  # 24 is fine
+    sweep = tmp_path / "sweep"
+    for k in range(4):
+        write_run(sweep / f"trial_{k}")
+    monkeypatch.setattr(plot, "MAX_RUNS", 3)
+    code, _, err = run_cli(["plot", sweep, "-o", tmp_path / "q.png"], capsys)
+    assert code == 2 and err.startswith(f"{sweep}: more than the 3 runs plot draws in one picture")
+    monkeypatch.setattr(plot, "MAX_RUNS", 200)
+    monkeypatch.setattr(plot, "MAX_TOTAL_BYTES", 1000)  # each file ~500 bytes
+    code, _, err = run_cli(["plot", sweep, "-o", tmp_path / "q.png"], capsys)
+    assert code == 2 and err.startswith("the 4 runs' metrics.csv hold 0 MB, more than the 0 MB plot reads in all")
+    assert not (tmp_path / "q.png").exists()
+
+
+def test_dollar_signs_in_names_are_text_not_mathtext(tmp_path, capsys):
+    odd = _bad_csv(tmp_path, "step,epoch,val/$\\undefinedmacro$,time\n1,0,0.5,1\n2,1,0.4,2\n")
+    odd = odd.rename(tmp_path / "$\\bad$")
+    code, out, err = run_cli(["plot", odd, write_run(tmp_path / "ok"), "-o", tmp_path / "p.png"], capsys)
+    assert code == 0, err
+    assert out.startswith("wrote ") and "val/$\\undefinedmacro$" in out
+    result = LRFindResult([1e-3, 1e-2, 1e-1], [2.0, 1.0, 3.0], [2.0, 1.0, 3.0], 1e-2, 1e-3, 1e-1, 3, "diverged")
+    save_plot(result, tmp_path / "lr.png", "lr-find: $\\bad$.yaml")
+    with Image.open(tmp_path / "lr.png") as image:
+        assert image.width > 100
 
 
 def test_plot_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
@@ -176,6 +243,8 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, capsys, monkeypat
     code, out, err = run_cli(["plot", write_run(tmp_path / "r")], capsys)
     assert (code, out) == (2, "")
     assert err == 'error: yamlnet plot needs matplotlib: pip install "yamlnet[plot]"\n'
+    with pytest.raises(ImportError, match=r"^yamlnet's plots needs matplotlib: pip install"):
+        plot.new_figure(1.0, 1.0)
 
 
 # --- lr-find --------------------------------------------------------------------------
@@ -190,20 +259,36 @@ def test_suggest_takes_the_steepest_descent_before_the_minimum():
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """The range test on digits (from 1e-5: below it the loss is flat; to 10: it diverges
-    before), checking the state before and after, then a training run at the suggested LR."""
+    before), checking the state before and after, then a training run at the suggested LR.
+    The grad scaler is a live one (CPU, float32: scaling by powers of two changes no step)
+    whose scale grows as the sweep goes, to show that it is put back."""
     folder = tmp_path_factory.mktemp("lr_find")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         run = prepare(DIGITS, folder=False, overrides=SMALL)
+        run.scaler = WatchedScaler("cpu", init_scale=16.0, growth_interval=4)
         before = {k: v.clone() for k, v in run.model.state_dict().items()}
-        optimizer = run.optimizer.state_dict()
+        optimizer, scaler, rng = run.optimizer.state_dict(), run.scaler.state_dict(), capture_rng()
         result = range_test(run, min_lr=1e-5, max_lr=10.0, steps=60)
         left = sorted(p.name for p in folder.iterdir())
         restored = all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
-        after = run.optimizer.state_dict()
+        states = {"optimizer": (optimizer, run.optimizer.state_dict()), "scaler": (scaler, run.scaler.state_dict()),
+                  "rng": (rng, capture_rng()), "scales": run.scaler.scales}  # fmt: skip
         trained = yamlnet.train(DIGITS, out=folder / "at_suggestion", stream=io.StringIO(),
                                 **SMALL, **{"train.optimizer.lr": result.suggestion, "train.epochs": 3})  # fmt: skip
-    return result, left, restored, (optimizer, after), trained
+    return result, left, restored, states, trained
+
+
+class WatchedScaler(torch.amp.GradScaler):
+    """A GradScaler noting its scale after each step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scales: list[float] = []
+
+    def update(self, new_scale=None) -> None:
+        super().update(new_scale)
+        self.scales.append(self.get_scale())
 
 
 def test_the_suggested_lr_trains_digits(sweep):
@@ -221,11 +306,24 @@ def test_the_sweep_finds_divergence_within_the_range(sweep):
 
 
 def test_the_range_test_restores_weights_and_optimizer_and_writes_nothing(sweep):
-    _, left, restored, (before, after), _ = sweep
+    _, left, restored, states, _ = sweep
     assert left == []  # no runs/, no plot, nothing
     assert restored
+    before, after = states["optimizer"]
     assert after["state"] == before["state"] == {}
     assert [g["lr"] for g in after["param_groups"]] == [g["lr"] for g in before["param_groups"]]
+
+
+def test_the_range_test_restores_the_grad_scaler_and_the_rngs(sweep):
+    _, _, _, states, _ = sweep
+    before, after = states["scaler"]
+    assert max(states["scales"]) >= 4 * before["scale"]  # the sweep moved it ...
+    assert after == before  # ... and it is back
+    before, after = states["rng"]
+    assert torch.equal(before["torch"], after["torch"])  # the Dropout layers drew from it
+    assert before["numpy"][0] == after["numpy"][0] and torch.equal(before["numpy"][1], after["numpy"][1])
+    assert before["numpy"][2:] == after["numpy"][2:]
+    assert before["python"][0] == after["python"][0] and torch.equal(before["python"][1], after["python"][1])
 
 
 def test_lr_find_cli_json_and_plot(tmp_path, monkeypatch, capsys):
@@ -258,13 +356,15 @@ def test_lr_find_errors_are_one_line_before_any_work(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.extended
-def test_a_hundred_times_the_range_does_much_worse(sweep, tmp_path):
+def test_a_hundred_times_the_suggestion_diverges_or_does_much_worse(sweep, tmp_path):
+    """The suggestion is no lower bound picked at random: 100x it is too high to train."""
     from yamlnet.runtime.errors import TrainingError
 
     result, *_, trained = sweep
     try:
         wild = yamlnet.train(DIGITS, out=tmp_path / "wild", stream=io.StringIO(),
-                             **SMALL, **{"train.optimizer.lr": 100 * result.max_lr, "train.epochs": 3})  # fmt: skip
-    except TrainingError:
-        return  # a non-finite loss: diverged
+                             **SMALL, **{"train.optimizer.lr": 100 * result.suggestion, "train.epochs": 3})  # fmt: skip
+    except TrainingError as err:
+        assert "loss is nan" in str(err) or "loss is inf" in str(err)  # diverged, and said so
+        return
     assert wild.metrics["val/accuracy"] < trained.metrics["val/accuracy"] - 0.3
