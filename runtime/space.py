@@ -6,8 +6,10 @@ A space key is written as a `--set` key: `train.optimizer.lr`, `data.batch_size`
 variable (`vars.width`, or plainly `width`). A trial's values reach the run exactly as
 `--set` items would, so every key is tried that way here first, with the ends of its
 range and each of its choices: a key the run does not have, or a value it refuses, is
-one located line before the study starts. Arguments of the scheduler or the loss are
-checked only when the first trial builds them (the optimizer's are checked here).
+one located line before the study starts. A variable's values are tried by compiling the
+spec (shapes only) with each in turn, the other variables at their own values. Arguments
+of the scheduler or the loss are checked only when a trial builds them (the optimizer's
+are checked here).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ TUNE_PROPS: dict[str, dict] = {
     "sampler": _named(SAMPLERS, "tpe", "draws the trials' values: an Optuna sampler by name with "
                       "its own arguments"),
     "seed": {"type": ["integer", "null"], "minimum": 0, "default": None, "description": "the sampler's seed"},
+    "grace_period": {"type": "integer", "minimum": 10, "maximum": 86_400, "default": 60,
+                     "description": "seconds a trial's process may be silent before its trial is failed "
+                     "and runs again"},
     "storage": {"type": ["string", "null"], "default": None,
                 "description": "an Optuna RDB URL (default: sqlite in the study folder)"},
     "study": {"type": ["string", "null"], "minLength": 1, "maxLength": 200, "default": None,
@@ -102,6 +107,7 @@ class TuneConfig:
     pruner: dict
     sampler: dict
     seed: int | None
+    grace_period: int
     storage: str | None
     study: str | None
     locs: dict = field(default_factory=dict, repr=False)
@@ -117,10 +123,11 @@ def _path_text(path: tuple) -> str:
 
 
 def load_tune(source: SpecSource, config: str | os.PathLike | None = None,
-              overrides: dict[str, Any] | None = None) -> TuneConfig:  # fmt: skip
+              overrides: dict[str, Any] | None = None, plugins: tuple[str, ...] = ()) -> TuneConfig:  # fmt: skip
     """The spec's `tune:` merged with a config file's (its keys win; its `space:` replaces
     the spec's whole), checked, and every space key tried on the run."""
-    for key in overrides or {}:
+    overrides = overrides or {}
+    for key in overrides:
         if key.split(".", 1)[0] == "tune":
             raise ConfigError(f"'{key}' cannot be set: --set items are the trials' fixed run keys and "
                               "variables", ArgLocation(f"--set {key}", 0, 0), "",
@@ -133,8 +140,23 @@ def load_tune(source: SpecSource, config: str | os.PathLike | None = None,
     tune = TuneConfig(space=space, locs=locs, **merged)
     for key, (kind, values) in space.items():
         _check_values(tune, key, kind, values)
-    _try_keys(tune, source, config, overrides or {})
+    _refuse_overlap(tune, overrides)
+    _try_keys(tune, source, config, overrides, plugins)
     return tune
+
+
+def _name(key: str) -> str:
+    """A key as the run reads it: 'vars.width' and 'width' are one variable."""
+    return key.split(".", 1)[1] if key.startswith("vars.") else key
+
+
+def _refuse_overlap(tune: TuneConfig, overrides: dict) -> None:
+    drawn = {_name(k): k for k in tune.space}
+    for key in overrides:
+        if _name(key) in drawn:
+            raise ConfigError(f"'{key}' is fixed here and drawn by tune.space.{drawn[_name(key)]}",
+                              ArgLocation(f"--set {key}", 0, 0), "",
+                              "drop the --set item, or the space key")  # fmt: skip
 
 
 def _merged(spec_doc: Document, config) -> tuple[dict, dict]:
@@ -197,18 +219,37 @@ def candidates(kind: str, values: list) -> list:
     return list(values)
 
 
-def _try_keys(tune: TuneConfig, source: SpecSource, config, overrides: dict) -> None:
+def _try_keys(tune: TuneConfig, source: SpecSource, config, overrides: dict, plugins: tuple) -> None:
     run_over, var_over = split_overrides(overrides)
     defined = dict((source.main.data or {}).get("vars") or {})
     if config is not None:
         defined.update((load_config_file(config).data or {}).get("vars") or {})
+    fixed = None  # the variables every trial compiles with: read once, if a variable is drawn
     for key, (kind, values) in tune.space.items():
         head = key.split(".", 1)[0]
         if head in ("data", "train"):
             for value in candidates(kind, values):
                 _try_run_key(tune, source, config, run_over, key, value)
-        else:
-            _check_variable(tune, key, defined)
+            continue
+        _check_variable(tune, key, defined)
+        fixed = fixed if fixed is not None else {**load_run_config(source.main, config, run_over).vars, **var_over}
+        for value in candidates(kind, values):
+            _try_variable(tune, source, plugins, {**fixed, _name(key): value}, key)
+
+
+def _try_variable(tune: TuneConfig, source: SpecSource, plugins: tuple, variables: dict, key: str) -> None:
+    """The spec compiled (shapes only, no weights) with one candidate of a drawn variable."""
+    from ..compiler.compile import compile_spec
+
+    try:
+        compile_spec(source, variables, plugins=tuple(plugins), build=False)
+    except ConfigError:
+        raise
+    except SpecError as err:
+        said = err.diagnostics[0]
+        where = f"{said.path}: " if said.path else ""
+        raise tune.error(f"{_name(key)}={variables[_name(key)]!r}: {where}{said.message}", ("space", key),
+                         said.hint) from None  # fmt: skip
 
 
 def _try_run_key(tune: TuneConfig, source: SpecSource, config, run_over: dict, key: str, value) -> None:

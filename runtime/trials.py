@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["best_value", "best_trials", "format_trial", "summary"]
+__all__ = ["best_value", "best_trials", "format_trial", "summary", "ended", "aside", "show"]
 
 SHOWN = 5  # best trials in the closing table
 
@@ -57,11 +58,12 @@ def format_trial(trial, metric: str, show: Callable) -> str:
 
 def summary(trials: list, metric: str, direction: str, keys: list[str], show: Callable) -> str:
     """How many trials ended how, and the best ones as a table."""
-    counts = {s: sum(t.state.name == s for t in trials if not t.user_attrs.get("surplus"))
-              for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}  # fmt: skip
-    again = sum(t.state.name == "FAIL" and "error" not in t.user_attrs and not t.user_attrs.get("surplus")
-                for t in trials)  # fmt: skip  (killed or stopped: they run again)
-    head = (f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL'] - again} failed"
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "RUNNING")}
+    failed = sum(t.state.name == "FAIL" and "error" in t.user_attrs for t in trials)
+    resumed = {t.user_attrs["resume"] for t in trials if "resume" in t.user_attrs and ended(t)}
+    again = sum(t.state.name == "FAIL" and "error" not in t.user_attrs and not aside(t)
+                and t.user_attrs.get("run") not in resumed for t in trials)  # fmt: skip  (stopped; not once resumed to an end)
+    head = (f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {failed} failed"
             f"{f', {again} stopped' if again else ''}, {counts['RUNNING']} running")  # fmt: skip
     best = best_trials(trials, direction)[:SHOWN]
     if not best:
@@ -73,3 +75,23 @@ def summary(trials: list, metric: str, direction: str, keys: list[str], show: Ca
     lines = ["  ".join([*(c.rjust(w) for c, w in zip(r[:-1], widths, strict=False)), r[-1]])
              for r in [header, *rows]]  # fmt: skip  (the run folder, last, is not padded)
     return "\n".join([f"{head}; the best {len(best)} by {metric} ({direction}):", *lines])
+
+
+def ended(trial) -> bool:
+    """Whether a trial counts toward the study's trials: complete, pruned, or failed by its
+    own run (a NaN loss, a value the run refuses, no finite metric, out of memory: running
+    it again would fail again). Not one whose process died or was stopped (it runs
+    again), nor a surplus one."""
+    state = trial.state.name
+    return state in ("COMPLETE", "PRUNED") or state == "FAIL" and "error" in trial.user_attrs
+
+
+def aside(trial) -> bool:
+    """A trial that ran nothing: surplus, or queued again while its run was busy."""
+    return bool(trial.user_attrs.get("surplus") or trial.user_attrs.get("busy"))
+
+
+def show(path) -> str:
+    """A path as the user would write it: relative to here when it is below here."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel

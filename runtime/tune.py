@@ -2,19 +2,22 @@
 ordinary run folder trained here by `train()`.
 
 The study folder (`--out`, default runs/NAME-tune) holds `study.db`, the default storage
-(SQLite; any Optuna RDB URL may replace it), and a run folder per trial, `trial_K` (K the
-trial's number): resumable, evaluable and exportable like any run. Every validation of a
-trial is reported to the pruner, which may end the run there ("pruned", saved). The trial
-count is the study's, not the process's: a process stops once the study holds that many
-finished (complete or pruned) trials, so a study stopped and started again goes on where
-it was, and processes started on one storage share the work. A process that waits only
-on others' running trials waits for them, so that when one dies (its heartbeat stops) its
-trial runs again from its run folder's newest checkpoint.
+(SQLite; any Optuna RDB URL may replace it), and the study's run folders,
+`STUDY/trial_K` (K the trial's number): resumable, evaluable and exportable like any run.
+Every validation of a trial is reported to the pruner, which may end the run there
+("pruned", saved). The trial count is the study's, not the process's: a process stops
+once the study holds that many ended trials (complete, pruned, or failed by its own run:
+a NaN loss, a value the run refuses, no finite metric, out of memory), so a study stopped
+and started again goes on where it was, and processes started on one storage share the
+work. A process that waits only on others' running trials waits for them, so that when
+one dies (its heartbeat is silent for tune.grace_period) its trial runs again from its
+run folder's newest checkpoint.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import gc
 import io
 import math
 import os
@@ -27,18 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compiler.errors import did_you_mean
+from ..compiler.errors import SpecError, did_you_mean
 from ..compiler.load import load_spec_source
 from .config import RunConfig, load_run_config, split_overrides
-from .data import check_kwargs
 from .errors import ConfigError, TrainingError, first_line
 from .space import TuneConfig, load_tune
-from .trials import best_trials, best_value, format_trial, summary
+from .study import made_folder, open_study, storage_folder
+from .trials import aside, best_trials, best_value, ended, format_trial, show, summary
 
 __all__ = ["tune", "TuneResult", "OPTUNA_MISSING"]
 
 OPTUNA_MISSING = 'yamlnet tune needs optuna: pip install "yamlnet[tune]"'
-HEARTBEAT_S, GRACE_S = 5, 15  # a trial whose process is silent for GRACE_S is failed, and runs again
 POLL_S = 2.0  # how often a process waiting on others' trials looks again
 
 
@@ -67,6 +69,19 @@ class _Surplus(Exception):
     """Other processes started the study's last trials first: this one is not run."""
 
 
+class _Busy(Exception):
+    """The run a requeued trial would resume is still trained by its first process (one
+    that was silent, not dead): the trial is queued again for later."""
+
+
+class _WrongMetric(Exception):
+    """The run does not measure the study's metric: a mistake of every trial, not one."""
+
+    def __init__(self, error: ConfigError):
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class _Job:
     """What every trial of this process shares."""
@@ -79,6 +94,7 @@ class _Job:
     metric: str
     direction: str
     folder: Path
+    runs: Path  # the study's run folders: folder/STUDY
     target: int
     say: Any
 
@@ -94,24 +110,28 @@ def tune(spec: str | os.PathLike, *, config: str | os.PathLike | None = None, ou
     """
     optuna = import_optuna()
     source = load_spec_source(Path(spec))
-    space = load_tune(source, config, overrides)
+    space = load_tune(source, config, overrides, plugins)
     cfg = load_run_config(source.main, config, split_overrides(overrides)[0])
     metric, direction = objective_of(space, cfg)
+    check_validates(cfg, metric)
     name = study or space.study or source.main.data.get("name") or Path(spec).stem
-    folder = Path(out or Path("runs") / f"{name}-tune").resolve()
-    url = storage or space.storage or f"sqlite:///{folder / 'study.db'}"
+    url, flag = storage or space.storage, "--storage" if storage else "tune.storage"
+    if url:
+        storage_folder(url, flag)  # checked before --out is made
+    folder = made_folder(Path(out or Path("runs") / f"{name}-tune").resolve(), "--out")
+    url = url or f"sqlite:///{folder / 'study.db'}"
     stream = stream or sys.stdout
     say = lambda text: print(text, file=stream, flush=True)  # noqa: E731
     job = _Job(Path(spec), config, dict(overrides), tuple(plugins), space, metric, direction, folder,
-               trials or space.trials, say)  # fmt: skip
+               folder / name, trials or space.trials, say)  # fmt: skip
     with _quiet(optuna):
-        the_study = open_study(optuna, url, name, job)
-        say(f"study {name} in {url}: {job.target} trials, {direction} {metric}; runs in {_show(folder)}")
+        the_study = open_study(optuna, url, name, job, flag)
+        say(f"study {name} in {url}: {job.target} trials, {direction} {metric}; runs in {show(job.runs)}")
         code = _run(optuna, the_study, job, None if timeout is None else time.monotonic() + timeout)
         trials_now = the_study.get_trials(deepcopy=False)
     best = next(iter(best_trials(trials_now, direction)), None)
-    say(summary(trials_now, metric, direction, list(space.space), _show))
-    say(f"best: trial {best.number} {metric} {best.value:.4f} in {_show(best.user_attrs['run'])}"
+    say(summary(trials_now, metric, direction, list(space.space), show))
+    say(f"best: trial {best.number} {metric} {best.value:.4f} in {show(best.user_attrs['run'])}"
         if best else "best: none (no trial completed)")  # fmt: skip
     return TuneResult(name, url, folder, metric, direction, best, code or (0 if best else 1))
 
@@ -145,96 +165,18 @@ def _measures_accuracy(cfg: RunConfig) -> bool:
     return any(m.get("label", m["name"]) == "accuracy" for m in cfg.train["metrics"])
 
 
-# -- the study and its storage --------------------------------------------------------
+_NOT_SOURCES = ("val_fraction", "val_transforms", "val_batch_size")  # other data.val* keys name a validation set
 
 
-def open_study(optuna, url: str, name: str, job: _Job):
-    """The study, created or loaded (under a file lock for SQLite: two processes starting
-    together would both create its tables), checked to measure what this tune measures."""
-    with _create_lock(url):
-        storage = _storage(optuna, url)
-        study = optuna.create_study(storage=storage, study_name=name, direction=job.direction,
-                                    load_if_exists=True)  # fmt: skip
-        if not _measures(study, job) and _empty(study):  # a study that got nowhere (a typo'd metric)
-            optuna.delete_study(study_name=name, storage=storage)
-            study = optuna.create_study(storage=storage, study_name=name, direction=job.direction)
-    if not _measures(study, job):
-        said, theirs = study.user_attrs.get("metric"), study.direction.name.lower()
-        raise job.tune.error(f"the study '{name}' in {url} {theirs}s {said}, not {job.direction}s {job.metric}",
-                             ("metric",), "name another study (--study), or keep its metric and direction")  # fmt: skip
-    study.set_user_attr("metric", job.metric)
-    done = len(study.get_trials(deepcopy=False))  # a restarted seeded sampler draws anew
-    sampler = _built(optuna.samplers, SAMPLER_CLASSES, job.tune.sampler, ("sampler",), job.tune,
-                     seed=None if job.tune.seed is None else job.tune.seed + done)  # fmt: skip
-    pruner = _built(optuna.pruners, PRUNER_CLASSES, job.tune.pruner, ("pruner",), job.tune)
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-
-
-def _measures(study, job: _Job) -> bool:
-    said = study.user_attrs.get("metric", job.metric)
-    return said == job.metric and study.direction.name.lower() == job.direction
-
-
-def _empty(study) -> bool:
-    """No trial ended, and none is running or waiting: nothing to keep."""
-    return all(t.state.name == "FAIL" and not ended(t) for t in study.get_trials(deepcopy=False))
-
-
-SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
-PRUNER_CLASSES = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
-                  "successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}  # fmt: skip
-
-
-def _built(module, classes: dict, item: dict, path: tuple, space: TuneConfig, **extra):
-    cls = getattr(module, classes[item["name"]])
-    kwargs = {k: v for k, v in item.items() if k != "name"}
-    if "seed" in inspect.signature(cls).parameters and "seed" not in kwargs:
-        kwargs.update(extra)
-    try:
-        check_kwargs(cls, kwargs, "")
-        return cls(**kwargs)
-    except ConfigError as err:
-        said = err.diagnostics[0]
-        raise space.error(said.message, (*path, said.path.lstrip(".")), said.hint) from None
-    except (TypeError, ValueError) as err:
-        raise space.error(f"{cls.__name__}: {err}", path) from None
-
-
-def _storage(optuna, url: str):
-    sqlite = url.startswith("sqlite:")
-    beat = "heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
-    if beat not in inspect.signature(optuna.storages.RDBStorage).parameters:
-        beat = "failed_trial_callback"
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
-            heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{beat: _requeue})  # fmt: skip
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy's many errors for a URL it cannot open
-        raise ConfigError(f"cannot open the storage {url}: {str(err).splitlines()[0]}",
-                          hint="an RDB URL: sqlite:///path.db, postgresql://..., mysql://...") from None  # fmt: skip
-
-
-@contextmanager
-def _create_lock(url: str):
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if path is None or path.startswith(":memory:"):
-        yield
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; start such processes one after another
-        yield
-        return
-    with open(f"{path}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def _requeue(study, trial) -> None:
-    """A trial whose process died: queued to run again, from its run folder."""
-    if trial.user_attrs.get("run") and not trial.user_attrs.get("surplus"):
-        study.enqueue_trial(trial.params, user_attrs={"resume": trial.user_attrs["run"]})
+def check_validates(cfg: RunConfig, metric: str) -> None:
+    """A trial is judged by its validations: a run that holds out no validation data (its
+    source has no validation set and val_fraction is 0) cannot be scored, so it is
+    refused before the study."""
+    data = cfg.data
+    own_val = any(data.get(k) for k in data if k.startswith("val") and k not in _NOT_SOURCES)
+    if data.get("val_fraction", 1) <= 0 and not own_val:
+        raise cfg.error(f"the run holds out no validation data, so no trial can measure {metric}",
+                        ("data", "val_fraction"), "tune needs validations: set it above 0, or give a validation set")  # fmt: skip
 
 
 @contextmanager
@@ -258,6 +200,7 @@ def _quiet(optuna):
 def _run(optuna, study, job: _Job, deadline: float | None) -> int:
     from optuna.trial import TrialState
 
+    asked: list = []  # the trial this process runs now
     while deadline is None or time.monotonic() < deadline:
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -269,38 +212,96 @@ def _run(optuna, study, job: _Job, deadline: float | None) -> int:
             time.sleep(POLL_S)
             continue
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        asked.clear()
         try:
-            study.optimize(lambda trial: _objective(optuna, job, trial), n_trials=1, timeout=left,
-                           catch=(TrainingError, _Surplus), callbacks=[lambda s, t: _said(job, t)],
-                           gc_after_trial=False)  # fmt: skip
+            study.optimize(lambda trial: _objective(optuna, job, trial, asked), n_trials=1, timeout=left,
+                           catch=(TrainingError, _Surplus, _Busy), callbacks=[lambda s, t: _said(job, t)])  # fmt: skip
         except _Stopped as err:
             return err.exit_code
+        except ValueError:  # optuna's "Cannot tell a FAIL trial.": see _taken_over
+            if not (asked and _taken_over(study, asked[0])):
+                raise
+            job.say(f"trial {asked[0].number} was failed while this process was silent; its run goes on "
+                    "in a trial of its own")  # fmt: skip
+        finally:
+            _free_memory()
     return 0
 
 
-def _objective(optuna, job: _Job, trial) -> float:
+def _taken_over(study, trial) -> bool:
+    """Whether another process failed this process's trial as stale (this one was paused
+    longer than the grace period, not dead), and requeued its run."""
+    return study.get_trials(deepcopy=False)[trial.number].state.name == "FAIL"
+
+
+def _free_memory() -> None:
+    """A trial's model and optimizer hold reference cycles: freed before the next trial."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _objective(optuna, job: _Job, trial, asked: list) -> float:
+    asked.append(trial)
     params = {key: _suggest(trial, key, kind, values) for key, (kind, values) in job.tune.space.items()}
     if _surplus(trial, job.target):
         trial.set_user_attr("surplus", True)
         raise _Surplus("the study had its trials")
     resume = trial.user_attrs.get("resume")
-    run = Path(resume) if resume else job.folder / f"trial_{trial.number}"
+    run = Path(resume) if resume else job.runs / f"trial_{trial.number}"
+    if resume and _busy(run):
+        trial.set_user_attr("busy", True)
+        trial.study.enqueue_trial(trial.params, user_attrs={"resume": resume})
+        time.sleep(POLL_S)
+        raise _Busy(f"{run} is still being trained")
     trial.set_user_attr("run", str(run))
     trial.set_user_attr("process", f"{socket.gethostname()}:{os.getpid()}")
-    from .train import train
-
-    try:
-        result = train(job.spec, config=job.config, out=run, resume=bool(resume), plugins=job.plugins,
-                       stream=io.StringIO(), on_validate=_reporter(job, trial), **job.overrides, **params)  # fmt: skip
-    except TrainingError as err:  # the trial fails (its line says why); the study goes on
-        trial.set_user_attr("error", first_line(err, 300))
-        raise
+    result = _train(optuna, job, trial, run, bool(resume), params)
     if result.stopped.startswith("SIG"):
         trial.study.enqueue_trial(trial.params, user_attrs={"resume": str(run)})
         raise _Stopped(result.exit_code)
     if result.stopped == "pruned":
         raise optuna.TrialPruned(f"pruned at step {result.step}")
-    return best_value(run / "metrics.csv", job.metric, job.direction)
+    value = best_value(run / "metrics.csv", job.metric, job.direction)
+    if math.isnan(value):
+        _fail(trial, f"measured no finite {job.metric}")
+    return value
+
+
+def _train(optuna, job: _Job, trial, run: Path, resume: bool, params: dict):
+    """The trial's run, quiet (its line says how it went). What fails in it alone, a NaN
+    loss, a value the run refuses, memory, fails the trial; the study goes on."""
+    import torch
+
+    from .train import train
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # "resuming from ...", said by the run
+            return train(job.spec, config=job.config, out=run, resume=resume, plugins=job.plugins,
+                         stream=io.StringIO(), on_validate=_reporter(optuna, job, trial), **job.overrides,
+                         **params)  # fmt: skip
+    except _WrongMetric as err:
+        raise err.error from None
+    except (TrainingError, SpecError, torch.OutOfMemoryError) as err:
+        _fail(trial, first_line(err, 300))
+
+
+def _fail(trial, why: str):
+    trial.set_user_attr("error", why)
+    raise TrainingError(why)
+
+
+def _busy(run: Path) -> bool:
+    """Whether a process still holds the run folder's training lock."""
+    from .run import FolderLock
+
+    try:
+        FolderLock(run).release()
+    except ConfigError:
+        return True
+    return False
 
 
 def _suggest(trial, key: str, kind: str, values: list):
@@ -319,24 +320,21 @@ def _surplus(trial, target: int) -> bool:
     return sum(t.state.name in ("RUNNING", "WAITING") or ended(t) for t in below) >= target
 
 
-def ended(trial) -> bool:
-    """Whether a trial counts toward the study's trials: complete, pruned, or failed by its
-    own run (a NaN loss: running it again would fail again). Not one whose process died
-    or was stopped (it runs again), nor a surplus one."""
-    state = trial.state.name
-    return state in ("COMPLETE", "PRUNED") or state == "FAIL" and "error" in trial.user_attrs
-
-
-def _reporter(job: _Job, trial):
-    """What the run calls after each validation: report the metric; prune or go on."""
+def _reporter(optuna, job: _Job, trial):
+    """What the run calls after each validation: report the metric; prune or go on. A
+    trial failed meanwhile by another process (this one was silent too long) ends the
+    run here, saved: the trial that resumes it goes on."""
 
     def on_validate(step: int, values: dict[str, float]) -> bool:
         if job.metric not in values:
             names = list(values)
-            raise job.tune.error(f"the run measures no '{job.metric}'", ("metric",),
-                                 did_you_mean(job.metric, names) or "measured: " + ", ".join(names))  # fmt: skip
+            raise _WrongMetric(job.tune.error(f"the run measures no '{job.metric}'", ("metric",),
+                                              did_you_mean(job.metric, names) or "measured: " + ", ".join(names)))  # fmt: skip
         value = values[job.metric]
-        trial.report(value if math.isfinite(value) else _worst(job.direction), step)
+        try:
+            trial.report(value if math.isfinite(value) else _worst(job.direction), step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return True
         return trial.should_prune()
 
     return on_validate
@@ -347,13 +345,5 @@ def _worst(direction: str) -> float:
 
 
 def _said(job: _Job, trial) -> None:
-    if not trial.user_attrs.get("surplus"):
-        job.say(format_trial(trial, job.metric, _show))
-
-
-
-
-def _show(path) -> str:
-    """A path as the user would write it: relative to here when it is below here."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
+    if not aside(trial):
+        job.say(format_trial(trial, job.metric, show))

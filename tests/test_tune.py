@@ -1,7 +1,9 @@
 """`yamlnet tune`: an Optuna study whose trials are ordinary run folders. A real study on
-digits with pruning (in-process, and continued to more trials); bad spaces as one
-located line each; and, in the extended run, a study killed with SIGKILL and started
-again, and two processes sharing one SQLite study."""
+digits with pruning (in-process, and continued to more trials); bad spaces and studies
+that cannot run as one located line each; trials that fail alone (a refused value, out of
+memory, no finite metric) counted and freed; and, in the extended run, a study killed
+with SIGKILL and started again, a process paused past the grace period, and two
+processes sharing one SQLite study."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ tune:
   pruner: {name: median, n_startup_trials: 1}
   sampler: random
   seed: 4
+  grace_period: 10
 """
 
 
@@ -85,7 +88,8 @@ def test_a_study_prunes_and_continues(tmp_path, monkeypatch, capsys, one_thread)
     assert main(["tune", str(SPEC), "--config", "sweep.yaml", "--out", "study"]) == 0
     out = capsys.readouterr().out
     assert "trial 0 complete: val/accuracy" in out and "trial 2 pruned at step 4" in out
-    assert "best: trial 0 val/accuracy" in out and "study/trial_0" in out
+    assert "best: trial 0 val/accuracy" in out and "study/digits_cnn/trial_0" in out  # runs under the study's name
+    assert "resuming" not in out
     study = _study(tmp_path / "study")
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
@@ -129,6 +133,10 @@ BAD_SPACES = {
                               "(int: [low, high] draws whole numbers)"),
     "a value the run refuses": ("train.grad_accum: {int: [0, 3]}",
                                 "sweep.yaml:3:5: tune.space.train.grad_accum: 0 is less than the minimum of 1"),
+    "a variable the network refuses": ("vars.width: {choice: [0, 8]}",
+                                       "sweep.yaml:3:5: tune.space.vars.width: width=0: blocks.conv_bn_relu.nodes.conv "
+                                       "(in features.0): Conv2d gives an output of shape [N, 0, 8, 8], with a "
+                                       "dimension of size 0 (a tensor with no elements: check the sizes in this node)"),
 }  # fmt: skip
 
 
@@ -188,6 +196,138 @@ def test_a_spec_with_tune_validates(tmp_path, monkeypatch, capsys):
                                                "variable 'widht' (did you mean vars.width?)")  # fmt: skip
 
 
+REFUSED = {
+    "no validation data": (["--set", "data.val_fraction=0"],
+                           "--set data.val_fraction=0: data.val_fraction: the run holds out no validation data, "
+                           "so no trial can measure val/accuracy (tune needs validations: set it above 0, or give a "
+                           "validation set)"),
+    "a fixed key that is drawn": (["--set", "vars.width=8"],
+                                  "--set vars.width: 'vars.width' is fixed here and drawn by tune.space.width "
+                                  "(drop the --set item, or the space key)"),
+    "a fixed key that is drawn, plainly": (["--set", "width=8"],
+                                           "--set width: 'width' is fixed here and drawn by tune.space.width "
+                                           "(drop the --set item, or the space key)"),
+    "an --out that cannot be made": (["--out", "/proc/nope"],
+                                     "--out: cannot make /proc/nope (No such file or directory) "
+                                     "(name a folder this process may write)"),
+    "a storage that cannot be made": (["--storage", "sqlite:////proc/nope/x.db"],
+                                      "--storage: cannot make /proc/nope (No such file or directory) "
+                                      "(name a folder this process may write)"),
+    "a storage in memory": (["--storage", "sqlite:///"],
+                            "--storage: sqlite:/// is an in-memory database: its study would end with this "
+                            "process (name a file: sqlite:///path/study.db)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("args, expected", REFUSED.values(), ids=list(REFUSED))
+def test_what_the_study_cannot_run_is_refused_first(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.yaml").write_text("tune:\n  space:\n    width: {choice: [4, 8]}\n")
+    assert main(["tune", str(SPEC), "--config", "sweep.yaml", *args]) == 2
+    assert capsys.readouterr().err.strip() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # no study, no trial, no .lock
+
+
+def test_a_folder_the_study_does_not_know_is_refused(tmp_path, monkeypatch, capsys):
+    """Two studies share an --out: each has its own STUDY/ folder; a run folder that the
+    study has no trial of (a deleted study's) is refused before any trial."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.yaml").write_text("tune:\n  space:\n    width: {choice: [4, 8]}\n")
+    (tmp_path / "study" / "digits_cnn" / "trial_0").mkdir(parents=True)
+    assert main(["tune", str(SPEC), "--config", "sweep.yaml", "--out", "study"]) == 2
+    assert capsys.readouterr().err.strip() == ("--out: study/digits_cnn/trial_0 holds a run that the study "
+                                               "'digits_cnn' has no trial of (move it away, or name another "
+                                               "study (--study))")  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked here, not run by optimize
+def test_processes_with_one_seed_draw_apart(tmp_path):
+    from yamlnet.compiler.load import load_spec_source
+    from yamlnet.runtime import tune as tune_module
+    from yamlnet.runtime.space import load_tune
+
+    (tmp_path / "sweep.yaml").write_text("tune:\n  space: {width: {int: [1, 1000]}}\n  seed: 3\n")
+    space = load_tune(load_spec_source(SPEC), tmp_path / "sweep.yaml")
+    job = tune_module._Job(SPEC, None, {}, (), space, "val/loss", "minimize", tmp_path, tmp_path / "s", 2, print)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    width = {"width": optuna.distributions.IntDistribution(1, 1000)}
+    with tune_module._quiet(optuna):
+        firsts = [tune_module.open_study(optuna, url, "s", job).ask(width).params["width"] for _ in range(2)]
+    assert firsts[0] != firsts[1]  # each process that opens the study moves the seed on
+
+
+class _Cycle:
+    me = None
+
+
+class _FakeRun:
+    """train() for trial bookkeeping: each call fails or measures as told, and leaves a
+    reference cycle behind (as a real model and optimizer do)."""
+
+    def __init__(self, outcomes: list):
+        self.outcomes, self.alive = outcomes, []
+
+    def __call__(self, spec, *, out, on_validate, **kwargs):
+        import weakref
+        from types import SimpleNamespace
+
+        import torch
+        from yamlnet.compiler.errors import SpecError
+
+        gc_alive = [r for r in self.alive if r() is not None]
+        assert not gc_alive, "the previous trial's objects are still alive"
+        cycle = _Cycle()
+        cycle.me = cycle
+        self.alive.append(weakref.ref(cycle))
+        print("resuming from nowhere")  # the run's own stdout: not a trial line
+        what = self.outcomes.pop(0)
+        if what == "spec":
+            raise SpecError("a value this trial drew is refused")
+        if what == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        out.mkdir(parents=True)
+        (out / "metrics.csv").write_text("step,val/loss\n2,nan\n")
+        on_validate(2, {"val/accuracy": math.nan})
+        return SimpleNamespace(stopped="max_steps", step=2, exit_code=0)
+
+
+def test_a_trial_that_cannot_be_scored_fails_and_counts(tmp_path, monkeypatch, capsys):
+    import gc
+
+    import yamlnet.runtime.train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "train", _FakeRun(["spec", "oom", "nan"]))
+    (tmp_path / "sweep.yaml").write_text("tune:\n  space:\n    width: {choice: [4, 8]}\n")
+    gc.disable()  # only tune's own collection frees the cycles between trials
+    try:
+        assert main(["tune", str(SPEC), "--config", "sweep.yaml", "--out", "study", "--trials", "3"]) == 1
+    finally:
+        gc.enable()
+    out, err = capsys.readouterr()
+    assert "trial 0 failed: a value this trial drew is refused" in out, err
+    assert "trial 1 failed: CUDA out of memory. Tried to allocate 1 GiB" in out
+    assert "trial 2 failed: measured no finite val/accuracy" in out
+    assert "trial 3" not in out and "resuming" not in out
+    assert "0 complete, 0 pruned, 3 failed, 0 running" in out
+
+
+def test_the_summary_counts_a_resumed_trial_once():
+    from types import SimpleNamespace
+
+    from yamlnet.runtime.trials import summary
+
+    def trial(number, state, **attrs):
+        return SimpleNamespace(number=number, state=SimpleNamespace(name=state), user_attrs=attrs, value=0.5,
+                               params={})  # fmt: skip
+
+    trials = [trial(0, "FAIL", run="r0"), trial(1, "COMPLETE", run="r0", resume="r0"), trial(2, "FAIL", run="r2"),
+              trial(3, "FAIL", surplus=True), trial(4, "FAIL", busy=True, resume="r2"),
+              trial(5, "FAIL", run="r5", error="nan")]  # fmt: skip
+    head = summary(trials, "val/loss", "minimize", [], str).splitlines()[0]
+    assert head.startswith("1 complete, 0 pruned, 1 failed, 1 stopped, 0 running")
+
+
 # -- several processes ------------------------------------------------------------------
 
 
@@ -207,14 +347,28 @@ def _count_finished(folder: Path) -> int:
         return 0
 
 
+def _running_trial(folder: Path):
+    """A trial of the study running in its run folder (not between trials), or None."""
+    if _count_finished(folder) < 1:
+        return None
+    running = [t for t in _study(folder).trials if t.state.name == "RUNNING" and "run" in t.user_attrs]
+    return next((t for t in running if (Path(t.user_attrs["run"]) / "metrics.csv").exists()), None)
+
+
+def _wait_for(condition, process: subprocess.Popen, seconds: float = 300):
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.2)
+    return found
+
+
 @pytest.mark.extended
 def test_a_killed_study_continues_where_it_was(tmp_path):
     _sweep(tmp_path, steps=12)
     first = _tune_process(tmp_path)
-    deadline = time.monotonic() + 300
-    while _count_finished(tmp_path / "study") < 2:
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
-        time.sleep(0.2)
+    _wait_for(lambda: _count_finished(tmp_path / "study") >= 2, first)
+    killed = _wait_for(lambda: _running_trial(tmp_path / "study"), first)
     first.send_signal(signal.SIGKILL)  # no goodbye: its running trial is left RUNNING
     first.wait()
     second = _tune_process(tmp_path)
@@ -223,9 +377,36 @@ def test_a_killed_study_continues_where_it_was(tmp_path):
     study = _study(tmp_path / "study")
     assert len(_finished(study)) == 6
     failed = [t for t in study.trials if t.state.name == "FAIL"]
-    for dead in failed:  # the killed trial ran again from its run folder
-        assert any(t.user_attrs.get("resume") == dead.user_attrs["run"] for t in _finished(study)), out
+    assert [t.number for t in failed] == [killed.number], out  # failed as stale once its heartbeat stopped
+    resumed = [t for t in _finished(study) if t.user_attrs.get("resume") == killed.user_attrs["run"]]
+    assert len(resumed) == 1, out  # and ran again from its run folder, to an end
+    head = next(line for line in out.splitlines() if " complete, " in line)
+    assert ", 0 failed, " in head and "stopped" not in head, out  # the killed trial counts once, resumed
     assert "best: trial" in out
+    _check_best(study)
+
+
+@pytest.mark.extended
+def test_a_paused_process_gives_its_trial_up(tmp_path):
+    """A process paused past the grace period (SIGSTOP, a laptop asleep) finds its trial
+    failed as stale and resumed elsewhere: it ends that run saved and goes on."""
+    _sweep(tmp_path, steps=40)
+    first = _tune_process(tmp_path, "--trials", "4")
+    paused = _wait_for(lambda: _running_trial(tmp_path / "study"), first)
+    first.send_signal(signal.SIGSTOP)
+    second = _tune_process(tmp_path, "--trials", "4")
+    try:
+        _wait_for(lambda: _study(tmp_path / "study").trials[paused.number].state.name == "FAIL", second)
+        time.sleep(3)  # the requeued resume is tried, and found busy
+    finally:
+        first.send_signal(signal.SIGCONT)
+    outs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert f"trial {paused.number} was failed while this process was silent" in outs[0], outs
+    study = _study(tmp_path / "study")
+    assert len(_finished(study)) == 4
+    resumed = [t for t in _finished(study) if t.user_attrs.get("resume") == paused.user_attrs["run"]]
+    assert len(resumed) == 1, outs
     _check_best(study)
 
 

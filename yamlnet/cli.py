@@ -225,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this "
                    "long (the running one finishes)")  # fmt: skip
     c.add_argument("--out", metavar="DIR", help="the study folder: study.db and a run folder per "
-                   "trial, trial_K (default: runs/NAME-tune)")  # fmt: skip
+                   "trial, STUDY/trial_K (default: runs/NAME-tune)")  # fmt: skip
     c.add_argument("--study", metavar="NAME", help="the study's name in the storage (tune.study; "
                    "default: the spec's name)")  # fmt: skip
     c.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (tune.storage; default "
@@ -672,13 +672,12 @@ def _worker_args(args, out) -> list[str]:
 def cmd_tune(args) -> int:
     from pathlib import Path
 
-    try:
-        import optuna  # noqa: F401 - the optional extra
-    except ImportError:
-        from .runtime.tune import OPTUNA_MISSING
+    from .runtime.tune import import_optuna, tune
 
-        raise UserError(OPTUNA_MISSING) from None
-    from .runtime.tune import tune
+    try:
+        import_optuna()  # the optional extra
+    except ImportError as err:
+        raise UserError(str(err)) from None
 
     for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
         if value is not None and value <= 0:
@@ -859,10 +858,12 @@ def cmd_import(args) -> int:
 
 
 def _need_matplotlib(command: str) -> None:
+    from .runtime.plot import need_matplotlib
+
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError(f'yamlnet {command} needs matplotlib: pip install "yamlnet[plot]"') from None
+        need_matplotlib(f"yamlnet {command}")
+    except ImportError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_plot(args) -> int:

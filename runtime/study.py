@@ -1,0 +1,152 @@
+"""The Optuna study of a `yamlnet tune`: its storage (a SQLite file by default, any RDB
+URL), opened under a file lock, checked to measure what the tune measures, and the
+heartbeat that fails and requeues the trial of a process that went silent."""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from pathlib import Path
+
+from .data import check_kwargs
+from .errors import ArgLocation, ConfigError
+from .space import TuneConfig
+from .trials import aside, ended, show
+
+__all__ = ["open_study", "made_folder", "sqlite_file", "storage_folder", "HEARTBEAT_S"]
+
+HEARTBEAT_S = 5  # a trial whose process is silent for tune.grace_period is failed, and runs again
+
+
+def open_study(optuna, url: str, name: str, job, flag: str = "--storage"):
+    """The study, created or loaded (under a file lock for SQLite: two processes starting
+    together would both create its tables), checked to measure what this tune measures.
+    Each process that opens it is counted, and a seeded sampler's seed moved on by that
+    count, so that processes sharing a study (or one started again) draw anew."""
+    with _create_lock(url, flag):
+        storage = _storage(optuna, url, job.tune.grace_period)
+        study = optuna.create_study(storage=storage, study_name=name, direction=job.direction,
+                                    load_if_exists=True)  # fmt: skip
+        if not _measures(study, job) and _empty(study):  # a study that got nowhere (a typo'd metric)
+            optuna.delete_study(study_name=name, storage=storage)
+            study = optuna.create_study(storage=storage, study_name=name, direction=job.direction)
+        opened = study.user_attrs.get("processes", 0)
+        study.set_user_attr("processes", opened + 1)  # atomic on SQLite, under the lock
+    if not _measures(study, job):
+        said, theirs = study.user_attrs.get("metric"), study.direction.name.lower()
+        raise job.tune.error(f"the study '{name}' in {url} {theirs}s {said}, not {job.direction}s {job.metric}",
+                             ("metric",), "name another study (--study), or keep its metric and direction")  # fmt: skip
+    study.set_user_attr("metric", job.metric)
+    _check_runs(study, job)
+    sampler = _built(optuna.samplers, SAMPLER_CLASSES, job.tune.sampler, ("sampler",), job.tune,
+                     seed=None if job.tune.seed is None else job.tune.seed + opened)  # fmt: skip
+    pruner = _built(optuna.pruners, PRUNER_CLASSES, job.tune.pruner, ("pruner",), job.tune)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def _check_runs(study, job) -> None:
+    """Every run folder of the study's is one of its trials': a folder left by another
+    study of the name (deleted, or in another storage) would be taken for a new trial's."""
+    found = sorted(job.runs.glob("trial_*"))  # listed first: a folder is made after its trial names it
+    claimed = {t.user_attrs.get("run") for t in study.get_trials(deepcopy=False)}
+    strays = [p for p in found if str(p) not in claimed]
+    if strays:
+        more = f" (and {len(strays) - 1} more)" if len(strays) > 1 else ""
+        raise ConfigError(f"{show(strays[0])}{more} holds a run that the study '{study.study_name}' "
+                          "has no trial of", ArgLocation("--out", 0, 0), "", "move it away, or name another study (--study)")  # fmt: skip
+
+
+def _measures(study, job) -> bool:
+    said = study.user_attrs.get("metric", job.metric)
+    return said == job.metric and study.direction.name.lower() == job.direction
+
+
+def _empty(study) -> bool:
+    """No trial ended, and none is running or waiting: nothing to keep."""
+    return all(t.state.name == "FAIL" and not ended(t) for t in study.get_trials(deepcopy=False))
+
+
+SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
+PRUNER_CLASSES = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
+                  "successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}  # fmt: skip
+
+
+def _built(module, classes: dict, item: dict, path: tuple, space: TuneConfig, **extra):
+    cls = getattr(module, classes[item["name"]])
+    kwargs = {k: v for k, v in item.items() if k != "name"}
+    if "seed" in inspect.signature(cls).parameters and "seed" not in kwargs:
+        kwargs.update(extra)
+    try:
+        check_kwargs(cls, kwargs, "")
+        return cls(**kwargs)
+    except ConfigError as err:
+        said = err.diagnostics[0]
+        raise space.error(said.message, (*path, said.path.lstrip(".")), said.hint) from None
+    except (TypeError, ValueError) as err:
+        raise space.error(f"{cls.__name__}: {err}", path) from None
+
+
+def _storage(optuna, url: str, grace: int):
+    sqlite = url.startswith("sqlite:")
+    beat = "heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
+    if beat not in inspect.signature(optuna.storages.RDBStorage).parameters:
+        beat = "failed_trial_callback"
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
+            heartbeat_interval=HEARTBEAT_S, grace_period=grace, **{beat: _requeue})  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's many errors for a URL it cannot open
+        raise ConfigError(f"cannot open the storage {url}: {str(err).splitlines()[0]}",
+                          hint="an RDB URL: sqlite:///path.db, postgresql://..., mysql://...") from None  # fmt: skip
+
+
+def made_folder(folder: Path, said: str) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot make {folder} ({err.strerror})", ArgLocation(said, 0, 0), "",
+                          "name a folder this process may write") from None  # fmt: skip
+    return folder
+
+
+def sqlite_file(url: str, flag: str = "--storage") -> Path | None:
+    """The file of a SQLite URL (None for other databases); an in-memory one is refused:
+    its study would end with the process, and no other process could share it."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    path = path.split("?", 1)[0]
+    if not path or path.startswith(":memory:") or "mode=memory" in url:
+        raise ConfigError(f"{url} is an in-memory database: its study would end with this process",
+                          ArgLocation(flag, 0, 0), "", "name a file: sqlite:///path/study.db")  # fmt: skip
+    return Path(path)
+
+
+def storage_folder(url: str, flag: str = "--storage") -> Path | None:
+    """A SQLite storage's file, its folder made; None for other databases."""
+    path = sqlite_file(url, flag)
+    if path is not None:
+        made_folder(path.resolve().parent, flag)
+    return path
+
+
+@contextmanager
+def _create_lock(url: str, flag: str):
+    path = storage_folder(url, flag)
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; start such processes one after another
+        yield
+        return
+    with open(f"{path}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _requeue(study, trial) -> None:
+    """A trial whose process died: queued to run again, from its run folder."""
+    if trial.user_attrs.get("run") and not aside(trial):
+        study.enqueue_trial(trial.params, user_attrs={"resume": trial.user_attrs["run"]})
