@@ -125,6 +125,7 @@ def test_mlflow_store_defaults_to_sqlite_beside_the_run_folder(tracked):
     assert (tracked.out.parent / "mlflow.db").is_file()
 
 
+@pytest.mark.extended  # a killed subprocess and two resumes
 def test_a_resumed_run_continues_its_mlflow_run_without_duplicate_steps(tmp_path):
     pytest.importorskip("mlflow")
     out = tmp_path / "runs" / "digits" / "version_0"

@@ -320,7 +320,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-@pytest.mark.parametrize("room", ["none", "one"])
+@pytest.mark.parametrize("room", [pytest.param("none", marks=pytest.mark.extended), "one"])
 def test_a_full_disk_is_said_in_plain_words_and_keeps_the_last_good_checkpoint(room, small_disk, capsys,
                                                                                  monkeypatch):  # fmt: skip
     """The run folder on a disk that fills up: the first checkpoint fails (room: none), or a

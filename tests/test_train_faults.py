@@ -381,8 +381,14 @@ def outcome(request, runs) -> Outcome:
     return runs[request.param]
 
 
+# the README command keeps one kill mid-epoch and one mid-write; the other points run in
+# the extended suite (each is a reference run, a killed run and a resumed one)
+EXTENDED_SCENARIOS = {"kill_after_step=3", "kill_after_step=23"}
+
+
 def scenarios(*names: str):
-    return pytest.mark.parametrize("outcome", names, indirect=True)
+    params = [pytest.param(n, marks=pytest.mark.extended) if n in EXTENDED_SCENARIOS else n for n in names]
+    return pytest.mark.parametrize("outcome", params, indirect=True)
 
 
 def reference(runs: Runs, name: str = "reference") -> Path:

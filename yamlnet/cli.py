@@ -23,13 +23,17 @@ examples:
   yamlnet validate specs/*.yaml
   yamlnet summary specs/resnet18.yaml
   yamlnet expand specs/resnet18.yaml --set classes=100
-  yamlnet diff specs/zoo/resnet.yaml specs/zoo/resnet.yaml --set-a depth=18 --set-b depth=34
+  yamlnet zoo resnet
+  yamlnet summary zoo:resnet50
+  yamlnet diff zoo:resnet18 zoo:resnet34 --checkpoint runs/r18
   yamlnet compile specs/resnet18.yaml --emit-python resnet18.py --out resnet18.pt
   yamlnet schema > specs/schema.json
   yamlnet train specs/digits_cnn.yaml
   yamlnet train specs/digits_cnn.yaml --set train.epochs=20 --out runs/digits
   yamlnet train specs/digits_cnn.yaml --out runs/digits --resume
   yamlnet train specs/digits_cnn.yaml --nproc 2 --max-restarts 1
+  yamlnet train zoo:resnet18 --config finetune.yaml --set 'freeze=[conv1,bn1,"layer*"]'
+  yamlnet train specs/digits_cnn.yaml --set 'train.loggers=[csv,tensorboard,mlflow]'
   yamlnet tune specs/digits_cnn.yaml --config sweep.yaml --trials 20 --timeout 3600
   yamlnet lr-find specs/digits_cnn.yaml -o lr_find.png
   yamlnet plot runs/digits_cnn --metrics train/loss,val/accuracy -o curves.svg
