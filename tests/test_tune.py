@@ -42,7 +42,7 @@ tune:
     train.optimizer.lr: {choice: [0.02, 1.0e-6]}
     vars.width: {choice: [4, 8]}
   trials: 3
-  pruner: {name: median, n_startup_trials: 1}
+  pruner: PRUNER
   sampler: random
   seed: 4
   grace_period: 10
@@ -60,14 +60,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _sweep(folder: Path, steps: int = 6) -> Path:
+def _sweep(folder: Path, steps: int = 6, pruner: str = "{name: median, n_startup_trials: 1}") -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(SWEEP.replace("STEPS", str(steps)))
+    path.write_text(SWEEP.replace("STEPS", str(steps)).replace("PRUNER", pruner))
     return path
 
 
 def _study(folder: Path):
-    return optuna.load_study(study_name="digits_cnn", storage=f"sqlite:///{folder / 'study.db'}")
+    from yamlnet.runtime.study import _create_lock
+
+    url = f"sqlite:///{folder / 'study.db'}"
+    with _create_lock(url, "--storage"):  # a tune process may be creating the tables: wait for it
+        return optuna.load_study(study_name="digits_cnn", storage=url)
 
 
 def _finished(study) -> list:
@@ -365,7 +369,8 @@ def _wait_for(condition, process: subprocess.Popen, seconds: float = 300):
 
 @pytest.mark.extended
 def test_a_killed_study_continues_where_it_was(tmp_path):
-    _sweep(tmp_path, steps=12)
+    # pruned no earlier than step 20 of 80: every trial runs long enough to be killed mid-run
+    _sweep(tmp_path, steps=80, pruner="{name: median, n_startup_trials: 1, n_warmup_steps: 20}")
     first = _tune_process(tmp_path)
     _wait_for(lambda: _count_finished(tmp_path / "study") >= 2, first)
     killed = _wait_for(lambda: _running_trial(tmp_path / "study"), first)
