@@ -58,6 +58,12 @@ def specs_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "specs"
 
 
+@cache
+def _variant_index() -> dict[str, tuple[str, dict]]:
+    """variant -> (its family, its variables)."""
+    return {v: (family, sets) for family, table in VARIANTS.items() for v, sets in table.items()}
+
+
 def zoo_dir() -> Path:
     return specs_dir() / "zoo"
 
@@ -69,7 +75,7 @@ def is_zoo_name(text: str | os.PathLike) -> bool:
 def zoo_spec(name: str | os.PathLike, loc: Location | None = None) -> tuple[Path, dict]:
     """'zoo:resnet' -> (its file, {}); 'zoo:resnet50' -> (resnet's file, {'depth': 50})."""
     wanted = os.fspath(name)[len(PREFIX):].removesuffix(".yaml")
-    variants = {v: (family, sets) for family, table in VARIANTS.items() for v, sets in table.items()}
+    variants = _variant_index()
     if wanted in VARIANTS:
         family, sets = wanted, {}
     elif wanted in variants:
@@ -88,19 +94,18 @@ def zoo_spec(name: str | os.PathLike, loc: Location | None = None) -> tuple[Path
 def examples() -> list[str]:
     """The example specs beside the zoo (specs/*.yaml: digits_cnn, the quick start, ...),
     named like zoo families: `zoo:digits_cnn`."""
-    taken = {*VARIANTS, *(v for table in VARIANTS.values() for v in table)}  # the zoo's names win
+    taken = {*VARIANTS, *_variant_index()}  # the zoo's names win
     return sorted(p.stem for p in specs_dir().glob("*.yaml") if p.stem.isidentifier() and p.stem not in taken)
 
 
 def families() -> list[dict]:
     """Each family: name, file, description (the spec's own) and its variants."""
-    import yaml
+    from .load import load_spec_source  # (load imports this module)
 
     out = []
     for family, table in VARIANTS.items():
         path = zoo_dir() / f"{family}.yaml"
-        with open(path, encoding="utf-8") as fh:
-            description = (yaml.safe_load(fh) or {}).get("description", "")
+        description = load_spec_source(path).main.data.get("description", "")
         out.append({"family": family, "spec": f"{PREFIX}{family}", "file": os.fspath(path),
                     "description": description, "variants": dict(table)})  # fmt: skip
     return out

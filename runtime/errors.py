@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..compiler.errors import ChangedBy, Location, SpecError
 
-__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation", "ChangedBy", "first_line"]
+__all__ = ["ConfigError", "CheckpointError", "TrainingError", "ArgLocation", "ChangedBy", "first_line",
+           "import_extra"]
 
 
 class ConfigError(SpecError):
@@ -20,6 +21,21 @@ class CheckpointError(ConfigError):
 
 class TrainingError(Exception):
     """The run stopped on its own (non-finite loss); the last good checkpoint is kept."""
+
+
+def import_extra(module: str, extra: str, what: str, package: str | None = None):
+    """The optional `module`, or an ImportError saying which extra installs it (callers
+    turn it into their own one-line error).
+
+    >>> import_extra("json", "none", "this").__name__
+    'json'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f'{what} needs {package or module}: pip install "yamlnet[{extra}]"') from None
 
 
 def first_line(err: BaseException, limit: int | None = None) -> str:

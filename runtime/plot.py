@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..compiler.errors import did_you_mean, not_a_regular_file
 from .checkpoint import atomic_write
-from .errors import ArgLocation, ConfigError
+from .errors import ArgLocation, ConfigError, import_extra
 
 __all__ = ["plot_runs", "find_runs", "read_curves", "choose_metrics", "draw_curves", "save_figure",
            "check_out", "need_matplotlib", "literal", "Curves", "PlotResult", "FORMATS", "X_AXES",
@@ -322,10 +322,7 @@ def literal(text: str) -> str:
 
 def need_matplotlib(what: str = "yamlnet's plots") -> None:
     """ImportError, saying how to install it, where matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError(f'{what} needs matplotlib: pip install "yamlnet[plot]"') from None
+    import_extra("matplotlib", "plot", what)
 
 
 def new_figure(width: float, height: float):

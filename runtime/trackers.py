@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import first_line, import_extra
+
 if TYPE_CHECKING:
     from .run import Run
 
@@ -43,10 +45,9 @@ def check_loggers(cfg) -> None:
             raise cfg.error(f"'{item['name']}' is listed twice", ("train", "loggers", i))
         if item["name"] == "mlflow":
             try:
-                import mlflow  # noqa: F401
-            except ImportError:
-                raise cfg.error("the mlflow logger needs MLflow: pip install \"yamlnet[mlflow]\"",
-                                ("train", "loggers", i)) from None  # fmt: skip
+                import_extra("mlflow", "mlflow", "the mlflow logger", package="MLflow")
+            except ImportError as err:
+                raise cfg.error(str(err), ("train", "loggers", i)) from None
 
 
 def open_trackers(run: Run) -> list:
@@ -69,8 +70,6 @@ def guarded(tracker, method: str, *args) -> bool:
         getattr(tracker, method)(*args)
         return True
     except Exception as err:  # noqa: BLE001 - any failure of a logger: warn, train on
-        from .errors import first_line
-
         text = first_line(err)
         text = text if len(text) <= 300 else text[:297] + "..."
         print(f"warning: {tracker.name} logger: {text}; training goes on without it", flush=True)

@@ -33,14 +33,13 @@ from typing import Any
 from ..compiler.errors import SpecError, did_you_mean
 from ..compiler.load import load_spec_source
 from .config import RunConfig, load_run_config, split_overrides
-from .errors import ConfigError, TrainingError, first_line
+from .errors import ConfigError, TrainingError, first_line, import_extra
 from .space import TuneConfig, load_tune
 from .study import made_folder, open_study, storage_folder
 from .trials import aside, best_trials, best_value, ended, format_trial, show, summary
 
-__all__ = ["tune", "TuneResult", "OPTUNA_MISSING"]
+__all__ = ["tune", "TuneResult", "import_optuna"]
 
-OPTUNA_MISSING = 'yamlnet tune needs optuna: pip install "yamlnet[tune]"'
 POLL_S = 2.0  # how often a process waiting on others' trials looks again
 
 
@@ -137,11 +136,7 @@ def tune(spec: str | os.PathLike, *, config: str | os.PathLike | None = None, ou
 
 
 def import_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise ImportError(OPTUNA_MISSING) from None
-    return optuna
+    return import_extra("optuna", "tune", "yamlnet tune")
 
 
 def objective_of(space: TuneConfig, cfg: RunConfig) -> tuple[str, str]:
