@@ -24,6 +24,7 @@ Saving is asynchronous: the step waits only while the shards are copied to CPU m
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -155,14 +156,21 @@ def finish_save(future: Future, tmp: Path, final: Path, rest: dict | None, names
     import torch.distributed as dist
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from .checkpoint import _commit, _write_temp
+    from .checkpoint import _commit, _nearly_full, _write_temp
 
     try:
         future.result()
     except CheckpointException as err:  # a failure on some rank, which every rank hears of
+        # torch.save into DCP's file reports a short write as RuntimeError("unexpected pos"):
+        # every rank looks at its own disk before any space is given back, and all decide alike
+        full = [False] * dist.get_world_size(group)
+        dist.all_gather_object(full, bool(_failures(err, RuntimeError)) and _nearly_full(tmp.parent), group=group)
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # what was written gives its space back
-        raise _shared(_first_os_error(err) or err) from None
+        met = _failures(err, OSError)
+        if not met and any(full):
+            met = [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))]
+        raise _shared(met[0] if met else err) from None
     try:
         mine: Any = {p.name: crc_file(p) for p in tmp.glob(f"__{rank}_*")}
     except OSError as err:  # said to rank 0 through the gather: no rank is left waiting in it
@@ -198,12 +206,14 @@ def _shared(err: BaseException) -> BaseException:
     return err
 
 
-def _first_os_error(err) -> OSError | None:
+def _failures(err, kind: type) -> list:
+    """The errors of a kind that the ranks of a failed DCP save met."""
+    found = []
     for failure in getattr(err, "failures", {}).values():
         inner = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(inner, OSError):
-            return inner
-    return None
+        if isinstance(inner, kind):
+            found.append(inner)
+    return found
 
 
 def publish(tmp: Path, final: Path) -> None:

@@ -5,7 +5,7 @@ heartbeat that fails and requeues the trial of a process that went silent."""
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from .data import check_kwargs
@@ -16,6 +16,7 @@ from .trials import aside, ended, show
 __all__ = ["open_study", "made_folder", "sqlite_file", "storage_folder", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 5  # a trial whose process is silent for tune.grace_period is failed, and runs again
+SQLITE_WAIT_S = 60  # how long a process waits on another's lock on a SQLite study
 
 
 def open_study(optuna, url: str, name: str, job, flag: str = "--storage"):
@@ -91,13 +92,30 @@ def _storage(optuna, url: str, grace: int):
     beat = "heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
     if beat not in inspect.signature(optuna.storages.RDBStorage).parameters:
         beat = "failed_trial_callback"
+    if sqlite:
+        _write_ahead(sqlite_file(url))
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
+            url, engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_S}} if sqlite else None,
             heartbeat_interval=HEARTBEAT_S, grace_period=grace, **{beat: _requeue})  # fmt: skip
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's many errors for a URL it cannot open
         raise ConfigError(f"cannot open the storage {url}: {str(err).splitlines()[0]}",
                           hint="an RDB URL: sqlite:///path.db, postgresql://..., mysql://...") from None  # fmt: skip
+
+
+def _write_ahead(path: Path) -> None:
+    """Keep a SQLite study in write-ahead-log mode (it stays in the file): there, readers
+    never block a writer, so a process paused while reading the study (a laptop asleep)
+    leaves the others free to fail its trial and go on. In the default mode its read lock
+    would hold every other process's commit until it woke. A file system without WAL (a
+    network share) keeps the default."""
+    import sqlite3
+
+    try:
+        with closing(sqlite3.connect(path, timeout=SQLITE_WAIT_S)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # RDBStorage says what is wrong with the file, in its own words
 
 
 def made_folder(folder: Path, said: str) -> Path:

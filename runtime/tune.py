@@ -123,7 +123,7 @@ def tune(spec: str | os.PathLike, *, config: str | os.PathLike | None = None, ou
     say = lambda text: print(text, file=stream, flush=True)  # noqa: E731
     job = _Job(Path(spec), config, dict(overrides), tuple(plugins), space, metric, direction, folder,
                folder / name, trials or space.trials, say)  # fmt: skip
-    with _quiet(optuna):
+    with _quiet(optuna), _storage_failures(optuna, url):
         the_study = open_study(optuna, url, name, job, flag)
         say(f"study {name} in {url}: {job.target} trials, {direction} {metric}; runs in {show(job.runs)}")
         code = _run(optuna, the_study, job, None if timeout is None else time.monotonic() + timeout)
@@ -187,6 +187,23 @@ def _quiet(optuna):
             yield
     finally:
         optuna.logging.set_verbosity(before)
+
+
+@contextmanager
+def _storage_failures(optuna, url: str):
+    """The study's database failing mid-tune (locked past its timeout by a process that
+    is stuck, gone, full) is one line, exit 1: the trial this process ran keeps its run
+    folder, and running the command again goes on with the study."""
+    try:
+        yield
+    except optuna.exceptions.StorageInternalError as err:
+        cause = first_line(err.__cause__ or err, 300)
+        locked = "database is locked" in cause
+        failure = TrainingError(f"the study's storage {url} failed: {cause}"
+                                + ("; another process holds it (paused or stuck?)" if locked else "")
+                                + "; run the command again to go on with the study")  # fmt: skip
+        failure.exit_code = 1
+        raise failure from None
 
 
 # -- the loop: one trial at a time until the study has its trials --------------------

@@ -7,6 +7,7 @@ processes sharing one SQLite study."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -244,6 +245,30 @@ def test_a_folder_the_study_does_not_know_is_refused(tmp_path, monkeypatch, caps
                                                "study (--study))")  # fmt: skip
 
 
+def test_a_study_locked_past_the_wait_is_one_line(tmp_path, monkeypatch, capsys):
+    """Another process holding the study's database past the wait (one stuck mid-commit)
+    ends the tune with one line that says so, exit 1; the study is in WAL mode, so reading
+    it is not what waits."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("yamlnet.runtime.study.SQLITE_WAIT_S", 0.5)
+    _sweep(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    (tmp_path / "study").mkdir()
+    optuna.create_study(storage=url, study_name="digits_cnn", direction="maximize")
+    with contextlib.closing(sqlite3.connect(tmp_path / "study" / "study.db", isolation_level=None)) as holder:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held as a stuck process would
+        code = main(["tune", str(SPEC), "--config", "sweep.yaml", "--out", "study"])
+        holder.execute("ROLLBACK")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: the study's storage {url} failed: ") and "database is locked" in err, err
+    assert "another process holds it (paused or stuck?); run the command again" in err
+    assert optuna.load_study(study_name="digits_cnn", storage=url).trials == []
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked here, not run by optimize
 def test_processes_with_one_seed_draw_apart(tmp_path):
     from yamlnet.compiler.load import load_spec_source
@@ -391,6 +416,28 @@ def test_a_killed_study_continues_where_it_was(tmp_path):
     _check_best(study)
 
 
+def _pause_outside_a_write(process: subprocess.Popen, db: Path) -> None:
+    """SIGSTOP the process at a moment it holds no write lock on the study. One stopped
+    in the middle of a commit would hold SQLite's write lock while asleep, and every other
+    process would wait on it: SQLite's rule, which no tune can change. (A reader stopped
+    mid-read blocks no one: the study is in WAL mode, which the first check asserts.)"""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for _ in range(200):
+        process.send_signal(signal.SIGSTOP)
+        with contextlib.closing(sqlite3.connect(db, timeout=0.2, isolation_level=None)) as check:
+            try:
+                check.execute("BEGIN IMMEDIATE")
+                check.execute("ROLLBACK")
+                return
+            except sqlite3.OperationalError:  # stopped mid-commit: let it finish, and try again
+                process.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+    raise AssertionError("the tune process held the study's write lock at every try")
+
+
 @pytest.mark.extended
 def test_a_paused_process_gives_its_trial_up(tmp_path):
     """A process paused past the grace period (SIGSTOP, a laptop asleep) finds its trial
@@ -398,7 +445,7 @@ def test_a_paused_process_gives_its_trial_up(tmp_path):
     _sweep(tmp_path, steps=40)
     first = _tune_process(tmp_path, "--trials", "4")
     paused = _wait_for(lambda: _running_trial(tmp_path / "study"), first)
-    first.send_signal(signal.SIGSTOP)
+    _pause_outside_a_write(first, tmp_path / "study" / "study.db")
     second = _tune_process(tmp_path, "--trials", "4")
     try:
         _wait_for(lambda: _study(tmp_path / "study").trials[paused.number].state.name == "FAIL", second)

@@ -676,6 +676,7 @@ def _worker_args(args, out) -> list[str]:
 def cmd_tune(args) -> int:
     from pathlib import Path
 
+    from .runtime.errors import TrainingError
     from .runtime.tune import import_optuna, tune
 
     try:
@@ -686,9 +687,13 @@ def cmd_tune(args) -> int:
     for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} takes a number > 0, got {value:g}")
-    result = tune(Path(args.spec), config=args.config, out=args.out, trials=args.trials,
-                  timeout=args.timeout, study=args.study, storage=args.storage,
-                  plugins=tuple(args.plugin), **_overrides(args.set))  # fmt: skip
+    try:
+        result = tune(Path(args.spec), config=args.config, out=args.out, trials=args.trials,
+                      timeout=args.timeout, study=args.study, storage=args.storage,
+                      plugins=tuple(args.plugin), **_overrides(args.set))  # fmt: skip
+    except TrainingError as err:
+        _error(f"error: {err}")
+        return getattr(err, "exit_code", EXIT_FAILURE)
     return result.exit_code
 
 
