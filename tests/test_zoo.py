@@ -15,39 +15,40 @@ from .twins import GPTTwin
 
 ZOO = SPECS / "zoo"
 
-# (spec, variables, torchvision builder)
+# (spec, variables, torchvision builder): the README's test command checks each family's
+# first variants; the other sizes (the sweep over every torchvision model) are `extended`
 TORCHVISION = [
     ("resnet.yaml", {"depth": 18}, "resnet18"),
     ("resnet.yaml", {"depth": 34}, "resnet34"),
     ("resnet.yaml", {"depth": 50}, "resnet50"),
-    pytest.param("resnet.yaml", {"depth": 101}, "resnet101", marks=pytest.mark.slow),
-    pytest.param("resnet.yaml", {"depth": 152}, "resnet152", marks=pytest.mark.slow),
+    pytest.param("resnet.yaml", {"depth": 101}, "resnet101", marks=pytest.mark.extended),
+    pytest.param("resnet.yaml", {"depth": 152}, "resnet152", marks=pytest.mark.extended),
     ("resnet.yaml", {"depth": 50, "groups": 32, "width_per_group": 4}, "resnext50_32x4d"),
-    pytest.param("resnet.yaml", {"depth": 50, "width_per_group": 128}, "wide_resnet50_2", marks=pytest.mark.slow),
+    pytest.param("resnet.yaml", {"depth": 50, "width_per_group": 128}, "wide_resnet50_2", marks=pytest.mark.extended),
     # the depth-101 variants differ from those above only in depth: checked after the default run
     *[pytest.param("resnet.yaml", {"depth": 101, "groups": g, "width_per_group": w}, builder,
                    marks=pytest.mark.extended)
       for g, w, builder in ((32, 8, "resnext101_32x8d"), (64, 4, "resnext101_64x4d"), (1, 128, "wide_resnet101_2"))],
     ("mobilenet_v2.yaml", {}, "mobilenet_v2"),
     ("efficientnet.yaml", {}, "efficientnet_b0"),
-    *[pytest.param("efficientnet.yaml", {"variant": v}, f"efficientnet_{v}", marks=pytest.mark.slow)
+    *[pytest.param("efficientnet.yaml", {"variant": v}, f"efficientnet_{v}", marks=pytest.mark.extended)
       for v in ("b1", "b2", "b3")],
     # RegNet: the stages are derived from torchvision's six parameters by expressions
     ("regnet.yaml", {"variant": "x_400mf"}, "regnet_x_400mf"),
     ("regnet.yaml", {"variant": "y_400mf"}, "regnet_y_400mf"),
-    *[pytest.param("regnet.yaml", {"variant": v}, f"regnet_{v}", marks=pytest.mark.slow)
+    *[pytest.param("regnet.yaml", {"variant": v}, f"regnet_{v}", marks=pytest.mark.extended)
       for v in ("x_800mf", "y_800mf", "x_1_6gf", "y_1_6gf", "x_3_2gf", "y_3_2gf", "x_8gf", "y_8gf")],
     *[pytest.param("regnet.yaml", {"variant": v}, f"regnet_{v}", marks=pytest.mark.extended)  # 54M to 645M parameters
       for v in ("x_16gf", "y_16gf", "x_32gf", "y_32gf", "y_128gf")],
     ("densenet.yaml", {}, "densenet121"),
-    pytest.param("densenet.yaml", {"depth": 169}, "densenet169", marks=pytest.mark.slow),
+    pytest.param("densenet.yaml", {"depth": 169}, "densenet169", marks=pytest.mark.extended),
     ("convnext.yaml", {}, "convnext_tiny"),
-    pytest.param("convnext.yaml", {"size": "small"}, "convnext_small", marks=pytest.mark.slow),
+    pytest.param("convnext.yaml", {"size": "small"}, "convnext_small", marks=pytest.mark.extended),
     ("vit.yaml", {}, "vit_b_16"),
-    pytest.param("vit.yaml", {"patch": 32}, "vit_b_32", marks=pytest.mark.slow),
+    pytest.param("vit.yaml", {"patch": 32}, "vit_b_32", marks=pytest.mark.extended),
     ("vgg.yaml", {"depth": 11}, "vgg11"),
     ("vgg.yaml", {"depth": 11, "batch_norm": True}, "vgg11_bn"),
-    *[pytest.param("vgg.yaml", {"depth": d, "batch_norm": bn}, f"vgg{d}{'_bn' if bn else ''}", marks=pytest.mark.slow)
+    *[pytest.param("vgg.yaml", {"depth": d, "batch_norm": bn}, f"vgg{d}{'_bn' if bn else ''}", marks=pytest.mark.extended)
       for d in (13, 16, 19) for bn in (False, True)],
 ]
 
