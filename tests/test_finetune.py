@@ -242,3 +242,35 @@ def test_resuming_with_another_freeze_is_refused(tmp_path, capsys):
     # the same freeze resumes
     assert yamlnet.cli.main(["train", digits, "--max-steps", "4", "--out", out, "--resume",
                              "--set", "freeze=[features]", "--set", "train.scheduler=null"]) == 0  # fmt: skip
+
+
+def test_the_model_commands_take_the_runs_config(tmp_path, capsys):
+    """`summary`, `compile`, `expand` and `graph --config` build the model a run with that
+    config trains: its vars:, init: and freeze: (the same hash, counts and lock), --set
+    after it; a config's bad data:/train: is refused as train refuses it."""
+    from yamlnet.cli import main
+
+    digits = os.fspath(SPECS / "digits_cnn.yaml")
+    config = tmp_path / "ft.yaml"
+    config.write_text("vars: {width: 16}\nfreeze: [features]\ntrain: {scheduler: null}\n")
+    assert main(["train", digits, "--config", str(config), "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr().out.splitlines()[0]  # run ...: digits_cnn (N parameters, M trainable, hash H)
+    lock = (tmp_path / "run" / "spec.lock.yaml").read_text()
+    assert main(["compile", digits, "--config", str(config)]) == 0
+    compiled = capsys.readouterr().out
+    assert said.split("(", 1)[1].rstrip(")") in compiled.replace("digits_cnn, 13 nodes, ", "")
+    assert main(["expand", digits, "--config", str(config)]) == 0
+    expanded = capsys.readouterr().out
+    assert expanded.splitlines()[0].rsplit(" ", 1)[1] == lock.splitlines()[0].rsplit(" ", 1)[1]  # the spec hash
+    assert "freeze: [features]" in expanded and "width: 16" in expanded
+    assert main(["summary", digits, "--config", str(config), "--no-costs"]) == 0
+    trainable = said.split(", ")[1].split()[0]
+    assert f"({trainable} trainable, " in capsys.readouterr().out
+    assert main(["graph", digits, "--config", str(config), "--format", "mermaid"]) == 0
+    drawn = capsys.readouterr().out.splitlines()
+    assert drawn[-1].startswith("  class ") and drawn[-1].endswith(" frozen")  # the features' boxes
+    assert main(["compile", digits, "--config", str(config), "--set", "width=8"]) == 0
+    assert "35,458 parameters, 34,186 trainable" in capsys.readouterr().out  # --set after the config
+    config.write_text("train: {epochs: -1}\n")
+    assert main(["summary", digits, "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"{config}:1:9: train.epochs: -1 is less than the minimum of 1"

@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     spec_opts = argparse.ArgumentParser(add_help=False)
     spec_opts.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                            help="override a variable from the spec's vars: (repeatable)")  # fmt: skip
+    model_opts = argparse.ArgumentParser(add_help=False, parents=[spec_opts])  # the commands that build one model
+    model_opts.add_argument("--config", metavar="FILE", help="a run's config file (as train takes): its "
+                            "vars:, init: and freeze: apply; data:/train: are checked, not used")  # fmt: skip
     run_opts = argparse.ArgumentParser(add_help=False)
     run_opts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a variable (width=64) or a data:/train: setting "
@@ -151,11 +154,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="json: machine-readable diagnostics")  # fmt: skip
 
     c = command("expand", cmd_expand, "print the fully resolved spec (every node, argument and shape)",
-                spec_opts)  # fmt: skip
+                model_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
 
     c = command("summary", cmd_summary, "per-node table: name, op, output shape, parameters, "
-                "MACs and activation memory", spec_opts)  # fmt: skip
+                "MACs and activation memory", model_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
     c.add_argument("--dim", action="append", default=[], metavar="SYMBOL=SIZE",
@@ -177,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
                    "run folder: which of its tensors load into B (same name and shape)")  # fmt: skip
 
     c = command("graph", cmd_graph, "draw the network: svg, png or pdf through Graphviz, or dot "
-                "and mermaid text", spec_opts)  # fmt: skip
+                "and mermaid text", model_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--format", choices=list(GRAPH_FORMATS), help="default: from --out's extension, "
                    "else dot on standard output")  # fmt: skip
@@ -187,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
                    "into one box each (0: every top-level block is a box)")  # fmt: skip
 
     c = command("compile", cmd_compile, "build the nn.Module; optionally write standalone Python "
-                "and an initialised state_dict", spec_opts)  # fmt: skip
+                "and an initialised state_dict", model_opts)  # fmt: skip
     c.add_argument("spec", metavar="SPEC")
     c.add_argument("--emit-python", metavar="FILE", help="write a standalone PyTorch module file")
     c.add_argument("--out", metavar="FILE", help="save the initialised state_dict (torch.save)")
@@ -370,6 +373,11 @@ def _compile(args, path: str, build: bool = False):
     from .compiler.compile import compile_spec
     from .runtime.config import split_overrides, weights_overlay
 
+    if getattr(args, "config", None) is not None:  # the run's vars:, init:, freeze:, as train builds it
+        from .runtime.config import load_run
+
+        source, cfg, var_over = load_run(Path(path), args.config, _overrides(args.set))
+        return compile_spec(source, {**cfg.vars, **var_over}, build=build, overlay=cfg.weights_overlay())
     run, variables = split_overrides(_overrides(args.set))  # data./train. keys are the runtime's
     return compile_spec(Path(path), variables, build=build,  # a path, never YAML text
                         overlay=weights_overlay(run))  # --set init=... / freeze=[...]
