@@ -13,7 +13,7 @@ from .errors import ArgLocation, ConfigError
 from .space import TuneConfig
 from .trials import aside, ended, show
 
-__all__ = ["open_study", "made_folder", "sqlite_file", "storage_folder", "HEARTBEAT_S"]
+__all__ = ["open_study", "made_folder", "sqlite_file", "storage_folder", "shown", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 5  # a trial whose process is silent for tune.grace_period is failed, and runs again
 SQLITE_WAIT_S = 60  # how long a process waits on another's lock on a SQLite study
@@ -35,7 +35,7 @@ def open_study(optuna, url: str, name: str, job, flag: str = "--storage"):
         study.set_user_attr("processes", opened + 1)  # atomic on SQLite, under the lock
     if not _measures(study, job):
         said, theirs = study.user_attrs.get("metric"), study.direction.name.lower()
-        raise job.tune.error(f"the study '{name}' in {url} {theirs}s {said}, not {job.direction}s {job.metric}",
+        raise job.tune.error(f"the study '{name}' in {shown(url)} {theirs}s {said}, not {job.direction}s {job.metric}",
                              ("metric",), "name another study (--study), or keep its metric and direction")  # fmt: skip
     study.set_user_attr("metric", job.metric)
     _check_runs(study, job)
@@ -92,14 +92,24 @@ def _storage(optuna, url: str, grace: int):
     beat = "heartbeat_stale_trial_callback"  # optuna >= 4.9; failed_trial_callback before
     if beat not in inspect.signature(optuna.storages.RDBStorage).parameters:
         beat = "failed_trial_callback"
-    if sqlite:
+    if sqlite and not _read_only(url):
         _write_ahead(sqlite_file(url))
+
+    class Storage(optuna.storages.RDBStorage):
+        def record_heartbeat(self, trial_id: int) -> None:
+            """A beat the database refuses (another process holds its lock past the
+            wait) is skipped, not the end of the heartbeat thread: the next one is tried
+            HEARTBEAT_S later, and the trial is failed as stale only after grace_period."""
+            try:
+                super().record_heartbeat(trial_id)
+            except optuna.exceptions.StorageInternalError:
+                pass
+
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_S}} if sqlite else None,
-            heartbeat_interval=HEARTBEAT_S, grace_period=grace, **{beat: _requeue})  # fmt: skip
+        return Storage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_S}} if sqlite else None,
+                       heartbeat_interval=HEARTBEAT_S, grace_period=grace, **{beat: _requeue})  # fmt: skip
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's many errors for a URL it cannot open
-        raise ConfigError(f"cannot open the storage {url}: {str(err).splitlines()[0]}",
+        raise ConfigError(f"cannot open the storage {shown(url)}: {str(err).splitlines()[0]}",
                           hint="an RDB URL: sqlite:///path.db, postgresql://..., mysql://...") from None  # fmt: skip
 
 
@@ -107,8 +117,9 @@ def _write_ahead(path: Path) -> None:
     """Keep a SQLite study in write-ahead-log mode (it stays in the file): there, readers
     never block a writer, so a process paused while reading the study (a laptop asleep)
     leaves the others free to fail its trial and go on. In the default mode its read lock
-    would hold every other process's commit until it woke. A file system without WAL (a
-    network share) keeps the default."""
+    would hold every other process's commit until it woke. WAL needs every process on one
+    machine (they share memory beside the file), which SQLite on a network share never
+    served either: processes on several machines use a server RDB."""
     import sqlite3
 
     try:
@@ -116,6 +127,23 @@ def _write_ahead(path: Path) -> None:
             db.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error:
         pass  # RDBStorage says what is wrong with the file, in its own words
+
+
+def _read_only(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).query.get("mode") == "ro"
+
+
+def shown(url: str) -> str:
+    """A storage URL as printed: its password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def made_folder(folder: Path, said: str) -> Path:
@@ -128,12 +156,24 @@ def made_folder(folder: Path, said: str) -> Path:
 
 
 def sqlite_file(url: str, flag: str = "--storage") -> Path | None:
-    """The file of a SQLite URL (None for other databases); an in-memory one is refused:
+    """The file of a SQLite URL, as SQLAlchemy reads the URL (percent-escapes decoded; a
+    `file:` URI with `?uri=true`); None for other databases. An in-memory one is refused:
     its study would end with the process, and no other process could share it."""
     if not url.startswith("sqlite:"):
         return None
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
-    path = path.split("?", 1)[0]
+    from urllib.parse import unquote
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{url} is not a database URL", ArgLocation(flag, 0, 0), "",
+                          "name a file: sqlite:///path/study.db") from None  # fmt: skip
+    path = parsed.database or ""
+    if parsed.query.get("uri") == "true" and path.startswith("file:"):
+        path = unquote(path.removeprefix("file:").split("?", 1)[0])
     if not path or path.startswith(":memory:") or "mode=memory" in url:
         raise ConfigError(f"{url} is an in-memory database: its study would end with this process",
                           ArgLocation(flag, 0, 0), "", "name a file: sqlite:///path/study.db")  # fmt: skip

@@ -35,7 +35,7 @@ from ..compiler.load import load_spec_source
 from .config import RunConfig, load_run_config, split_overrides
 from .errors import ConfigError, TrainingError, first_line, import_extra
 from .space import TuneConfig, load_tune
-from .study import made_folder, open_study, storage_folder
+from .study import made_folder, open_study, shown, storage_folder
 from .trials import aside, best_trials, best_value, ended, format_trial, show, summary
 
 __all__ = ["tune", "TuneResult", "import_optuna"]
@@ -125,7 +125,7 @@ def tune(spec: str | os.PathLike, *, config: str | os.PathLike | None = None, ou
                folder / name, trials or space.trials, say)  # fmt: skip
     with _quiet(optuna), _storage_failures(optuna, url):
         the_study = open_study(optuna, url, name, job, flag)
-        say(f"study {name} in {url}: {job.target} trials, {direction} {metric}; runs in {show(job.runs)}")
+        say(f"study {name} in {shown(url)}: {job.target} trials, {direction} {metric}; runs in {show(job.runs)}")
         code = _run(optuna, the_study, job, None if timeout is None else time.monotonic() + timeout)
         trials_now = the_study.get_trials(deepcopy=False)
     best = next(iter(best_trials(trials_now, direction)), None)
@@ -191,19 +191,19 @@ def _quiet(optuna):
 
 @contextmanager
 def _storage_failures(optuna, url: str):
-    """The study's database failing mid-tune (locked past its timeout by a process that
-    is stuck, gone, full) is one line, exit 1: the trial this process ran keeps its run
-    folder, and running the command again goes on with the study."""
+    """The study's database failing mid-tune is one line, exit 1, in the database's words
+    (-v adds the traceback). Locked past the wait (another process stuck mid-commit) is
+    passing: the trial this process ran keeps its run folder, and running the command
+    again goes on with the study."""
     try:
         yield
     except optuna.exceptions.StorageInternalError as err:
         cause = first_line(err.__cause__ or err, 300)
-        locked = "database is locked" in cause
-        failure = TrainingError(f"the study's storage {url} failed: {cause}"
-                                + ("; another process holds it (paused or stuck?)" if locked else "")
-                                + "; run the command again to go on with the study")  # fmt: skip
+        again = ("; another process holds it (paused or stuck?); run the command again to go on with the study"
+                 if "database is locked" in cause else "")  # fmt: skip
+        failure = TrainingError(f"the study's storage {shown(url)} failed: {cause}{again}")
         failure.exit_code = 1
-        raise failure from None
+        raise failure from err
 
 
 # -- the loop: one trial at a time until the study has its trials --------------------

@@ -531,7 +531,7 @@ def test_a_full_disk_during_a_sharded_save_is_one_line_and_keeps_the_last_good(g
 
 
 def full_disk_worker(rank: int, world: int, init_file: str, disk: str, out: str) -> None:
-    """A DCP save of a 256 KiB layer into a disk with 64 KiB left: what finish_save raises
+    """A DCP save of a 2.3 MiB layer into a disk with 1.5 MiB left: what finish_save raises
     on this rank, and what DCP met (the failures of its CheckpointException). One process:
     with two, the other's small writes meet the full disk as OSError as often as not, and
     the short write inside torch.save would not be the only failure."""
@@ -541,7 +541,7 @@ def full_disk_worker(rank: int, world: int, init_file: str, disk: str, out: str)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = torch.nn.Linear(256, 256)
+        model = torch.nn.Linear(768, 768)
         optimizer = optimizer_for(model)
         tmp, final = Path(disk) / ".step-00000001.dcp.tmp", Path(disk) / "step-00000001.dcp"
         if rank == 0:
@@ -570,7 +570,9 @@ def test_a_shard_cut_short_by_a_full_disk_is_said_as_a_full_disk(small_disk, tmp
     import errno
     import shutil
 
-    (small_disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(small_disk).free - 64 * 1024))
+    # more room than "nearly full" (1 MiB): the disk is looked at before the cut shard is removed, or
+    # its 1.5 MiB come back first and the failure is not seen as a full disk
+    (small_disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(small_disk).free - 1536 * 1024))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     init, out = str(tmp_path / "init"), str(tmp_path / "out")
     mp.start_processes(full_disk_worker, args=(1, init, str(small_disk), out), nprocs=1, join=True,

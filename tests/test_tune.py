@@ -269,6 +269,32 @@ def test_a_study_locked_past_the_wait_is_one_line(tmp_path, monkeypatch, capsys)
     assert optuna.load_study(study_name="digits_cnn", storage=url).trials == []
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore:Argument ``heartbeat_interval``")
+def test_a_sqlite_study_is_in_wal_mode_and_its_heartbeat_outlives_a_lock(tmp_path, monkeypatch):
+    """The file SQLAlchemy opens (its URL percent-decoded) is the one put in WAL mode, with
+    no stray file beside it; a heartbeat refused by a held lock is skipped, not raised
+    (it would end the heartbeat thread, and the live trial would be failed as stale)."""
+    import sqlite3
+
+    from yamlnet.runtime import study
+
+    monkeypatch.setattr(study, "SQLITE_WAIT_S", 0.3)
+    url = f"sqlite:///{tmp_path}/my%20study.db"
+    assert study.sqlite_file(url) == tmp_path / "my study.db"
+    assert study.sqlite_file(f"sqlite:///file:{tmp_path}/a.db?uri=true") == tmp_path / "a.db"
+    storage = study._storage(optuna, url, 10)
+    assert {p.name.split("-")[0] for p in tmp_path.iterdir()} == {"my study.db"}  # and its -wal, -shm
+    with contextlib.closing(sqlite3.connect(tmp_path / "my study.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    trial = optuna.create_study(storage=storage, study_name="s").ask()
+    with contextlib.closing(sqlite3.connect(tmp_path / "my study.db", isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")
+        storage.record_heartbeat(trial._trial_id)  # waits 0.3 s, skips the beat
+        holder.execute("ROLLBACK")
+    storage.record_heartbeat(trial._trial_id)
+    assert storage._get_stale_trial_ids(trial.study._study_id) == []  # the beat after it counted
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked here, not run by optimize
 def test_processes_with_one_seed_draw_apart(tmp_path):
     from yamlnet.compiler.load import load_spec_source
@@ -427,6 +453,7 @@ def _pause_outside_a_write(process: subprocess.Popen, db: Path) -> None:
         assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     for _ in range(200):
         process.send_signal(signal.SIGSTOP)
+        _wait_until_stopped(process)  # a signal is delivered later than kill() returns
         with contextlib.closing(sqlite3.connect(db, timeout=0.2, isolation_level=None)) as check:
             try:
                 check.execute("BEGIN IMMEDIATE")
@@ -436,6 +463,21 @@ def _pause_outside_a_write(process: subprocess.Popen, db: Path) -> None:
                 process.send_signal(signal.SIGCONT)
                 time.sleep(0.05)
     raise AssertionError("the tune process held the study's write lock at every try")
+
+
+def _wait_until_stopped(process: subprocess.Popen) -> None:
+    """Until every thread of the process is stopped (Linux: state T in /proc)."""
+    deadline = time.monotonic() + 60
+    tasks = Path(f"/proc/{process.pid}/task")
+    while time.monotonic() < deadline:
+        try:
+            states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+        except FileNotFoundError:  # a thread ended meanwhile
+            continue
+        if all(state in "tT" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {process.pid} did not stop")
 
 
 @pytest.mark.extended

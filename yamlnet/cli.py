@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="override a variable from the spec's vars: (repeatable)")  # fmt: skip
     model_opts = argparse.ArgumentParser(add_help=False, parents=[spec_opts])  # the commands that build one model
     model_opts.add_argument("--config", metavar="FILE", help="a run's config file (as train takes): its "
-                            "vars:, init: and freeze: apply; data:/train: are checked, not used")  # fmt: skip
+                            "vars:, init: and freeze: apply; data:/train: are schema-checked, not used")  # fmt: skip
     run_opts = argparse.ArgumentParser(add_help=False)
     run_opts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a variable (width=64) or a data:/train: setting "
@@ -699,7 +699,11 @@ def cmd_tune(args) -> int:
         result = tune(Path(args.spec), config=args.config, out=args.out, trials=args.trials,
                       timeout=args.timeout, study=args.study, storage=args.storage,
                       plugins=tuple(args.plugin), **_overrides(args.set))  # fmt: skip
-    except TrainingError as err:
+    except TrainingError as err:  # the study's database failed
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         _error(f"error: {err}")
         return getattr(err, "exit_code", EXIT_FAILURE)
     return result.exit_code
