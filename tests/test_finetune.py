@@ -274,3 +274,22 @@ def test_the_model_commands_take_the_runs_config(tmp_path, capsys):
     config.write_text("train: {epochs: -1}\n")
     assert main(["summary", digits, "--config", str(config)]) == 2
     assert capsys.readouterr().err.strip() == f"{config}:1:9: train.epochs: -1 is less than the minimum of 1"
+
+
+def test_compile_from_python_takes_init_and_freeze(tmp_path, monkeypatch):
+    """`yamlnet.compile(..., init=, freeze=)` builds what `compile --set` builds: the same
+    hash and frozen parameters, and the weights of the init file."""
+    monkeypatch.chdir(tmp_path)
+    digits = SPECS / "digits_cnn.yaml"
+    torch.manual_seed(5)
+    source = yamlnet.compile(digits, width=16)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    built = yamlnet.build(digits, width=16, init="w.pt", freeze=("features",))
+    cli = compile_spec(digits, {"width": 16}, overlay=weights_overlay({"init": "w.pt", "freeze": ["features"]}))
+    assert built.hash == cli.hash
+    frozen = {n for n, p in built.module.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in source.named_parameters() if n.startswith("features.")} and frozen
+    want, got = source.state_dict(), built.module.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(ConfigError, match="freeze: expected a list"):
+        yamlnet.compile(digits, freeze="features")

@@ -26,7 +26,9 @@ __all__ = [
 def compile(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **overrides: Any):
     """Compile a spec (a path or YAML text) into an `nn.Module` (a torch.fx GraphModule).
 
-    Keyword arguments override the spec's `vars:` (`yamlnet.compile(path, depth=50)`).
+    Keyword arguments override the spec's `vars:` (`yamlnet.compile(path, depth=50)`);
+    `init=` and `freeze=` take the place of the spec's `init:` and `freeze:`, as in a run's
+    config (`yamlnet.compile("zoo:resnet18", freeze=["layer1"], init="r18.pt")`).
     Raises `SpecError` with a located message for any mistake in the spec.
     """
     return build(source, plugins=plugins, **overrides).module
@@ -37,7 +39,8 @@ def build(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **overrid
     typed graph (shapes, args, parameter counts) and the spec hash."""
     from .compiler.compile import compile_spec
 
-    return compile_spec(source, _plain(overrides), plugins=tuple(plugins))
+    variables, overlay = _split(overrides)
+    return compile_spec(source, variables, plugins=tuple(plugins), overlay=overlay)
 
 
 def load_spec(source: str | os.PathLike, *, plugins: tuple[str, ...] = (), **overrides: Any):
@@ -55,6 +58,15 @@ def named_outputs(model, *inputs: Any) -> dict:
     names = output_names(model)
     values = model(*inputs)
     return dict(zip(names, values if len(names) > 1 else (values,), strict=True))
+
+
+def _split(overrides: dict):
+    """Variables, and `init=`/`freeze=` as the compiler's overlay (None without them)."""
+    from .runtime.config import WEIGHT_KEYS, weights_overlay
+
+    weights = {k: v for k, v in _plain(overrides).items() if k.split(".", 1)[0] in WEIGHT_KEYS}
+    variables = {k: v for k, v in _plain(overrides).items() if k not in weights}
+    return variables, (weights_overlay(weights) if weights else None)
 
 
 def _plain(overrides: dict) -> dict:
