@@ -64,8 +64,9 @@ def _split(overrides: dict):
     """Variables, and `init=`/`freeze=` as the compiler's overlay (None without them)."""
     from .runtime.config import WEIGHT_KEYS, weights_overlay
 
-    weights = {k: v for k, v in _plain(overrides).items() if k.split(".", 1)[0] in WEIGHT_KEYS}
-    variables = {k: v for k, v in _plain(overrides).items() if k not in weights}
+    plain = _plain(overrides)
+    weights = {k: v for k, v in plain.items() if k.split(".", 1)[0] in WEIGHT_KEYS}
+    variables = {k: v for k, v in plain.items() if k not in weights}
     return variables, (weights_overlay(weights) if weights else None)
 
 

@@ -69,6 +69,7 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return EXIT_USER
     from .compiler.errors import SpecError
+    from .runtime.errors import TrainingError
 
     try:
         if args.plugin:
@@ -84,6 +85,14 @@ def _main(argv: list[str] | None) -> int:
         if _says(err):
             _error(f"error: {err}" if isinstance(err, UserError) else str(err))
         return EXIT_USER
+    except TrainingError as err:  # a run (or a study) that stopped: its code says how
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        if _says(err):
+            _error(f"error: {err}")
+        return getattr(err, "exit_code", EXIT_FAILURE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -371,11 +380,9 @@ def _compile(args, path: str, build: bool = False):
     from pathlib import Path
 
     from .compiler.compile import compile_spec
-    from .runtime.config import split_overrides, weights_overlay
+    from .runtime.config import load_run, split_overrides, weights_overlay
 
     if getattr(args, "config", None) is not None:  # the run's vars:, init:, freeze:, as train builds it
-        from .runtime.config import load_run
-
         source, cfg, var_over = load_run(Path(path), args.config, _overrides(args.set))
         return compile_spec(source, {**cfg.vars, **var_over}, build=build, overlay=cfg.weights_overlay())
     run, variables = split_overrides(_overrides(args.set))  # data./train. keys are the runtime's
@@ -623,8 +630,6 @@ def _run_overrides(args) -> dict[str, Any]:
 def cmd_train(args) -> int:
     from pathlib import Path
 
-    from .runtime.errors import TrainingError
-
     resume = Path(args.resume_from) if args.resume_from else args.resume
     if args.max_restarts < 0 or (args.max_restarts and args.nproc is None):
         raise UserError("--max-restarts takes a number >= 0, and needs --nproc")
@@ -632,13 +637,8 @@ def cmd_train(args) -> int:
         return _launch(args, resume)
     from .runtime.train import train
 
-    try:
-        result = train(Path(args.spec), config=args.config, out=args.out, resume=resume,
-                       force=args.force, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
-    except TrainingError as err:
-        if _says(err):
-            _error(f"error: {err}")
-        return getattr(err, "exit_code", EXIT_FAILURE)
+    result = train(Path(args.spec), config=args.config, out=args.out, resume=resume,
+                   force=args.force, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
     return result.exit_code
 
 
@@ -684,7 +684,6 @@ def _worker_args(args, out) -> list[str]:
 def cmd_tune(args) -> int:
     from pathlib import Path
 
-    from .runtime.errors import TrainingError
     from .runtime.tune import import_optuna, tune
 
     try:
@@ -695,17 +694,9 @@ def cmd_tune(args) -> int:
     for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} takes a number > 0, got {value:g}")
-    try:
-        result = tune(Path(args.spec), config=args.config, out=args.out, trials=args.trials,
-                      timeout=args.timeout, study=args.study, storage=args.storage,
-                      plugins=tuple(args.plugin), **_overrides(args.set))  # fmt: skip
-    except TrainingError as err:  # the study's database failed
-        if args.verbose:
-            import traceback
-
-            traceback.print_exc()
-        _error(f"error: {err}")
-        return getattr(err, "exit_code", EXIT_FAILURE)
+    result = tune(Path(args.spec), config=args.config, out=args.out, trials=args.trials,
+                  timeout=args.timeout, study=args.study, storage=args.storage,
+                  plugins=tuple(args.plugin), **_overrides(args.set))  # fmt: skip
     return result.exit_code
 
 
@@ -906,8 +897,6 @@ def cmd_lr_find(args) -> int:
     import shlex
     from pathlib import Path
 
-    from .runtime.errors import TrainingError
-
     if args.out:
         _need_matplotlib("lr-find --out")
         from .runtime.plot import check_out
@@ -915,12 +904,8 @@ def cmd_lr_find(args) -> int:
         check_out(args.out)  # before the sweep, not after it
     from .runtime.lr_find import lr_find, lr_text, save_plot, short_lr
 
-    try:
-        result = lr_find(Path(args.spec), config=args.config, min_lr=args.min_lr, max_lr=args.max_lr,
-                         steps=args.steps, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
-    except TrainingError as err:
-        _error(f"error: {err}")
-        return getattr(err, "exit_code", EXIT_FAILURE)
+    result = lr_find(Path(args.spec), config=args.config, min_lr=args.min_lr, max_lr=args.max_lr,
+                     steps=args.steps, plugins=tuple(args.plugin), **_run_overrides(args))  # fmt: skip
     if args.out:
         save_plot(result, args.out, f"lr-find: {Path(args.spec).name}")
     if args.format == "json":
