@@ -420,11 +420,12 @@ def _wait_for(condition, process: subprocess.Popen, seconds: float = 300):
 
 @pytest.mark.extended
 def test_a_killed_study_continues_where_it_was(tmp_path):
-    # pruned no earlier than step 20 of 80: every trial runs long enough to be killed mid-run
-    _sweep(tmp_path, steps=80, pruner="{name: median, n_startup_trials: 1, n_warmup_steps: 20}")
+    # pruned no earlier than step 60 of 80: the trials after the first two (all pruned) run
+    # long enough to be caught running; one that ends first is let go (_pause_in_a_trial)
+    _sweep(tmp_path, steps=80, pruner="{name: median, n_startup_trials: 1, n_warmup_steps: 60}")
     first = _tune_process(tmp_path)
     _wait_for(lambda: _count_finished(tmp_path / "study") >= 2, first)
-    killed = _wait_for(lambda: _running_trial(tmp_path / "study"), first)
+    killed = _pause_in_a_trial(first, tmp_path / "study")
     first.send_signal(signal.SIGKILL)  # no goodbye: its running trial is left RUNNING
     first.wait()
     second = _tune_process(tmp_path)
@@ -465,6 +466,20 @@ def _pause_outside_a_write(process: subprocess.Popen, db: Path) -> None:
     raise AssertionError("the tune process held the study's write lock at every try")
 
 
+def _pause_in_a_trial(process: subprocess.Popen, folder: Path):
+    """SIGSTOP the process outside a write while one of its trials is RUNNING in the study,
+    and return that trial. The trial is read again once the process is asleep: one seen
+    running a moment earlier may have ended (pruned, say) before the signal landed."""
+    for _ in range(50):
+        seen = _wait_for(lambda: _running_trial(folder), process)
+        _pause_outside_a_write(process, folder / "study.db")
+        now = _study(folder).trials[seen.number]
+        if now.state.name == "RUNNING":
+            return now
+        process.send_signal(signal.SIGCONT)  # it ended meanwhile: wait for the next one
+    raise AssertionError("no trial was found running while the tune process slept")
+
+
 def _wait_until_stopped(process: subprocess.Popen) -> None:
     """Until every thread of the process is stopped (Linux: state T in /proc)."""
     deadline = time.monotonic() + 60
@@ -486,8 +501,7 @@ def test_a_paused_process_gives_its_trial_up(tmp_path):
     failed as stale and resumed elsewhere: it ends that run saved and goes on."""
     _sweep(tmp_path, steps=40)
     first = _tune_process(tmp_path, "--trials", "4")
-    paused = _wait_for(lambda: _running_trial(tmp_path / "study"), first)
-    _pause_outside_a_write(first, tmp_path / "study" / "study.db")
+    paused = _pause_in_a_trial(first, tmp_path / "study")
     second = _tune_process(tmp_path, "--trials", "4")
     try:
         _wait_for(lambda: _study(tmp_path / "study").trials[paused.number].state.name == "FAIL", second)
