@@ -359,8 +359,9 @@ def test_a_run_folder_deleted_while_training_is_said_in_plain_words(tmp_path, ca
     first = tmp_path / "run" / "checkpoints" / "step-00000005.pt"
 
     def delete_once_a_checkpoint_is_there():
-        if first.exists():
-            shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        if first.exists():  # moved away at once (a file made during a slow rmtree would keep it)
+            os.rename(tmp_path / "run", tmp_path / "deleted")
+            shutil.rmtree(tmp_path / "deleted", ignore_errors=True)
 
     rc, line = cli(capsys, "train", str(DIGITS), "--out", "run", "--max-steps", "2000", "--set",
                    "train.checkpoint_every_n_steps=5", "--set", "train.val_every_n_epochs=null",

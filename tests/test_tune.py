@@ -466,12 +466,24 @@ def _pause_outside_a_write(process: subprocess.Popen, db: Path) -> None:
     raise AssertionError("the tune process held the study's write lock at every try")
 
 
-def _pause_in_a_trial(process: subprocess.Popen, folder: Path):
-    """SIGSTOP the process outside a write while one of its trials is RUNNING in the study,
-    and return that trial. The trial is read again once the process is asleep: one seen
-    running a moment earlier may have ended (pruned, say) before the signal landed."""
+def _running_in(folder: Path, process: subprocess.Popen):
+    """A RUNNING trial of the study that this process took, or None."""
+    if not (folder / "study.db").exists():
+        return None
+    try:
+        trials = _study(folder).trials
+    except KeyError:  # the study is not created yet
+        return None
+    mine = f":{process.pid}"
+    return next((t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("process", "").endswith(mine)), None)
+
+
+def _pause_in_a_trial(process: subprocess.Popen, folder: Path, find=_running_trial):
+    """SIGSTOP the process outside a write while one of its trials (`find`) is RUNNING in
+    the study, and return that trial. The trial is read again once the process is asleep:
+    one seen running a moment earlier may have ended (pruned, say) before the signal landed."""
     for _ in range(50):
-        seen = _wait_for(lambda: _running_trial(folder), process)
+        seen = _wait_for(lambda: find(folder), process)
         _pause_outside_a_write(process, folder / "study.db")
         now = _study(folder).trials[seen.number]
         if now.state.name == "RUNNING":
@@ -520,8 +532,18 @@ def test_a_paused_process_gives_its_trial_up(tmp_path):
 
 @pytest.mark.extended
 def test_two_processes_share_one_study(tmp_path):
-    _sweep(tmp_path, steps=12)
-    both = [_tune_process(tmp_path), _tune_process(tmp_path)]
+    # the first is held asleep in a trial until the second has taken one of its own, so
+    # that both take trials however late the second starts (asleep is not stale here)
+    sweep = _sweep(tmp_path, steps=12)
+    sweep.write_text(sweep.read_text().replace("grace_period: 10", "grace_period: 600"))
+    first = _tune_process(tmp_path)
+    _pause_in_a_trial(first, tmp_path / "study", find=lambda folder: _running_in(folder, first))
+    try:
+        second = _tune_process(tmp_path)
+        _wait_for(lambda: _running_in(tmp_path / "study", second), second)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    both = [first, second]
     outs = [p.communicate(timeout=300)[0] for p in both]
     assert [p.returncode for p in both] == [0, 0], outs
     study = _study(tmp_path / "study")
