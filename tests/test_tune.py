@@ -46,7 +46,7 @@ tune:
   pruner: PRUNER
   sampler: random
   seed: 4
-  grace_period: 10
+  grace_period: GRACE
 """
 
 
@@ -61,9 +61,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _sweep(folder: Path, steps: int = 6, pruner: str = "{name: median, n_startup_trials: 1}") -> Path:
+def _sweep(folder: Path, steps: int = 6, pruner: str = "{name: median, n_startup_trials: 1}", grace: int = 10) -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(SWEEP.replace("STEPS", str(steps)).replace("PRUNER", pruner))
+    path.write_text(SWEEP.replace("STEPS", str(steps)).replace("PRUNER", pruner).replace("GRACE", str(grace)))
     return path
 
 
@@ -75,8 +75,11 @@ def _study(folder: Path):
         return optuna.load_study(study_name="digits_cnn", storage=url)
 
 
+FINISHED = ("COMPLETE", "PRUNED")  # the states a trial ends in, failures aside
+
+
 def _finished(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
 
 
 def _check_best(study) -> None:
@@ -393,20 +396,27 @@ def _tune_process(folder: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def _count_finished(folder: Path) -> int:
+def _trials(folder: Path) -> list:
+    """The study's trials as they are now; none before the study exists."""
     if not (folder / "study.db").exists():
-        return 0
+        return []
     try:
-        return len(_finished(_study(folder)))
+        return _study(folder).get_trials(deepcopy=False)
     except KeyError:  # the study is not created yet
-        return 0
+        return []
+
+
+def _count_finished(folder: Path) -> int:
+    return sum(t.state.name in FINISHED for t in _trials(folder))
 
 
 def _running_trial(folder: Path):
-    """A trial of the study running in its run folder (not between trials), or None."""
-    if _count_finished(folder) < 1:
+    """A trial of the study running in its run folder (not between trials), once one has
+    finished; or None. The study is read once."""
+    trials = _trials(folder)
+    if not any(t.state.name in FINISHED for t in trials):
         return None
-    running = [t for t in _study(folder).trials if t.state.name == "RUNNING" and "run" in t.user_attrs]
+    running = [t for t in trials if t.state.name == "RUNNING" and "run" in t.user_attrs]
     return next((t for t in running if (Path(t.user_attrs["run"]) / "metrics.csv").exists()), None)
 
 
@@ -468,14 +478,9 @@ def _pause_outside_a_write(process: subprocess.Popen, db: Path) -> None:
 
 def _running_in(folder: Path, process: subprocess.Popen):
     """A RUNNING trial of the study that this process took, or None."""
-    if not (folder / "study.db").exists():
-        return None
-    try:
-        trials = _study(folder).trials
-    except KeyError:  # the study is not created yet
-        return None
     mine = f":{process.pid}"
-    return next((t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("process", "").endswith(mine)), None)
+    return next((t for t in _trials(folder) if t.state.name == "RUNNING"
+                 and t.user_attrs.get("process", "").endswith(mine)), None)  # fmt: skip
 
 
 def _pause_in_a_trial(process: subprocess.Popen, folder: Path, find=_running_trial):
@@ -534,8 +539,7 @@ def test_a_paused_process_gives_its_trial_up(tmp_path):
 def test_two_processes_share_one_study(tmp_path):
     # the first is held asleep in a trial until the second has taken one of its own, so
     # that both take trials however late the second starts (asleep is not stale here)
-    sweep = _sweep(tmp_path, steps=12)
-    sweep.write_text(sweep.read_text().replace("grace_period: 10", "grace_period: 600"))
+    _sweep(tmp_path, steps=12, grace=600)
     first = _tune_process(tmp_path)
     _pause_in_a_trial(first, tmp_path / "study", find=lambda folder: _running_in(folder, first))
     try:
